@@ -1,0 +1,73 @@
+"""Source locations and user errors: a `Loc` names a place in a .lyr file, a `LayercError`
+carries a message and a `Loc`, and `render` turns one into `file:line:col: message` followed by
+the source line and a caret, the only form in which users see compile errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a source file; line and column count from 1."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class LayercError(Exception):
+    """A mistake in the user's input, reported at a source location (or at the file only)."""
+
+    def __init__(self, message: str, loc: Loc | None = None, *, file: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.file = loc.file if loc is not None else file
+
+    def __str__(self) -> str:
+        where = str(self.loc) if self.loc is not None else (self.file or "layerc")
+        return f"{where}: {self.message}"
+
+
+class UsageError(Exception):
+    """A mistake in how the command line was used (exit code 2)."""
+
+
+def source_line(text: str, line: int) -> str | None:
+    lines = text.splitlines()
+    if 1 <= line <= len(lines):
+        return lines[line - 1]
+    return None
+
+
+_MAX_SHOWN = 200
+
+
+def render(error: LayercError, text: str | None) -> str:
+    """`file:line:col: error: message`, then the offending line and a caret under the column.
+
+    Very long lines are shown as a window around the column so a megabyte-long line does not
+    flood the terminal; control characters are shown escaped so they cannot move the cursor.
+    """
+    out = [f"{error}"]
+    if error.loc is None or text is None:
+        return out[0]
+    line = source_line(text, error.loc.line)
+    if line is None:
+        if error.loc.line != len(text.splitlines()) + 1:
+            return out[0]
+        line = ""  # the end of a file that ends with a newline
+    col = max(error.loc.col - 1, 0)
+    start = 0
+    if len(line) > _MAX_SHOWN:
+        start = max(0, min(col - _MAX_SHOWN // 2, len(line) - _MAX_SHOWN))
+        line = line[start : start + _MAX_SHOWN]
+    shown = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line)
+    caret = "".join("\t" if ch == "\t" else " " for ch in shown[: col - start]) + "^"
+    out.append("    " + shown)
+    out.append("    " + caret)
+    return "\n".join(out)

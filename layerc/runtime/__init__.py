@@ -1,0 +1,41 @@
+"""What generated modules import: the `Module` base class, the layer classes, hook handles and
+the global hook registries, and the reader for weights files."""
+
+from .hooks import (
+    RemovableHandle,
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
+from .layers import Identity, LeakyReLU, Linear, Model, ReLU, Sigmoid, Softmax, Tanh, child
+from .module import Module
+
+# Generated modules call `check_abi(ABI)`: a module generated for another runtime ABI must be
+# recompiled rather than misbehave.
+ABI = 1
+
+
+def check_abi(abi: int) -> None:
+    if abi != ABI:
+        raise ImportError(
+            f"this module was generated for layerc runtime ABI {abi}, but the installed layerc "
+            f"has ABI {ABI}: recompile the .lyr source"
+        )
+
+
+__all__ = [
+    "ABI",
+    "Identity",
+    "LeakyReLU",
+    "Linear",
+    "Model",
+    "Module",
+    "ReLU",
+    "RemovableHandle",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "check_abi",
+    "child",
+    "register_module_forward_hook",
+    "register_module_forward_pre_hook",
+]

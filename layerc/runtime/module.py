@@ -1,0 +1,559 @@
+"""The `Module` base class of every generated layer and model, with torch.nn.Module's observable
+behaviour: `__call__` runs global then local forward pre-hooks, `forward`, then global then local
+forward hooks (PyTorch 2.x semantics, `always_call` included); parameters and submodules are
+registered by assignment; `state_dict` keys, `repr` and the traversal methods match PyTorch's.
+
+Speed: each module class names a numba kernel that computes its whole forward (`_kernel`) and
+the parameters it takes (`_kernel_params`). When no hook is registered anywhere in the tree or
+globally, `__call__` makes one call into that kernel; the decision is cached against
+`hooks.state.version`, which every hook registration, removal and module change bumps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, namedtuple
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from . import hooks as H
+from .hooks import RemovableHandle, state
+
+__all__ = ["Module"]
+
+
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+def _addindent(text: str, spaces: int) -> str:
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    first = lines.pop(0)
+    rest = [(" " * spaces) + line if line.strip() else "" for line in lines]
+    return first + "\n" + "\n".join(rest)
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A NumPy view or copy of an array-like; torch tensors are detached first."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base class of generated modules. Subclasses set `_kernel`, `_kernel_params`, `dtype`,
+    `in_features` and `out_features`."""
+
+    _kernel: Callable[..., np.ndarray] | None = None
+    _kernel_params: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    dtype: np.dtype = np.dtype(np.float32)
+    in_features: int | None = None
+    out_features: int | None = None
+
+    def __init__(self) -> None:
+        d = self.__dict__
+        d["training"] = False
+        d["_parameters"] = {}
+        d["_modules"] = {}
+        d["_forward_hooks"] = OrderedDict()
+        d["_forward_hooks_with_kwargs"] = OrderedDict()
+        d["_forward_hooks_always_called"] = OrderedDict()
+        d["_forward_pre_hooks"] = OrderedDict()
+        d["_forward_pre_hooks_with_kwargs"] = OrderedDict()
+        d["_fast_version"] = -1
+        d["_fast_checked"] = -1
+        d["_fast_args"] = ()
+
+    # ------------------------------------------------------------------ calling
+
+    def forward(self, x: Any) -> np.ndarray:
+        """Run this module's kernel on `x`; pipelines override this to call their children."""
+        return self._kernel(self._as_input(x), *self._param_arrays())  # type: ignore[misc]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._fast_version == state.version and len(args) == 1 and not kwargs:
+            x = args[0]
+            if type(x) is np.ndarray and x.dtype is self.dtype and x.flags.c_contiguous and x.ndim:
+                if x.shape[-1] == self.in_features:
+                    return self._kernel(x, *self._fast_args)  # type: ignore[misc]
+            return self._kernel(self._as_input(x), *self._fast_args)  # type: ignore[misc]
+        return self._call_impl(*args, **kwargs)
+
+    def _call_impl(self, *args: Any, **kwargs: Any) -> Any:
+        if not (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or H.global_forward_hooks
+            or H.global_forward_pre_hooks
+        ):
+            if self._refresh_fast_path() and len(args) == 1 and not kwargs:
+                return self._kernel(self._as_input(args[0]), *self._fast_args)  # type: ignore[misc]
+            return self.forward(*args, **kwargs)
+        return self._call_with_hooks(args, kwargs)
+
+    def _call_with_hooks(self, args: tuple, kwargs: dict) -> Any:
+        # PyTorch 2.x `Module._call_impl`, forward hooks only (layerc has no autograd).
+        result = None
+        called_always: set[int] = set()
+        try:
+            for hook_id, hook in (*H.global_forward_pre_hooks.items(), *self._forward_pre_hooks.items()):
+                if hook_id in self._forward_pre_hooks_with_kwargs:
+                    args_kwargs = hook(self, args, kwargs)
+                    if args_kwargs is not None:
+                        if isinstance(args_kwargs, tuple) and len(args_kwargs) == 2:
+                            args, kwargs = args_kwargs
+                        else:
+                            raise RuntimeError(
+                                "forward pre-hook must return None or a tuple "
+                                f"of (new_args, new_kwargs), but got {args_kwargs}."
+                            )
+                else:
+                    new_args = hook(self, args)
+                    if new_args is not None:
+                        args = new_args if isinstance(new_args, tuple) else (new_args,)
+            result = self.forward(*args, **kwargs)
+            for hook_id, hook in (*H.global_forward_hooks.items(), *self._forward_hooks.items()):
+                if hook_id in self._forward_hooks_always_called or hook_id in H.global_forward_hooks_always_called:
+                    called_always.add(hook_id)
+                if hook_id in self._forward_hooks_with_kwargs or hook_id in H.global_forward_hooks_with_kwargs:
+                    hook_result = hook(self, args, kwargs, result)
+                else:
+                    hook_result = hook(self, args, result)
+                if hook_result is not None:
+                    result = hook_result
+            return result
+        except Exception:
+            import warnings
+
+            for hook_id, hook in H.global_forward_hooks.items():
+                if hook_id in H.global_forward_hooks_always_called and hook_id not in called_always:
+                    try:
+                        hook_result = hook(self, args, result)
+                        if hook_result is not None:
+                            result = hook_result
+                    except Exception as exc:
+                        warnings.warn(
+                            "global module forward hook with ``always_call=True`` raised an "
+                            f"exception that was silenced as another error was raised in forward: {exc}",
+                            stacklevel=2,
+                        )
+            for hook_id, hook in self._forward_hooks.items():
+                if hook_id in self._forward_hooks_always_called and hook_id not in called_always:
+                    try:
+                        if hook_id in self._forward_hooks_with_kwargs:
+                            hook_result = hook(self, args, kwargs, result)
+                        else:
+                            hook_result = hook(self, args, result)
+                        if hook_result is not None:
+                            result = hook_result
+                    except Exception as exc:
+                        warnings.warn(
+                            "module forward hook with ``always_call=True`` raised an exception "
+                            f"that was silenced as another error was raised in forward: {exc}",
+                            stacklevel=2,
+                        )
+            raise
+
+    def _refresh_fast_path(self) -> bool:
+        """Whether the fused kernel may run: the whole tree is hook-free and its parameters have
+        the shapes the kernel was generated for. The answer (and, when yes, the kernel's
+        arguments) is cached until `hooks.state.version` changes."""
+        version = state.version
+        if self._fast_checked == version:
+            return self._fast_version == version
+        self.__dict__["_fast_checked"] = version
+        if self._kernel is None or H.global_forward_hooks or H.global_forward_pre_hooks:
+            return False
+        for module in self.modules():
+            if module._forward_hooks or module._forward_pre_hooks or type(module)._kernel is None:
+                return False
+        args = []
+        for key, shape in self._kernel_params:
+            array = self._lookup_param(key)
+            if array is None or array.shape != shape or array.dtype != self.dtype:
+                return False
+            args.append(array)
+        self.__dict__["_fast_args"] = tuple(args)
+        self.__dict__["_fast_version"] = version
+        return True
+
+    def _lookup_param(self, key: str) -> np.ndarray | None:
+        *path, name = key.split(".")
+        module: Module | None = self
+        for part in path:
+            module = module._modules.get(part) if module is not None else None
+        if module is None or type(module)._kernel is None:
+            return None
+        return module._parameters.get(name)
+
+    def _param_arrays(self) -> tuple[np.ndarray, ...]:
+        return tuple(self._parameters[key] for key, _ in self._kernel_params)
+
+    def _as_input(self, x: Any) -> np.ndarray:
+        """`x` as a C-contiguous array of this module's dtype with last axis `in_features`,
+        or a clear error naming the expected shape."""
+        if not isinstance(x, np.ndarray):
+            try:
+                x = to_numpy(x)
+            except Exception as exc:
+                raise TypeError(
+                    f"{self._get_name()}: expected a numeric array of shape ({self.in_features},) "
+                    f"or (*, {self.in_features}), got {type(x).__name__}"
+                ) from exc
+        if x.dtype != self.dtype:
+            if x.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"{self._get_name()}: expected real numbers of shape ({self.in_features},) "
+                    f"or (*, {self.in_features}), got an array of dtype {x.dtype}"
+                )
+            x = x.astype(self.dtype)
+        if x.ndim == 0 or (self.in_features is not None and x.shape[-1] != self.in_features):
+            raise ValueError(
+                f"{self._get_name()}: expected input of shape ({self.in_features},) or "
+                f"(*, {self.in_features}), got shape {_fmt_shape(x.shape)}"
+            )
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        return x
+
+    # ------------------------------------------------------------------ hooks
+
+    def register_forward_pre_hook(
+        self, hook: Callable[..., Any], *, prepend: bool = False, with_kwargs: bool = False
+    ) -> RemovableHandle:
+        """`hook(module, args)` (or `hook(module, args, kwargs)`) before forward; a non-None
+        return replaces the arguments."""
+        handle = RemovableHandle(self._forward_pre_hooks, extra_dict=self._forward_pre_hooks_with_kwargs)
+        self._forward_pre_hooks[handle.id] = hook
+        if with_kwargs:
+            self._forward_pre_hooks_with_kwargs[handle.id] = True
+        if prepend:
+            self._forward_pre_hooks.move_to_end(handle.id, last=False)
+        H.bump()
+        return handle
+
+    def register_forward_hook(
+        self,
+        hook: Callable[..., Any],
+        *,
+        prepend: bool = False,
+        with_kwargs: bool = False,
+        always_call: bool = False,
+    ) -> RemovableHandle:
+        """`hook(module, args, output)` (or with kwargs) after forward; a non-None return
+        replaces the output. `always_call` hooks run even when forward raises."""
+        handle = RemovableHandle(
+            self._forward_hooks,
+            extra_dict=[self._forward_hooks_with_kwargs, self._forward_hooks_always_called],
+        )
+        self._forward_hooks[handle.id] = hook
+        if with_kwargs:
+            self._forward_hooks_with_kwargs[handle.id] = True
+        if always_call:
+            self._forward_hooks_always_called[handle.id] = True
+        if prepend:
+            self._forward_hooks.move_to_end(handle.id, last=False)
+        H.bump()
+        return handle
+
+    # ------------------------------------------------------------------ attributes
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        if isinstance(value, Module):
+            if name in d.get("_parameters", ()):
+                raise TypeError(f"cannot assign a module to parameter {name!r}")
+            self.add_module(name, value)
+        elif name in d.get("_parameters", ()):
+            self._set_parameter(name, value)
+        elif name in d.get("_modules", ()):
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} (Module or None expected)")
+            d["_modules"][name] = None
+            d[name] = None
+            H.bump()
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not in __dict__: positional children such as "1".
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules:
+            return modules[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._parameters or name in self._modules:
+            raise AttributeError(f"cannot delete {name!r}: the generated forward needs it")
+        object.__delattr__(self, name)
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        """Register a child module under `name` (`"1"` for unnamed layers, as Sequential)."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"module name must be a non-empty string without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(module).__name__} is not a layerc Module")
+        if name not in self._modules and (hasattr(type(self), name) or name in self._parameters):
+            raise KeyError(f"attribute {name!r} already exists")
+        self._modules[name] = module
+        self.__dict__[name] = module
+        H.bump()
+
+    register_module = add_module
+
+    def _register_parameter(self, name: str, value: np.ndarray | None) -> None:
+        self._parameters[name] = value
+        self.__dict__[name] = value
+
+    def _set_parameter(self, name: str, value: Any) -> None:
+        """Rebind a parameter; shape and dtype must stay what the kernels were built for."""
+        current = self._parameters[name]
+        if value is None or current is None:
+            if value is None and current is None:
+                return
+            raise TypeError(f"cannot add or remove parameter {name!r} of a compiled module")
+        array = to_numpy(value)
+        if array.shape != current.shape:
+            raise ValueError(
+                f"{name} must have shape {_fmt_shape(current.shape)}, got {_fmt_shape(array.shape)}"
+            )
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+        array = np.ascontiguousarray(array, dtype=current.dtype)
+        self._parameters[name] = array
+        self.__dict__[name] = array
+        H.bump()
+
+    def __getitem__(self, index: int | str) -> Module:
+        """Children by position, as torch.nn.Sequential indexes them."""
+        children = list(self._modules.values())
+        if isinstance(index, int):
+            return children[index]  # type: ignore[return-value]
+        return self._modules[index]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(type(self))) | {k for k in self.__dict__ if k.isidentifier()})
+
+    # ------------------------------------------------------------------ traversal
+
+    def children(self) -> Iterator[Module]:
+        for _, module in self.named_children():
+            yield module
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        memo: set[int] = set()
+        for name, module in self._modules.items():
+            if module is not None and id(module) not in memo:
+                memo.add(id(module))
+                yield name, module
+
+    def modules(self) -> Iterator[Module]:
+        for _, module in self.named_modules():
+            yield module
+
+    def named_modules(
+        self, memo: set | None = None, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Module]]:
+        if memo is None:
+            memo = set()
+        if self in memo:
+            return
+        if remove_duplicate:
+            memo.add(self)
+        yield prefix, self
+        for name, module in self._modules.items():
+            if module is None:
+                continue
+            sub = prefix + ("." if prefix else "") + name
+            yield from module.named_modules(memo, sub, remove_duplicate)
+
+    def parameters(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        modules = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        seen: set[int] = set()
+        for module_prefix, module in modules:
+            for name, param in module._parameters.items():
+                if param is None or (remove_duplicate and id(param) in seen):
+                    continue
+                seen.add(id(param))
+                yield module_prefix + ("." if module_prefix else "") + name, param
+
+    def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        return iter(())
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        return iter(())
+
+    def get_submodule(self, target: str) -> Module:
+        module: Module = self
+        if target == "":
+            return module
+        for part in target.split("."):
+            child = module._modules.get(part)
+            if child is None:
+                raise AttributeError(f"{module._get_name()} has no attribute `{part}`")
+            module = child
+        return module
+
+    def get_parameter(self, target: str) -> np.ndarray:
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        if module._parameters.get(name) is None:
+            raise AttributeError(f"{module._get_name()} has no parameter `{name}`")
+        return module._parameters[name]  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(
+        self, *, destination: dict | None = None, prefix: str = "", keep_vars: bool = False
+    ) -> OrderedDict[str, np.ndarray]:
+        """Parameters under PyTorch's keys (`fc.weight`, `0.bias`), in PyTorch's order. The
+        values are the module's own arrays, as torch returns tensors sharing storage."""
+        if destination is None:
+            destination = OrderedDict()
+        for name, param in self._parameters.items():
+            if param is not None:
+                destination[prefix + name] = param
+        for name, module in self._modules.items():
+            if module is not None:
+                module.state_dict(destination=destination, prefix=prefix + name + ".", keep_vars=keep_vars)
+        return destination  # type: ignore[return-value]
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> _IncompatibleKeys:
+        """Copy values into the parameters in place. Every key, shape and dtype is checked
+        before anything changes; errors are reported as torch reports them."""
+        own = self.state_dict()
+        incoming = {key: state_dict[key] for key in state_dict.keys()}
+        missing = [key for key in own if key not in incoming]
+        unexpected = [key for key in incoming if key not in own]
+        errors: list[str] = []
+        prepared: list[tuple[np.ndarray, np.ndarray]] = []
+        for key, param in own.items():
+            if key not in incoming:
+                continue
+            try:
+                value = to_numpy(incoming[key])
+            except Exception as exc:
+                errors.append(f'While copying the parameter named "{key}", an exception occurred : {exc}.')
+                continue
+            if value.dtype.kind not in "biuf":
+                errors.append(
+                    f'While copying the parameter named "{key}", whose dimensions in the model are '
+                    f"{_fmt_shape(param.shape)}, an exception occurred : dtype {value.dtype} is not a real number type."
+                )
+                continue
+            if value.shape != param.shape:
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape {_fmt_shape(value.shape)} "
+                    f"from checkpoint, the shape in current model is {_fmt_shape(param.shape)}."
+                )
+                continue
+            prepared.append((param, value))
+        if strict:
+            if unexpected:
+                errors.insert(0, "Unexpected key(s) in state_dict: {}. ".format(", ".join(f'"{k}"' for k in unexpected)))
+            if missing:
+                errors.insert(0, "Missing key(s) in state_dict: {}. ".format(", ".join(f'"{k}"' for k in missing)))
+        if errors:
+            raise RuntimeError(
+                "Error(s) in loading state_dict for {}:\n\t{}".format(self._get_name(), "\n\t".join(errors))
+            )
+        for param, value in prepared:
+            np.copyto(param, value, casting="unsafe")
+        return _IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ misc
+
+    def train(self, mode: bool = True) -> Module:
+        for module in self.modules():
+            module.__dict__["training"] = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def apply(self, fn: Callable[[Module], None]) -> Module:
+        for module in self.children():
+            module.apply(fn)
+        fn(self)
+        return self
+
+    def _get_name(self) -> str:
+        return type(self).__name__
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [
+            "(" + key + "): " + _addindent(repr(module), 2) for key, module in self._modules.items()
+        ]
+        lines = extra_lines + child_lines
+        main = self._get_name() + "("
+        if lines:
+            if len(extra_lines) == 1 and not child_lines:
+                main += extra_lines[0]
+            else:
+                main += "\n  " + "\n  ".join(lines) + "\n"
+        return main + ")"
+
+    def __getstate__(self) -> dict:
+        st = self.__dict__.copy()
+        st["_fast_version"] = -1
+        st["_fast_checked"] = -1
+        st["_fast_args"] = ()
+        return st
+
+    def __setstate__(self, st: dict) -> None:
+        self.__dict__.update(st)
+        H.bump()
+
+    # ------------------------------------------------------------------ numba
+
+    def njit(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A numba-compiled `f(x) -> y` with this module's current weights bound (copied), callable
+        from Python and from inside the user's own `@numba.njit` code."""
+        from .njit import bind
+
+        if self._kernel is None:
+            raise TypeError(f"{self._get_name()} has no compiled kernel")
+        arrays = []
+        for key, shape in self._kernel_params:
+            array = self._lookup_param(key)
+            if array is None or array.shape != shape:
+                raise TypeError(
+                    f"{self._get_name()}.njit(): parameter {key!r} no longer has the shape "
+                    f"{_fmt_shape(shape)} the kernel was generated for"
+                )
+            arrays.append(np.array(array, dtype=self.dtype, order="C", copy=True))
+        return bind(self._kernel, tuple(arrays))

@@ -1,0 +1,33 @@
+"""Shared fixtures: compile .lyr text into a fresh folder and import the generated module."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from layerc import driver
+
+_count = itertools.count()
+
+
+def compile_text(text: str, folder: Path, name: str | None = None):
+    """Write `text` as a .lyr file in `folder`, compile it beside itself, import the module."""
+    name = name or f"model_{next(_count)}"
+    src = folder / f"{name}.lyr"
+    src.write_text(textwrap.dedent(text), encoding="utf-8")
+    out = src.with_suffix(".py")
+    driver.compile_file(src, out)
+    return driver.import_module(out)
+
+
+@pytest.fixture
+def compile_lyr(tmp_path: Path):
+    """`compile_lyr(text)` -> the imported generated module."""
+
+    def _compile(text: str, name: str | None = None):
+        return compile_text(text, tmp_path, name)
+
+    return _compile
