@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import keyword
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -28,6 +28,114 @@ INLINE_LIMIT = 4096
 
 # No nnan/ninf: NaN and Inf keep IEEE semantics. `reassoc` lets LLVM vectorise dot products.
 FASTMATH = '{"reassoc", "contract"}'
+
+
+# Shapes decide the kernels: a layer with at least this many weights multiplies a batch with
+# BLAS gemm (numba's np.dot, through SciPy's BLAS), and a single sample with BLAS gemv from
+# BLAS_GEMV_MIN on; smaller layers use plain loops, which beat a BLAS call's fixed cost there.
+BLAS_GEMM_MIN = 4096
+BLAS_GEMV_MIN = 16384
+
+_ACTIVATION_BASE = {
+    "ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "identity",
+    "LeakyReLU": "leaky_relu", "Softmax": "softmax",
+}
+_ACTIVATION_DOC = {
+    "ReLU": "ReLU: max(x, 0) elementwise; NaN stays NaN.",
+    "Sigmoid": "Sigmoid: 1 / (1 + exp(-x)) elementwise.",
+    "Tanh": "Tanh: tanh(x) elementwise.",
+    "Identity": "Identity: a copy of x.",
+    "LeakyReLU": "LeakyReLU: x if x > 0 else negative_slope * x, elementwise.",
+}
+
+
+def _elementwise(layer: ir.Activation, t: str) -> str:
+    """The expression an elementwise activation computes from `v` (numba code, dtype `t`)."""
+    kind = layer.kind
+    if kind == "ReLU":
+        return f"{t}(0.0) if v <= 0 else v"
+    if kind == "LeakyReLU":
+        return f"v if v > 0 else v * {t}({_py_float(layer.param('negative_slope'))})"
+    if kind == "Sigmoid":
+        return f"{t}(1.0) / ({t}(1.0) + _np.exp(-v))"
+    if kind == "Tanh":
+        return "_np.tanh(v)"
+    if kind == "Identity":
+        return "v"
+    raise CodegenError(f"failed to render activation {kind!r} of layer {layer.name!r} elementwise")
+
+
+def _emit_input_check(e: Emitter, dtype: np.dtype, width: int | None) -> None:
+    """Kernels accept any real array: converted to the model's dtype and made C-contiguous
+    (both free when already so), its last axis checked. The runtime calls them without
+    checking in Python, and on an exception re-checks in Python for a detailed message."""
+    e.line(f"x = _np.ascontiguousarray(_np.asarray(x, dtype=_np.{dtype.name}))")
+    if width is not None:
+        e.line(f"if x.shape[-1] != {width}:")
+        with e.indent():
+            e.line(f'raise ValueError("expected input of shape ({width},) or (*, {width})")')
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One step of a fused forward: a Linear (maybe with an activation folded in) or an
+    activation, with the indices of its parameters among the fused kernel's arguments."""
+
+    path: str
+    layer: ir.Linear | ir.Activation
+    params: tuple[int, ...]
+    width: int  # features of the step's output
+    epilogue: ir.Activation | None = None
+    epilogue_path: str = ""
+
+    def describe(self) -> str:
+        if isinstance(self.layer, ir.Linear):
+            text = f"({self.path}) Linear {self.layer.in_features} -> {self.layer.out_features}"
+        else:
+            text = f"({self.path}) {self.layer.kind}"
+        if self.epilogue is not None:
+            text += f", ({self.epilogue_path}) {self.epilogue.kind}"
+        return text
+
+
+def _flatten(model: ir.Model, prefix: str = "", first_param: int = 0, width: int = 0) -> list[_Op]:
+    """The model's layers in execution order, nested models expanded, Identity dropped."""
+    ops: list[_Op] = []
+    index = first_param
+    width = width or model.in_features
+    for layer in model.layers:
+        path = prefix + layer.name
+        if isinstance(layer, ir.Linear):
+            count = 2 if layer.bias is not None else 1
+            ops.append(_Op(path, layer, tuple(range(index, index + count)), layer.out_features))
+            index += count
+            width = layer.out_features
+        elif isinstance(layer, ir.Submodel):
+            inner = _flatten(layer.model, path + ".", index, width)
+            ops.extend(inner)
+            index += sum(len(op.params) for op in inner)
+            width = layer.model.out_features
+        elif layer.kind != "Identity":
+            ops.append(_Op(path, layer, (), width))
+    return ops
+
+
+def _fuse(ops: list[_Op]) -> list[_Op]:
+    """Fold each elementwise activation that directly follows a Linear into its epilogue."""
+    out: list[_Op] = []
+    for op in ops:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and isinstance(prev.layer, ir.Linear)
+            and prev.epilogue is None
+            and isinstance(op.layer, ir.Activation)
+            and op.layer.kind != "Softmax"
+        ):
+            out[-1] = _Op(prev.path, prev.layer, prev.params, prev.width, op.layer, op.path)
+        else:
+            out.append(op)
+    return out
 
 
 class Emitter:
@@ -186,133 +294,242 @@ class _Generator:
         return e.text(), data, data_name
 
     # ------------------------------------------------------------------ kernels
+    #
+    # Calling convention: every kernel writes into an output it is given, so no array crosses
+    # back from numba to Python (boxing a returned array costs more than the arithmetic of a
+    # small layer). Core kernels work on C-contiguous 2-D (n, features) arrays; module kernels
+    # take any (*, features) input and reshape; the fused model kernel runs every layer, with
+    # elementwise activations folded into the preceding Linear's epilogue.
 
-    def linear_kernel(self, layer: ir.Linear, dtype: np.dtype) -> str:
-        has_bias = layer.bias is not None
-        key = ("linear", layer.out_features, layer.in_features, dtype.name, has_bias)
-        if key in self.kernel_names:
-            return self.kernel_names[key]
-        n_out, n_in = layer.out_features, layer.in_features
-        tag = _dtype_tag(dtype)
-        name = self.names.claim(f"_linear_{n_out}x{n_in}_{tag}" + ("" if has_bias else "_nobias"))
-        self.kernel_names[key] = name
-        e = self.kernels
-        params = "x, weight, bias" if has_bias else "x, weight"
-        e.line("@_numba.njit(cache=True, fastmath=_FASTMATH)")
-        e.line(f"def {name}({params}):")
-        with e.indent():
-            formula = "y = A x + b" if has_bias else "y = A x"
-            e.line(
-                f'"""Linear {n_in} -> {n_out}, {dtype.name}: {formula} for every sample x, '
-                f"A = weight {(n_out, n_in)}."
-            )
+    def kernel(self, key: tuple, wanted: str, emit: Callable[[Emitter, str], None]) -> str:
+        """The kernel for `key`, emitting it (under a fresh name based on `wanted`) the first
+        time it is asked for."""
+        if key not in self.kernel_names:
+            name = self.names.claim(wanted)
+            self.kernel_names[key] = name
+            e = self.kernels
+            e.line("@_numba.njit(cache=True, fastmath=_FASTMATH)")
+            emit(e, name)
             e.line()
-            e.line(f"x has shape (*, {n_in}); the result has shape (*, {n_out}).")
-            e.line('"""')
-            e.line(f"n = x.size // {n_in}")
-            e.line(f"xs = x.reshape((n, {n_in}))")
-            e.line(f"y = _np.empty((n, {n_out}), dtype=_np.{dtype.name})")
-            e.line("for s in range(n):")
-            with e.indent():
-                e.line(f"for o in range({n_out}):")
-                with e.indent():
-                    e.line(f"acc = _np.{dtype.name}(0.0)")
-                    e.line(f"for i in range({n_in}):")
-                    with e.indent():
-                        e.line("acc += weight[o, i] * xs[s, i]")
-                    e.line("y[s, o] = acc + bias[o]" if has_bias else "y[s, o] = acc")
-            e.line(f"return y.reshape(x.shape[:-1] + ({n_out},))")
-        e.line()
-        e.line()
-        return name
+            e.line()
+        return self.kernel_names[key]
 
-    def activation_kernel(self, layer: ir.Activation, dtype: np.dtype) -> str:
-        kind = layer.kind
-        params = layer.params
-        key = ("act", kind, params, dtype.name)
-        if key in self.kernel_names:
-            return self.kernel_names[key]
-        tag = _dtype_tag(dtype)
-        base = {"ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "identity",
-                "LeakyReLU": "leaky_relu", "Softmax": "softmax"}.get(kind)
-        if base is None:
-            raise CodegenError(f"failed to render activation {kind!r} of layer {layer.name!r}")
-        name = self.names.claim(f"_{base}_{tag}")
-        self.kernel_names[key] = name
-        e = self.kernels
+    def linear_core(self, layer: ir.Linear, dtype: np.dtype, epilogue: ir.Activation | None) -> str:
+        n_out, n_in = layer.out_features, layer.in_features
+        has_bias = layer.bias is not None
         t = f"_np.{dtype.name}"
-        e.line("@_numba.njit(cache=True, fastmath=_FASTMATH)")
-        e.line(f"def {name}(x):")
-        with e.indent():
-            if kind == "Identity":
-                e.line('"""Identity: returns its input unchanged, as torch.nn.Identity."""')
-                e.line("return x")
-            elif kind == "Softmax":
-                e.line('"""Softmax over the last axis: exp(x - max) / sum(exp(x - max)) per row."""')
-                e.line("f = x.shape[-1]")
-                e.line("n = x.size // f")
-                e.line("xs = x.reshape((n, f))")
-                e.line("y = _np.empty((n, f), dtype=x.dtype)")
+        act_key = None if epilogue is None else (epilogue.kind, epilogue.params)
+        wanted = f"_linear_{n_out}x{n_in}_{_dtype_tag(dtype)}" + ("" if has_bias else "_nobias")
+        if epilogue is not None:
+            wanted += "_" + _ACTIVATION_BASE[epilogue.kind]
+        expr = "v" if epilogue is None else _elementwise(epilogue, t)
+        gemm = n_in * n_out >= BLAS_GEMM_MIN
+        gemv = n_in * n_out >= BLAS_GEMV_MIN
+
+        def emit(e: Emitter, name: str) -> None:
+            e.line(f"def {name}(xs, ys, weight{', bias' if has_bias else ''}):")
+            with e.indent():
+                formula = "y = A x + b" if has_bias else "y = A x"
+                then = "" if epilogue is None else f", then {epilogue.kind}"
+                e.line(f'"""Linear {n_in} -> {n_out}, {dtype.name}: {formula} for each row x of xs{then}.')
+                e.line()
+                e.line(f"A = weight, shape ({n_out}, {n_in}); xs (n, {n_in}) and ys (n, {n_out}) are")
+                e.line("C-contiguous and do not overlap.")
+                e.line('"""')
+                e.line("n = xs.shape[0]")
+                if gemv:  # BLAS for every batch size
+                    e.line("if n == 0:")
+                    with e.indent():
+                        e.line("return")
+                    e.line("if n == 1:")
+                    with e.indent():
+                        e.line("_np.dot(weight, xs[0], ys[0])  # BLAS gemv")
+                    e.line("else:")
+                    with e.indent():
+                        e.line("_np.dot(xs, weight.T, ys)  # BLAS gemm")
+                    self.epilogue_loop(e, n_out, has_bias, epilogue, expr)
+                    return
+                if gemm:  # BLAS for batches, loops for one sample
+                    e.line("if n >= 2:")
+                    with e.indent():
+                        e.line("_np.dot(xs, weight.T, ys)  # BLAS gemm")
+                        self.epilogue_loop(e, n_out, has_bias, epilogue, expr)
+                        e.line("return")
                 e.line("for s in range(n):")
                 with e.indent():
-                    e.line(f"m = {t}(-_np.inf)")
-                    e.line("for i in range(f):")
+                    e.line(f"for o in range({n_out}):")
                     with e.indent():
-                        e.line("if xs[s, i] > m:")
+                        e.line(f"acc = {t}(0.0)")
+                        e.line(f"for i in range({n_in}):")
                         with e.indent():
-                            e.line("m = xs[s, i]")
-                    e.line(f"total = {t}(0.0)")
-                    e.line("for i in range(f):")
+                            e.line("acc += weight[o, i] * xs[s, i]")
+                        e.line("v = acc + bias[o]" if has_bias else "v = acc")
+                        e.line(f"ys[s, o] = {expr}")
+
+        return self.kernel(("linear", n_out, n_in, dtype.name, has_bias, act_key), wanted, emit)
+
+    @staticmethod
+    def epilogue_loop(e: Emitter, n_out: int, has_bias: bool, epilogue: ir.Activation | None, expr: str) -> None:
+        """After BLAS: add the bias and apply the folded activation, in place."""
+        if not has_bias and epilogue is None:
+            return
+        e.line("for s in range(n):")
+        with e.indent():
+            e.line(f"for o in range({n_out}):")
+            with e.indent():
+                e.line("v = ys[s, o] + bias[o]" if has_bias else "v = ys[s, o]")
+                e.line(f"ys[s, o] = {expr}")
+
+    def activation_core(self, layer: ir.Activation, dtype: np.dtype) -> str:
+        t = f"_np.{dtype.name}"
+        wanted = f"_{_ACTIVATION_BASE[layer.kind]}_{_dtype_tag(dtype)}"
+
+        def emit(e: Emitter, name: str) -> None:
+            e.line(f"def {name}(xs, ys):")
+            with e.indent():
+                if layer.kind == "Softmax":
+                    e.line('"""Softmax over each row: exp(x - max) / sum(exp(x - max)). ys may be xs."""')
+                    e.line("n, f = xs.shape")
+                    e.line("for s in range(n):")
                     with e.indent():
-                        e.line("v = _np.exp(xs[s, i] - m)")
-                        e.line("y[s, i] = v")
-                        e.line("total += v")
-                    e.line("for i in range(f):")
+                        e.line(f"m = {t}(-_np.inf)")
+                        e.line("for i in range(f):")
+                        with e.indent():
+                            e.line("if xs[s, i] > m:")
+                            with e.indent():
+                                e.line("m = xs[s, i]")
+                        e.line(f"total = {t}(0.0)")
+                        e.line("for i in range(f):")
+                        with e.indent():
+                            e.line("v = _np.exp(xs[s, i] - m)")
+                            e.line("ys[s, i] = v")
+                            e.line("total += v")
+                        e.line("for i in range(f):")
+                        with e.indent():
+                            e.line("ys[s, i] = ys[s, i] / total")
+                else:
+                    e.line(f'"""{_ACTIVATION_DOC[layer.kind]} ys may be xs."""')
+                    e.line("xf = xs.reshape(xs.size)")
+                    e.line("yf = ys.reshape(ys.size)")
+                    e.line("for i in range(xf.size):")
                     with e.indent():
-                        e.line("y[s, i] = y[s, i] / total")
-                e.line("return y.reshape(x.shape)")
-            else:
-                doc = {
-                    "ReLU": "ReLU: max(x, 0) elementwise; NaN stays NaN.",
-                    "Sigmoid": "Sigmoid: 1 / (1 + exp(-x)) elementwise.",
-                    "Tanh": "Tanh: tanh(x) elementwise.",
-                    "LeakyReLU": "LeakyReLU: x if x > 0 else negative_slope * x, elementwise.",
-                }[kind]
-                e.line(f'"""{doc}"""')
-                e.line("y = _np.empty_like(x)")
-                e.line("xf = x.reshape(x.size)")
-                e.line("yf = y.reshape(y.size)")
-                e.line("for i in range(x.size):")
+                        e.line("v = xf[i]")
+                        e.line(f"yf[i] = {_elementwise(layer, t)}")
+
+        return self.kernel(("act", layer.kind, layer.params, dtype.name), wanted, emit)
+
+    def module_kernel(self, layer: ir.Linear | ir.Activation, dtype: np.dtype) -> str:
+        """`kernel(x, y, *params)` for one layer's own class: any (*, features) input."""
+        if isinstance(layer, ir.Linear):
+            core = self.linear_core(layer, dtype, None)
+            n_in, n_out = layer.in_features, layer.out_features
+            params = "weight, bias" if layer.bias is not None else "weight"
+
+            def emit_linear(e: Emitter, name: str) -> None:
+                e.line(f"def {name}(x, y, {params}):")
                 with e.indent():
-                    e.line("v = xf[i]")
-                    if kind == "ReLU":
-                        e.line(f"yf[i] = {t}(0.0) if v <= 0 else v")
-                    elif kind == "Sigmoid":
-                        e.line(f"yf[i] = {t}(1.0) / ({t}(1.0) + _np.exp(-v))")
-                    elif kind == "Tanh":
-                        e.line("yf[i] = _np.tanh(v)")
+                    e.line(f'"""{core} on x (*, {n_in}) into y (*, {n_out})."""')
+                    _emit_input_check(e, dtype, n_in)
+                    e.line(f"n = x.size // {n_in}")
+                    e.line(f"{core}(x.reshape((n, {n_in})), y.reshape((n, {n_out})), {params})")
+
+            return self.kernel(("module", core), f"{core}_any", emit_linear)
+        core = self.activation_core(layer, dtype)
+
+        def emit_act(e: Emitter, name: str) -> None:
+            e.line(f"def {name}(x, y):")
+            with e.indent():
+                e.line(f'"""{core} on x of any shape (*, f) into y of the same shape."""')
+                _emit_input_check(e, dtype, None)
+                e.line("if x.size == 0:")
+                with e.indent():
+                    e.line("return")
+                e.line("f = x.shape[-1]")
+                e.line("n = x.size // f")
+                e.line(f"{core}(x.reshape((n, f)), y.reshape((n, f)))")
+
+        return self.kernel(("module", core), f"{core}_any", emit_act)
+
+    def kernel_args(self, model: ir.Model) -> list[tuple[str, tuple[int, ...]]]:
+        """The fused kernel's parameters: (state_dict key, shape) in call order."""
+        out: list[tuple[str, tuple[int, ...]]] = []
+        for path, lin in ir.linears(model):
+            out.append((f"{path}.weight", (lin.out_features, lin.in_features)))
+            if lin.bias is not None:
+                out.append((f"{path}.bias", (lin.out_features,)))
+        return out
+
+    def model_kernel(self, model: ir.Model) -> str:
+        """The fused forward: every layer of the model (nested models flattened) in one call."""
+        for layer in model.layers:
+            if isinstance(layer, (ir.Linear, ir.Activation)):
+                self.layer_class(layer, model.dtype)
+        ops = _fuse(_flatten(model))
+        args = self.kernel_args(model)
+        arg_names = [f"p{i}" for i in range(len(args))]
+        t = f"_np.{model.dtype.name}"
+        # Resolve every core first, so the cores are emitted before the fused kernel.
+        cores = [
+            self.linear_core(op.layer, model.dtype, op.epilogue)
+            if isinstance(op.layer, ir.Linear)
+            else self.activation_core(op.layer, model.dtype)
+            for op in ops
+        ]
+
+        def emit(e: Emitter, name: str) -> None:
+            e.line(f"def {name}({', '.join(['x', 'y', *arg_names])}):")
+            with e.indent():
+                e.line(
+                    f'"""{model.name}, fused: all layers in one native call, '
+                    f"x (*, {model.in_features}) into y (*, {model.out_features})."
+                )
+                if args:
+                    e.line()
+                    for arg_name, (param_key, shape) in zip(arg_names, args):
+                        e.line(f"{arg_name}: {param_key} {shape}")
+                e.line('"""')
+                _emit_input_check(e, model.dtype, model.in_features)
+                e.line(f"n = x.size // {model.in_features}")
+                e.line("if n == 0:")
+                with e.indent():
+                    e.line("return")
+                e.line(f"h0 = x.reshape((n, {model.in_features}))")
+                e.line(f"out = y.reshape((n, {model.out_features}))")
+                current, is_input, buffers = "h0", True, 0
+                for index, (op, core) in enumerate(zip(ops, cores)):
+                    last = index == len(ops) - 1
+                    if last:
+                        target = "out"
+                    elif isinstance(op.layer, ir.Linear) or is_input:
+                        buffers += 1
+                        target = f"h{buffers}"
+                        e.line(f"{target} = _np.empty((n, {op.width}), dtype={t})")
                     else:
-                        slope = _py_float(layer.param("negative_slope"))
-                        e.line(f"yf[i] = v if v > 0 else v * {t}({slope})")
-                e.line("return y")
-        e.line()
-        e.line()
-        return name
+                        target = current  # an activation works in place on an intermediate
+                    params = ", ".join(arg_names[i] for i in op.params)
+                    call = ", ".join(p for p in (current, target, params) if p)
+                    e.line(f"{core}({call})  # {op.describe()}")
+                    current, is_input = target, False
+
+        return self.kernel(("model", model.name), f"_forward_{model.name}", emit)
 
     def layer_class(self, layer: ir.Linear | ir.Activation, dtype: np.dtype) -> str:
         """A runtime layer subclass fixed to one shape and dtype, carrying its kernel."""
         tag = _dtype_tag(dtype)
-        e = self.layer_classes
         if isinstance(layer, ir.Linear):
             has_bias = layer.bias is not None
-            key = ("Linear", layer.out_features, layer.in_features, dtype.name, has_bias)
-            if key in self.layer_class_names:
-                return self.layer_class_names[key]
-            kernel = self.linear_kernel(layer, dtype)
-            name = self.names.claim(
-                f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + ("" if has_bias else "_nobias")
-            )
-            self.layer_class_names[key] = name
+            key: tuple = ("Linear", layer.out_features, layer.in_features, dtype.name, has_bias)
+            wanted = f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + ("" if has_bias else "_nobias")
+        else:
+            key = ("act", layer.kind, layer.params, dtype.name)
+            wanted = f"_{layer.kind}_{tag}"
+        if key in self.layer_class_names:
+            return self.layer_class_names[key]
+        kernel = self.module_kernel(layer, dtype)
+        name = self.names.claim(wanted)
+        self.layer_class_names[key] = name
+        e = self.layer_classes
+        if isinstance(layer, ir.Linear):
             e.line(f"class {name}(_rt.Linear):")
             with e.indent():
                 e.line(f'"""Linear({layer.in_features}, {layer.out_features}, bias={has_bias}), {dtype.name}."""')
@@ -327,12 +544,6 @@ class _Generator:
                     params.append(("bias", (layer.out_features,)))
                 e.line(f"_kernel_params = {tuple(params)!r}")
         else:
-            key = ("act", layer.kind, layer.params, dtype.name)
-            if key in self.layer_class_names:
-                return self.layer_class_names[key]
-            kernel = self.activation_kernel(layer, dtype)
-            name = self.names.claim(f"_{layer.kind}_{tag}")
-            self.layer_class_names[key] = name
             e.line(f"class {name}(_rt.{layer.kind}):")
             with e.indent():
                 e.line(f"dtype = _np.dtype({dtype.name!r})")
@@ -345,65 +556,6 @@ class _Generator:
         return name
 
     # ------------------------------------------------------------------ models
-
-    def kernel_args(self, model: ir.Model) -> list[tuple[str, tuple[int, ...]]]:
-        """The fused kernel's parameters: (state_dict key, shape) in call order."""
-        out: list[tuple[str, tuple[int, ...]]] = []
-        for path, lin in ir.linears(model):
-            out.append((f"{path}.weight", (lin.out_features, lin.in_features)))
-            if lin.bias is not None:
-                out.append((f"{path}.bias", (lin.out_features,)))
-        return out
-
-    def model_kernel(self, model: ir.Model) -> str:
-        key = ("model", model.name)
-        if key in self.kernel_names:
-            return self.kernel_names[key]
-        for layer in model.layers:
-            if isinstance(layer, ir.Linear):
-                self.layer_class(layer, model.dtype)
-            elif isinstance(layer, ir.Activation):
-                self.layer_class(layer, model.dtype)
-        name = self.names.claim(f"_forward_{model.name}")
-        self.kernel_names[key] = name
-        args = self.kernel_args(model)
-        arg_names = [f"p{i}" for i in range(len(args))]
-        e = self.kernels
-        e.line("@_numba.njit(cache=True, fastmath=_FASTMATH)")
-        e.line(f"def {name}({', '.join(['x', *arg_names])}):")
-        with e.indent():
-            e.line(
-                f'"""{model.name}, fused: all layers in one native call, '
-                f"x (*, {model.in_features}) -> (*, {model.out_features})."
-            )
-            if args:
-                e.line()
-                for arg_name, (param_key, shape) in zip(arg_names, args):
-                    e.line(f"{arg_name}: {param_key} {shape}")
-            e.line('"""')
-            index = 0
-            for layer in model.layers:
-                if isinstance(layer, ir.Linear):
-                    kernel = self.linear_kernel(layer, model.dtype)
-                    count = 2 if layer.bias is not None else 1
-                    call_args = ", ".join(["x", *arg_names[index : index + count]])
-                    index += count
-                    e.line(f"x = {kernel}({call_args})  # ({layer.name}) {layer.in_features} -> {layer.out_features}")
-                elif isinstance(layer, ir.Activation):
-                    kernel = self.activation_kernel(layer, model.dtype)
-                    e.line(f"x = {kernel}(x)  # ({layer.name}) {layer.kind}")
-                elif isinstance(layer, ir.Submodel):
-                    kernel = self.kernel_names[("model", layer.model.name)]
-                    count = len(self.kernel_args(layer.model))
-                    call_args = ", ".join(["x", *arg_names[index : index + count]])
-                    index += count
-                    e.line(f"x = {kernel}({call_args})  # ({layer.name}) {layer.model.name}")
-                else:
-                    raise CodegenError(f"failed to render layer {layer!r}")
-            e.line("return x")
-        e.line()
-        e.line()
-        return name
 
     def model_class(self, model: ir.Model, e: Emitter) -> None:
         cls = self.class_names[model.name]

@@ -150,7 +150,6 @@ _TERMINAL_WORDS = {
     "RSQB": "']'",
     "EQUAL": "'='",
     "COMMA": "','",
-    "_SEP": "';'",
     "SEMICOLON": "';'",
     "MODEL": "'model'",
     "TEST": "'test'",

@@ -85,10 +85,15 @@ class Softmax(_Activation):
 class Model(Module):
     """A compiled model: children run in order; its kernel runs them all in one native call."""
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any, *, out: np.ndarray | None = None) -> Any:
+        y = x
         for module in self._modules.values():
-            x = module(x)
-        return x
+            y = module(y)
+        if out is None:
+            return y
+        target = self._output_for(self._as_input(x), out)
+        np.copyto(target, y)
+        return target
 
 
 class child:

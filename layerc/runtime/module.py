@@ -22,6 +22,9 @@ from .hooks import RemovableHandle, state
 
 __all__ = ["Module"]
 
+_ndarray = np.ndarray
+_empty = np.empty
+
 
 class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
     __slots__ = ()
@@ -63,6 +66,11 @@ class Module:
     dtype: np.dtype = np.dtype(np.float32)
     in_features: int | None = None
     out_features: int | None = None
+    _out_tail: tuple[int] | None = None  # (out_features,), or None when output shape = input shape
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._out_tail = None if cls.out_features is None else (cls.out_features,)
 
     def __init__(self) -> None:
         d = self.__dict__
@@ -80,17 +88,38 @@ class Module:
 
     # ------------------------------------------------------------------ calling
 
-    def forward(self, x: Any) -> np.ndarray:
-        """Run this module's kernel on `x`; pipelines override this to call their children."""
-        return self._kernel(self._as_input(x), *self._param_arrays())  # type: ignore[misc]
+    def forward(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Run this module's kernel on `x`, into `out` if given; models override this to call
+        their children one by one."""
+        return self._run(x, out, self._param_arrays())
+
+    def _run(self, x: Any, out: np.ndarray | None, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        x = self._as_input(x)
+        y = self._output_for(x, out)
+        self._kernel(x, y, *params)  # type: ignore[misc]
+        return y
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The fast path: no hooks anywhere (cached against the hook version) and one ndarray:
+        # one allocation and one native call. The kernel converts dtype and layout itself and
+        # checks the width; if it raises, the checked path below reports the error in full.
         if self._fast_version == state.version and len(args) == 1 and not kwargs:
             x = args[0]
-            if type(x) is np.ndarray and x.dtype is self.dtype and x.flags.c_contiguous and x.ndim:
-                if x.shape[-1] == self.in_features:
-                    return self._kernel(x, *self._fast_args)  # type: ignore[misc]
-            return self._kernel(self._as_input(x), *self._fast_args)  # type: ignore[misc]
+            if type(x) is _ndarray:
+                shape = x.shape
+                tail = self._out_tail
+                if tail is None:
+                    y = _empty(shape, self.dtype)
+                elif len(shape) == 1:
+                    y = _empty(tail, self.dtype)
+                else:
+                    y = _empty(shape[:-1] + tail, self.dtype)
+                try:
+                    self._kernel(x, y, *self._fast_args)  # type: ignore[misc]
+                    return y
+                except Exception:
+                    pass
+            return self._run(x, None, self._fast_args)
         return self._call_impl(*args, **kwargs)
 
     def _call_impl(self, *args: Any, **kwargs: Any) -> Any:
@@ -100,8 +129,12 @@ class Module:
             or H.global_forward_hooks
             or H.global_forward_pre_hooks
         ):
-            if self._refresh_fast_path() and len(args) == 1 and not kwargs:
-                return self._kernel(self._as_input(args[0]), *self._fast_args)  # type: ignore[misc]
+            if (
+                self._refresh_fast_path()
+                and len(args) == 1
+                and (not kwargs or kwargs.keys() == {"out"})
+            ):
+                return self._run(args[0], kwargs.get("out"), self._fast_args)
             return self.forward(*args, **kwargs)
         return self._call_with_hooks(args, kwargs)
 
@@ -202,6 +235,26 @@ class Module:
 
     def _param_arrays(self) -> tuple[np.ndarray, ...]:
         return tuple(self._parameters[key] for key, _ in self._kernel_params)
+
+    def _output_for(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """A new output array for input `x`, or `out` checked to fit it."""
+        shape = x.shape if self._out_tail is None else x.shape[:-1] + self._out_tail
+        if out is None:
+            return np.empty(shape, self.dtype)
+        if (
+            type(out) is not np.ndarray
+            or out.dtype != self.dtype
+            or out.shape != shape
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError(
+                f"{self._get_name()}: out must be a writeable C-contiguous {self.dtype} array of "
+                f"shape {_fmt_shape(shape)}"
+            )
+        if np.may_share_memory(out, x):
+            raise ValueError(f"{self._get_name()}: out must not overlap the input")
+        return out
 
     def _as_input(self, x: Any) -> np.ndarray:
         """`x` as a C-contiguous array of this module's dtype with last axis `in_features`,
@@ -556,4 +609,4 @@ class Module:
                     f"{_fmt_shape(shape)} the kernel was generated for"
                 )
             arrays.append(np.array(array, dtype=self.dtype, order="C", copy=True))
-        return bind(self._kernel, tuple(arrays))
+        return bind(self._kernel, tuple(arrays), self.dtype, self.out_features)

@@ -2,7 +2,8 @@
 
 The weights are captured by the closure, which numba freezes into the compiled function as
 constants: `f` is a snapshot of the weights at the time `njit()` was called, and calling it from
-a user's `@numba.njit` loop crosses no Python object per call.
+a user's `@numba.njit` loop crosses no Python object per call. `x` may have any shape
+(*, in_features) and is converted to the module's dtype (a no-op when it already has it).
 """
 
 from __future__ import annotations
@@ -13,9 +14,31 @@ import numba
 import numpy as np
 
 
-def bind(kernel: Callable[..., np.ndarray], arrays: tuple[np.ndarray, ...]) -> Callable[[np.ndarray], np.ndarray]:
+def bind(
+    kernel: Callable[..., None],
+    arrays: tuple[np.ndarray, ...],
+    dtype: np.dtype,
+    out_features: int | None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    scalar = dtype.type
+    if out_features is None:  # an activation: the output has the input's shape
+
+        @numba.njit
+        def forward(x):  # type: ignore[no-untyped-def]
+            xc = np.ascontiguousarray(np.asarray(x, dtype=scalar))
+            y = np.empty(xc.shape, dtype=scalar)
+            kernel(xc, y, *arrays)
+            return y
+
+        return forward  # type: ignore[no-any-return]
+
+    tail = (out_features,)
+
     @numba.njit
     def forward(x):  # type: ignore[no-untyped-def]
-        return kernel(x, *arrays)
+        xc = np.ascontiguousarray(np.asarray(x, dtype=scalar))
+        y = np.empty(xc.shape[:-1] + tail, dtype=scalar)
+        kernel(xc, y, *arrays)
+        return y
 
     return forward  # type: ignore[no-any-return]
