@@ -8,6 +8,7 @@ from .hooks import (
 )
 from .layers import Identity, LeakyReLU, Linear, Model, ReLU, Sigmoid, Softmax, Tanh, child
 from .module import Module
+from .threads import get_num_threads, set_num_threads
 
 # Generated modules call `check_abi(ABI)`: a module generated for another runtime ABI must be
 # recompiled rather than misbehave.
@@ -35,6 +36,8 @@ __all__ = [
     "Softmax",
     "Tanh",
     "check_abi",
+    "get_num_threads",
+    "set_num_threads",
     "child",
     "register_module_forward_hook",
     "register_module_forward_pre_hook",

@@ -85,13 +85,24 @@ class Module:
         d["_fast_version"] = -1
         d["_fast_checked"] = -1
         d["_fast_args"] = ()
+        d["_params_tuple"] = ()
 
     # ------------------------------------------------------------------ calling
 
     def forward(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Run this module's kernel on `x`, into `out` if given; models override this to call
         their children one by one."""
-        return self._run(x, out, self._param_arrays())
+        if out is None and type(x) is _ndarray:
+            # As in __call__: the kernel converts and checks; on an exception, _run explains.
+            shape = x.shape
+            tail = self._out_tail
+            y = _empty(shape if tail is None else shape[:-1] + tail, self.dtype)
+            try:
+                self._kernel(x, y, *self._params_tuple)  # type: ignore[misc]
+                return y
+            except Exception:
+                pass
+        return self._run(x, out, self._params_tuple)
 
     def _run(self, x: Any, out: np.ndarray | None, params: tuple[np.ndarray, ...]) -> np.ndarray:
         x = self._as_input(x)
@@ -233,8 +244,11 @@ class Module:
             return None
         return module._parameters.get(name)
 
-    def _param_arrays(self) -> tuple[np.ndarray, ...]:
-        return tuple(self._parameters[key] for key, _ in self._kernel_params)
+    def _update_params_tuple(self) -> None:
+        """Cache this module's own kernel arguments (leaf modules: weight, bias)."""
+        self.__dict__["_params_tuple"] = tuple(
+            self._parameters.get(key) for key, _ in self._kernel_params if "." not in key
+        )
 
     def _output_for(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         """A new output array for input `x`, or `out` checked to fit it."""
@@ -342,12 +356,9 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not in __dict__: positional children such as "1".
-        modules = self.__dict__.get("_modules")
-        if modules is not None and name in modules:
-            return modules[name]
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+    # No __getattr__: children and parameters live in the instance __dict__ too (positional
+    # children such as "1" included, so getattr(net, "1") works), and a __getattr__ would turn
+    # off CPython's attribute caches on the per-call path.
 
     def __delattr__(self, name: str) -> None:
         if name in self._parameters or name in self._modules:
@@ -371,6 +382,7 @@ class Module:
     def _register_parameter(self, name: str, value: np.ndarray | None) -> None:
         self._parameters[name] = value
         self.__dict__[name] = value
+        self._update_params_tuple()
 
     def _set_parameter(self, name: str, value: Any) -> None:
         """Rebind a parameter; shape and dtype must stay what the kernels were built for."""
@@ -389,6 +401,7 @@ class Module:
         array = np.ascontiguousarray(array, dtype=current.dtype)
         self._parameters[name] = array
         self.__dict__[name] = array
+        self._update_params_tuple()
         H.bump()
 
     def __getitem__(self, index: int | str) -> Module:
