@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
                    help="where to write the module (a .py path, or a folder)")
+    p.add_argument("--warm", action="store_true",
+                   help="also compile the numba kernels now and cache them beside the module, "
+                        "so the first call in a new process is fast")
 
     p = sub.add_parser("check", help="check a .lyr file without writing anything",
                        description="Parse and check FILE: names, shapes, weights and tests. Writes nothing.")
@@ -41,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                            "the generated module and print the largest absolute and relative error "
                            "of each. Exits 1 if any test fails."))
     p.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    _add_interop_parsers(sub)
     return parser
 
 
@@ -52,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "compile":
-            return _compile(args.file, args.output)
+            return _compile(args.file, args.output, args.warm)
         if args.command == "check":
             return _check(args.file)
         if args.command == "test":
             return _test(args.files)
+        if args.command in ("import", "export"):
+            return _interop(args)
     except LayercError as exc:
         _report(exc)
         return EXIT_ERROR
@@ -79,7 +85,7 @@ def _report(exc: LayercError) -> None:
     print(f"{render(exc, _source_text(exc.file) if exc.loc else None)}", file=sys.stderr)
 
 
-def _compile(file: Path, output: Path | None) -> int:
+def _compile(file: Path, output: Path | None, warm: bool = False) -> int:
     from .driver import compile_file
 
     if output is not None and output.is_dir():
@@ -87,6 +93,10 @@ def _compile(file: Path, output: Path | None) -> int:
     _, written = compile_file(file, output)
     for path in written:
         print(f"wrote {path}")
+    if warm:
+        from .warm import warm as warm_module
+
+        warm_module(written[-1], lambda line: print(line, file=sys.stderr, flush=True))
     return EXIT_OK
 
 
@@ -125,6 +135,49 @@ def _test(files: list[Path]) -> int:
                 failed += 1
     print(f"{passed} passed, {failed} failed")
     return EXIT_OK if failed == 0 else EXIT_ERROR
+
+
+# --------------------------------------------------------------------------- import / export
+
+
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    """`layerc import` (ONNX -> .lyr + weights) and `layerc export` (.lyr -> ONNX)."""
+    p = sub.add_parser(
+        "import", help="turn an ONNX model into a .lyr file and a weights file",
+        description=(
+            "Read FILE (ONNX: Gemm, MatMul + Add, Relu, Sigmoid, Tanh, LeakyRelu, Softmax, "
+            "Identity, Flatten) and write a .lyr file (default: FILE with .lyr beside it) and its "
+            "weights as a .safetensors file of the same name beside it."))
+    p.add_argument("file", type=Path, metavar="FILE", help="the .onnx model")
+    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+                   help="where to write the .lyr file (a .lyr path, or a folder)")
+    p = sub.add_parser(
+        "export", help="write a model of a .lyr file as an ONNX graph",
+        description="Check FILE and write one of its models as ONNX (opset 17, dynamic batch).")
+    p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
+    p.add_argument("--onnx", type=Path, metavar="OUT", required=True,
+                   help="where to write the .onnx file")
+    p.add_argument("--model", metavar="NAME",
+                   help="the model to export (needed when the file defines several)")
+
+
+def _interop(args: argparse.Namespace) -> int:
+    if args.command == "import":
+        from .onnx_io import import_onnx
+
+        output = args.output
+        if output is not None and output.is_dir():
+            output = output / args.file.with_suffix(".lyr").name
+        written = import_onnx(args.file, output)
+    else:
+        from .driver import check_file
+        from .onnx_io import export_onnx
+
+        program, _ = check_file(args.file)
+        written = [export_onnx(program, args.model, args.onnx, str(args.onnx))]
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -26,6 +26,35 @@ _ndarray = np.ndarray
 _empty = np.empty
 
 
+def drop_stale_cache(module_name: str) -> bool:
+    """Stop a generated module's kernels from loading numba's on-disk cache.
+
+    numba pickles the import name of a function's module into its cache; a module cached under
+    one name (`mlp`) and imported under another (`models.mlp`) fails to load it. Then layerc
+    compiles in memory instead, once, with a warning. Returns whether anything changed.
+    """
+    import sys
+    import warnings
+
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    module = sys.modules.get(module_name)
+    changed = False
+    for value in vars(module).values() if module is not None else ():
+        if isinstance(value, Dispatcher) and not isinstance(value._cache, NullCache):
+            value._cache = NullCache()
+            changed = True
+    if changed:
+        warnings.warn(
+            f"numba's cache for {module_name} was written under another module name; "
+            "compiling its kernels in memory (recompile with `layerc compile --warm` to refresh it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return changed
+
+
 class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
     __slots__ = ()
 
@@ -107,7 +136,13 @@ class Module:
     def _run(self, x: Any, out: np.ndarray | None, params: tuple[np.ndarray, ...]) -> np.ndarray:
         x = self._as_input(x)
         y = self._output_for(x, out)
-        self._kernel(x, y, *params)  # type: ignore[misc]
+        try:
+            self._kernel(x, y, *params)  # type: ignore[misc]
+        except ImportError:
+            # numba's cache was written while this module had another import name
+            if not drop_stale_cache(type(self).__module__):
+                raise
+            self._kernel(x, y, *params)  # type: ignore[misc]
         return y
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
