@@ -166,7 +166,17 @@ class Module:
                 except Exception:
                     pass
             return self._run(x, None, self._fast_args)
-        return self._call_impl(*args, **kwargs)
+        # _call_impl, inlined: this runs once per module per call whenever any hook is set.
+        if (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or H.global_forward_hooks
+            or H.global_forward_pre_hooks
+        ):
+            return self._call_with_hooks(args, kwargs)
+        if self._refresh_fast_path() and len(args) == 1 and (not kwargs or kwargs.keys() == {"out"}):
+            return self._run(args[0], kwargs.get("out"), self._fast_args)
+        return self.forward(*args, **kwargs)
 
     def _call_impl(self, *args: Any, **kwargs: Any) -> Any:
         if not (
@@ -189,7 +199,12 @@ class Module:
         result = None
         called_always: set[int] = set()
         try:
-            for hook_id, hook in (*H.global_forward_pre_hooks.items(), *self._forward_pre_hooks.items()):
+            pre_hooks = (
+                (*H.global_forward_pre_hooks.items(), *self._forward_pre_hooks.items())
+                if H.global_forward_pre_hooks or self._forward_pre_hooks
+                else ()
+            )
+            for hook_id, hook in pre_hooks:
                 if hook_id in self._forward_pre_hooks_with_kwargs:
                     args_kwargs = hook(self, args, kwargs)
                     if args_kwargs is not None:
@@ -205,7 +220,12 @@ class Module:
                     if new_args is not None:
                         args = new_args if isinstance(new_args, tuple) else (new_args,)
             result = self.forward(*args, **kwargs)
-            for hook_id, hook in (*H.global_forward_hooks.items(), *self._forward_hooks.items()):
+            hooks = (
+                (*H.global_forward_hooks.items(), *self._forward_hooks.items())
+                if H.global_forward_hooks or self._forward_hooks
+                else ()
+            )
+            for hook_id, hook in hooks:
                 if hook_id in self._forward_hooks_always_called or hook_id in H.global_forward_hooks_always_called:
                     called_always.add(hook_id)
                 if hook_id in self._forward_hooks_with_kwargs or hook_id in H.global_forward_hooks_with_kwargs:
