@@ -94,11 +94,16 @@ def torch_models(seed_net, mlp_net):  # type: ignore[no-untyped-def]
     seed.add_module("fc", torch.nn.Linear(4, 3, bias=False))
     seed.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in seed_net.state_dict().items()})
     mlp = torch.nn.Sequential(
-        torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(),
+        torch.nn.Linear(784, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 128),
+        torch.nn.ReLU(),
         torch.nn.Linear(128, 10),
     )
-    sd = {k.replace("fc1", "0").replace("fc2", "2").replace("fc3", "4"): torch.from_numpy(v.copy())
-          for k, v in mlp_net.state_dict().items()}
+    sd = {
+        k.replace("fc1", "0").replace("fc2", "2").replace("fc3", "4"): torch.from_numpy(v.copy())
+        for k, v in mlp_net.state_dict().items()
+    }
     mlp.load_state_dict(sd)
     return seed.eval(), mlp.eval()
 
@@ -124,7 +129,8 @@ def onnx_model(layers: list[tuple[np.ndarray, np.ndarray | None, bool]], in_feat
     nodes.append(helper.make_node("Identity", [current], ["y"]))
     out_features = layers[-1][0].shape[0]
     graph = helper.make_graph(
-        nodes, "bench",
+        nodes,
+        "bench",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", in_features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_features])],
         inits,
@@ -171,7 +177,9 @@ def check_close(name: str, got: np.ndarray, ref: np.ndarray) -> None:
         raise SystemExit(f"{name}: output differs from the NumPy float64 reference")
 
 
-def reference(layers: list[tuple[np.ndarray, np.ndarray | None, bool]], x: np.ndarray) -> np.ndarray:
+def reference(
+    layers: list[tuple[np.ndarray, np.ndarray | None, bool]], x: np.ndarray
+) -> np.ndarray:
     h = x.astype(np.float64)
     for w, b, relu in layers:
         h = h @ w.astype(np.float64).T + (0.0 if b is None else b.astype(np.float64))
@@ -180,7 +188,9 @@ def reference(layers: list[tuple[np.ndarray, np.ndarray | None, bool]], x: np.nd
     return h
 
 
-def numpy_forward(layers: list[tuple[np.ndarray, np.ndarray | None, bool]]) -> Callable[[np.ndarray], np.ndarray]:
+def numpy_forward(
+    layers: list[tuple[np.ndarray, np.ndarray | None, bool]],
+) -> Callable[[np.ndarray], np.ndarray]:
     transposed = [(np.ascontiguousarray(w.T), b, relu) for w, b, relu in layers]
 
     def forward(x: np.ndarray) -> np.ndarray:
@@ -223,8 +233,11 @@ def run(args: argparse.Namespace) -> None:
     # Load every BLAS before limiting threads: threadpoolctl limits only loaded libraries.
     seed_net(np.ones(4, np.float32))
     mlp_net(np.ones((2, 784), np.float32))
-    print(f"layerc {layerc.__version__} | Python {platform.python_version()} | numpy {np.__version__} | "
-          f"torch {torch.__version__} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores")
+    print(
+        f"layerc {layerc.__version__} | Python {platform.python_version()} | "
+        f"numpy {np.__version__} | torch {torch.__version__} | "
+        f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores"
+    )
 
     with threadpool_limits(1):
         torch.set_num_threads(1)
@@ -244,10 +257,14 @@ def run(args: argparse.Namespace) -> None:
             times = {
                 "layerc": median_time(lambda: seed_net(x), min_time, repeats),
                 "torch eager": eager,
-                "torch eager (inference_mode)": median_time(lambda: torch_seed(tx), min_time, repeats),
+                "torch eager (inference_mode)": median_time(
+                    lambda: torch_seed(tx), min_time, repeats
+                ),
                 "onnxruntime": median_time(lambda: sess.run(None, {"x": x2}), min_time, repeats),
                 "numpy W @ x": median_time(lambda: w @ x, min_time, repeats),
-                "bare numba kernel, prealloc": median_time(lambda: kernel(x, out, weight), min_time, repeats),
+                "bare numba kernel, prealloc": median_time(
+                    lambda: kernel(x, out, weight), min_time, repeats
+                ),
             }
         table.case("Linear(4, 3), 1 sample", times)
 
@@ -268,21 +285,31 @@ def run(args: argparse.Namespace) -> None:
                 times = {
                     "layerc": median_time(lambda: mlp_net(xin), min_time, repeats),
                     "torch eager": eager,
-                    "torch eager (inference_mode)": median_time(lambda: torch_mlp(txb), min_time, repeats),
-                    "onnxruntime": median_time(lambda: sess.run(None, {"x": xb}), min_time, repeats),
+                    "torch eager (inference_mode)": median_time(
+                        lambda: torch_mlp(txb), min_time, repeats
+                    ),
+                    "onnxruntime": median_time(
+                        lambda: sess.run(None, {"x": xb}), min_time, repeats
+                    ),
                     "numpy": median_time(lambda: np_forward(xin), min_time, repeats),
                 }
             extra = ""
             if batch == 4096:
-                flops = 2 * batch * sum(a * b for a, b in zip(MLP_SIZES, MLP_SIZES[1:]))
-                extra = f"layerc {flops / times['layerc'] / 1e9:.1f} GFLOP/s; " + sgemm_rate(min_time, repeats)
+                flops = 2 * batch * sum(a * b for a, b in zip(MLP_SIZES, MLP_SIZES[1:], strict=False))
+                extra = f"layerc {flops / times['layerc'] / 1e9:.1f} GFLOP/s; " + sgemm_rate(
+                    min_time, repeats
+                )
                 mlp_one_thread = times["layerc"]
             table.case(f"MLP 784-256-128-10, batch {batch}, 1 thread", times, extra)
 
         # one forward hook per layer on both (each hook counts its calls)
         seen = []
-        handles = [m.register_forward_hook(lambda mod, a, o: seen.append(1)) for m in mlp_net.children()]
-        thandles = [m.register_forward_hook(lambda mod, a, o: seen.append(1)) for m in torch_mlp.children()]
+        handles = [
+            m.register_forward_hook(lambda mod, a, o: seen.append(1)) for m in mlp_net.children()
+        ]
+        thandles = [
+            m.register_forward_hook(lambda mod, a, o: seen.append(1)) for m in torch_mlp.children()
+        ]
         for batch in (1, 64):
             xb = rng.standard_normal((batch, 784), dtype=np.float32)
             xin = xb[0] if batch == 1 else xb
@@ -293,7 +320,9 @@ def run(args: argparse.Namespace) -> None:
                 times = {
                     "layerc": median_time(lambda: mlp_net(xin), min_time, repeats),
                     "torch eager": eager,
-                    "torch eager (inference_mode)": median_time(lambda: torch_mlp(txb), min_time, repeats),
+                    "torch eager (inference_mode)": median_time(
+                        lambda: torch_mlp(txb), min_time, repeats
+                    ),
                 }
             table.case(f"MLP batch {batch}, one forward hook per layer", times)
         for h in handles + thandles:
@@ -309,12 +338,18 @@ def run(args: argparse.Namespace) -> None:
         with torch.inference_mode():
             times = {
                 "layerc": median_time(lambda: mlp_net(xb), min_time, repeats),
-                "torch eager (inference_mode)": median_time(lambda: torch_mlp(txb), min_time, repeats),
+                "torch eager (inference_mode)": median_time(
+                    lambda: torch_mlp(txb), min_time, repeats
+                ),
                 "onnxruntime": median_time(lambda: sess.run(None, {"x": xb}), min_time, repeats),
                 "numpy": median_time(lambda: np_forward(xb), min_time, repeats),
             }
         speedup = mlp_one_thread / times["layerc"]
-        table.case("MLP batch 4096, 2 threads", times, f"layerc 2 threads = {speedup:.2f}x its 1-thread rate")
+        table.case(
+            "MLP batch 4096, 2 threads",
+            times,
+            f"layerc 2 threads = {speedup:.2f}x its 1-thread rate",
+        )
 
     startup(work, compile_seconds)
     print("\nMarkdown rows (case | layerc | others relative to layerc):")
@@ -323,7 +358,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def sgemm_rate(min_time: float, repeats: int) -> str:
-    """The single-thread sgemm rate on the MLP's largest product, as this machine's BLAS gives it."""
+    """The sgemm rate on the MLP's largest product, as this machine's BLAS gives it."""
     from scipy.linalg.blas import sgemm
 
     a = np.asfortranarray(np.random.default_rng(1).standard_normal((4096, 784), dtype=np.float32))
@@ -340,15 +375,43 @@ def startup(work: Path, compile_seconds: float) -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(work))
     cli = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "layerc.cli", "compile", str(work / "benchmodels.lyr"),
-                    "-o", str(work / "benchmodels.py")], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "layerc.cli",
+            "compile",
+            str(work / "benchmodels.lyr"),
+            "-o",
+            str(work / "benchmodels.py"),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     cli = time.perf_counter() - cli
     for cache in work.glob("__pycache__/*.nb*"):
         cache.unlink()
-    cold = float(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                                text=True, env=env, cwd=work).stdout)
-    cached = float(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                                  text=True, env=env, cwd=work).stdout)
+    cold = float(
+        subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+        ).stdout
+    )
+    cached = float(
+        subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+        ).stdout
+    )
     print("\nStart-up (MLP)")
     print(f"  compile (in process)         {fmt_time(compile_seconds)}")
     print(f"  `layerc compile` (CLI)       {fmt_time(cli)}   (Python start-up included)")

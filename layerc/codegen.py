@@ -37,8 +37,12 @@ BLAS_GEMM_MIN = 4096
 BLAS_GEMV_MIN = 16384
 
 _ACTIVATION_BASE = {
-    "ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "identity",
-    "LeakyReLU": "leaky_relu", "Softmax": "softmax",
+    "ReLU": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Identity": "identity",
+    "LeakyReLU": "leaky_relu",
+    "Softmax": "softmax",
 }
 _ACTIVATION_DOC = {
     "ReLU": "ReLU: max(x, 0) elementwise; NaN stays NaN.",
@@ -212,7 +216,9 @@ class _Generator:
     def __init__(self, program: ir.Program, module_name: str):
         self.program = program
         self.module_name = module_name
-        self.names = _Names({"_np", "_numba", "_rt", "_rt_data", "_WEIGHTS", "_FASTMATH", "__all__"})
+        self.names = _Names(
+            {"_np", "_numba", "_rt", "_rt_data", "_WEIGHTS", "_FASTMATH", "__all__"}
+        )
         self.kernels = Emitter()
         self.kernel_names: dict[tuple, str] = {}
         self.layer_classes = Emitter()
@@ -232,9 +238,8 @@ class _Generator:
             self.model_class(model, model_code)
             model_code.line()
             model_code.line()
-        inline = (
-            sum(a.size for _, a in self.weights) <= INLINE_LIMIT
-            and all(np.isfinite(a).all() for _, a in self.weights)
+        inline = sum(a.size for _, a in self.weights) <= INLINE_LIMIT and all(
+            np.isfinite(a).all() for _, a in self.weights
         )
         head, data, data_name = self.header(inline)
         parts = [head, self.kernels.text(), self.layer_classes.text(), model_code.text()]
@@ -258,7 +263,9 @@ class _Generator:
         e.line()
         e.line(f"_rt.check_abi({ABI})")
         e.line()
-        e.line("# No nnan/ninf: NaN and Inf keep IEEE semantics; reassociation lets LLVM vectorise sums.")
+        e.line(
+            "# No nnan/ninf: NaN and Inf keep IEEE semantics; reassoc lets LLVM vectorise sums."
+        )
         e.line(f"_FASTMATH = {FASTMATH}")
         e.line()
         data = data_name = None
@@ -278,7 +285,9 @@ class _Generator:
             data, offsets = weights_data.pack([a for _, a in self.weights])
             digest = hashlib.sha256(data).hexdigest()
             data_name = f"{self.module_name}.{digest[:16]}.weights"
-            e.line("# Weights: raw little-endian arrays in the file beside this module, checked by SHA-256.")
+            e.line(
+                "# Weights: raw little-endian arrays in the file beside this module (SHA-256 checked)."
+            )
             e.line("_WEIGHTS = _rt_data.load(")
             with e.indent():
                 e.line("__file__,")
@@ -286,7 +295,7 @@ class _Generator:
                 e.line(f"{digest!r},")
                 e.line("{")
                 with e.indent():
-                    for (key, array), offset in zip(self.weights, offsets):
+                    for (key, array), offset in zip(self.weights, offsets, strict=True):
                         dt = array.dtype.newbyteorder("<").str
                         e.line(f"{key!r}: ({offset}, {tuple(array.shape)!r}, {dt!r}),")
                 e.line("},")
@@ -331,9 +340,13 @@ class _Generator:
             with e.indent():
                 formula = "y = A x + b" if has_bias else "y = A x"
                 then = "" if epilogue is None else f", then {epilogue.kind}"
-                e.line(f'"""Linear {n_in} -> {n_out}, {dtype.name}: {formula} for each row x of xs{then}.')
+                e.line(
+                    f'"""Linear {n_in} -> {n_out}, {dtype.name}: {formula} for each row x of xs{then}.'  # noqa: E501
+                )
                 e.line()
-                e.line(f"A = weight, shape ({n_out}, {n_in}); xs (n, {n_in}) and ys (n, {n_out}) are")
+                e.line(
+                    f"A = weight, shape ({n_out}, {n_in}); xs (n, {n_in}) and ys (n, {n_out}) are"
+                )
                 e.line("C-contiguous and do not overlap.")
                 e.line('"""')
                 e.line("n = xs.shape[0]")
@@ -369,7 +382,9 @@ class _Generator:
         return self.kernel(("linear", n_out, n_in, dtype.name, has_bias, act_key), wanted, emit)
 
     @staticmethod
-    def epilogue_loop(e: Emitter, n_out: int, has_bias: bool, epilogue: ir.Activation | None, expr: str) -> None:
+    def epilogue_loop(
+        e: Emitter, n_out: int, has_bias: bool, epilogue: ir.Activation | None, expr: str
+    ) -> None:
         """After BLAS: add the bias and apply the folded activation, in place."""
         if not has_bias and epilogue is None:
             return
@@ -388,7 +403,9 @@ class _Generator:
             e.line(f"def {name}(xs, ys):")
             with e.indent():
                 if layer.kind == "Softmax":
-                    e.line('"""Softmax over each row: exp(x - max) / sum(exp(x - max)). ys may be xs."""')
+                    e.line(
+                        '"""Softmax of each row: exp(x - max) / sum(exp(x - max)); ys may be xs."""'
+                    )
                     e.line("n, f = xs.shape")
                     e.line("for s in range(n):")
                     with e.indent():
@@ -485,7 +502,7 @@ class _Generator:
                 )
                 if args:
                     e.line()
-                    for arg_name, (param_key, shape) in zip(arg_names, args):
+                    for arg_name, (param_key, shape) in zip(arg_names, args, strict=True):
                         e.line(f"{arg_name}: {param_key} {shape}")
                 e.line('"""')
                 _emit_input_check(e, model.dtype, model.in_features)
@@ -496,7 +513,7 @@ class _Generator:
                 e.line(f"h0 = x.reshape((n, {model.in_features}))")
                 e.line(f"out = y.reshape((n, {model.out_features}))")
                 current, is_input, buffers = "h0", True, 0
-                for index, (op, core) in enumerate(zip(ops, cores)):
+                for index, (op, core) in enumerate(zip(ops, cores, strict=True)):
                     last = index == len(ops) - 1
                     if last:
                         target = "out"
@@ -519,7 +536,9 @@ class _Generator:
         if isinstance(layer, ir.Linear):
             has_bias = layer.bias is not None
             key: tuple = ("Linear", layer.out_features, layer.in_features, dtype.name, has_bias)
-            wanted = f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + ("" if has_bias else "_nobias")
+            wanted = f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + (
+                "" if has_bias else "_nobias"
+            )
         else:
             key = ("act", layer.kind, layer.params, dtype.name)
             wanted = f"_{layer.kind}_{tag}"
@@ -532,7 +551,9 @@ class _Generator:
         if isinstance(layer, ir.Linear):
             e.line(f"class {name}(_rt.Linear):")
             with e.indent():
-                e.line(f'"""Linear({layer.in_features}, {layer.out_features}, bias={has_bias}), {dtype.name}."""')
+                e.line(
+                    f'"""Linear({layer.in_features}, {layer.out_features}, bias={has_bias}), {dtype.name}."""'
+                )
                 e.line()
                 e.line(f"in_features = {layer.in_features}")
                 e.line(f"out_features = {layer.out_features}")

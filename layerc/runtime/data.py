@@ -32,7 +32,9 @@ def pack(arrays: list[np.ndarray]) -> tuple[bytes, list[int]]:
     return b"".join(chunks), offsets
 
 
-def load(module_file: str, name: str, sha256: str, layout: dict[str, tuple[int, tuple[int, ...], str]]) -> dict[str, np.ndarray]:
+def load(
+    module_file: str, name: str, sha256: str, layout: dict[str, tuple[int, tuple[int, ...], str]]
+) -> dict[str, np.ndarray]:
     """Read `name` beside `module_file` and return its arrays by key, read-only."""
     path = Path(module_file).with_name(name)
     try:
@@ -50,6 +52,8 @@ def load(module_file: str, name: str, sha256: str, layout: dict[str, tuple[int, 
     out = {}
     for key, (offset, shape, dtype) in layout.items():
         count = int(np.prod(shape, dtype=np.int64))
-        array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=offset).reshape(shape)
+        array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=offset).reshape(
+            shape
+        )
         out[key] = array
     return out

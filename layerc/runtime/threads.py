@@ -25,4 +25,6 @@ def get_num_threads() -> int:
     import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import threadpool_info
 
-    return max((info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"), default=1)
+    return max(
+        (info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"), default=1
+    )
