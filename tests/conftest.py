@@ -31,3 +31,18 @@ def compile_lyr(tmp_path: Path):
         return compile_text(text, tmp_path, name)
 
     return _compile
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/*.golden from the current code generator (read the diff!)",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """Whether golden files are to be rewritten instead of compared (`--update-golden`)."""
+    return bool(request.config.getoption("--update-golden"))
