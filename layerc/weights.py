@@ -1,17 +1,26 @@
 """Where weights come from: literals in the source, files (.npy, .npz, .safetensors) and seeded
-initialisers. Each function returns a float64 NumPy array (or raises `LayercError` at the
-location of the expression); the checker converts to the model's dtype and checks shapes.
+initialisers. Literals come back as float64 arrays; files are converted to the dtype the caller
+asks for, exactly or with a reported error (see `convert_exact`); initialisers draw in float64.
+Every user mistake is a `LayercError` at the location of the expression.
 
-Files are read without ever unpickling, and only when they are regular files.
+Files are never unpickled and are read only when they are regular files; sizes declared inside
+a file (npy headers, npz members, safetensors headers) are checked against the file and against
+the expected shape before any data is read.
 """
 
 from __future__ import annotations
 
+import difflib
+import io
+import json
 import math
 import os
 import stat
+import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -38,7 +47,7 @@ def _literal_shape(value: S.Value, what: str) -> tuple[int, ...]:
         return (0,)
     shapes = [_literal_shape(item, what) for item in value.items]
     first = shapes[0]
-    for item, shape in zip(value.items, shapes):
+    for item, shape in zip(value.items, shapes, strict=True):
         if shape != first:
             raise LayercError(
                 f"ragged {what}: this entry has shape {_fmt_shape(shape)} but the first has "
@@ -58,15 +67,93 @@ def _flatten(value: S.Value, out: list[float]) -> None:
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
-    return "()" if not shape else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    if not shape:
+        return "()"
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 fmt_shape = _fmt_shape
 
 
+# --------------------------------------------------------------------------- dtype conversion
+
+
+class ConversionError(ValueError):
+    """A value cannot be converted to the target dtype without a loss layerc does not allow."""
+
+
+# Bits of significand (with the implicit bit) of each target dtype: integers up to 2**p in
+# magnitude are exact, larger ones only when their low bits are zero.
+_SIGNIFICAND_BITS = {np.dtype(np.float32): 24, np.dtype(np.float64): 53}
+
+
+def convert_exact(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`array` as `dtype` (float32 or float64), C-contiguous; raise ConversionError on a loss.
+
+    - bool, and floats no wider than the target (float16, bfloat16 read as float32, float32):
+      exact.
+    - integers: exact when every value is representable in the target (|v| <= 2**24 always is
+      for float32, 2**53 for float64); the first value that is not is reported.
+    - float64 (or longer) into float32: rounded to nearest, as literals are and as torch's
+      `load_state_dict` does; a finite value too large for float32 is reported.
+    - anything else (complex, strings, dates, records, Python objects): reported.
+    """
+    dtype = np.dtype(dtype)
+    kind = array.dtype.kind
+    if kind == "b" or (kind == "f" and array.dtype.itemsize <= dtype.itemsize):
+        return np.ascontiguousarray(array, dtype=dtype)
+    if kind in "iu":
+        _check_integers_exact(array, dtype, what)
+        return np.ascontiguousarray(array, dtype=dtype)
+    if kind == "f":
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(array, dtype=dtype)
+        overflow = np.isinf(out) & np.isfinite(array)
+        if overflow.any():
+            index = _first_index(overflow)
+            raise ConversionError(
+                f"{what}{list(index)} = {float(array[index])!r} is too large for {dtype.name}"
+            )
+        return out
+    raise ConversionError(
+        f"{what} has dtype {_dtype_name(array.dtype)}, not a real number type; save it as "
+        "float32 or float64"
+    )
+
+
+def _check_integers_exact(array: np.ndarray, dtype: np.dtype, what: str) -> None:
+    bits = _SIGNIFICAND_BITS[dtype]
+    if array.dtype.itemsize * 8 - (array.dtype.kind == "i") <= bits or array.size == 0:
+        return
+    limit = 1 << bits
+    # Compare in the array's own integer type, so nothing is rounded before the test.
+    big = array > limit
+    if array.dtype.kind == "i":
+        big |= array < -limit
+    for index in np.argwhere(big):
+        where = tuple(int(i) for i in index)
+        value = int(array[where])
+        if int(dtype.type(value)) != value:
+            raise ConversionError(
+                f"{what}{list(where)} = {value} ({array.dtype.name}) is not exactly representable "
+                f"in {dtype.name}; round it yourself or use a float64 model"
+            )
+
+
+def _first_index(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype.name if dtype.names is None and dtype.subdtype is None else str(dtype)
+
+
 # --------------------------------------------------------------------------- files
 
 MAX_FILE_BYTES = 1 << 34  # 16 GiB: more than any model layerc is for
+MAX_NPY_HEADER = 10_000  # numpy's own limit for headers it parses without allow_pickle
+MAX_KEYS_SHOWN = 20
+SUFFIXES = (".npy", ".npz", ".safetensors")
 
 
 def resolve_path(path: str, base_dir: Path, loc: Loc) -> Path:
@@ -80,137 +167,456 @@ def resolve_path(path: str, base_dir: Path, loc: Loc) -> Path:
         raise LayercError(f"no such file: {path!r} (looked in {base_dir or '.'})", loc) from None
     except OSError as exc:
         raise LayercError(f"cannot read {path!r}: {exc.strerror}", loc) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise LayercError(f"{path!r} is not a regular file", loc)
-    if st.st_size > MAX_FILE_BYTES:
-        raise LayercError(f"{path!r} is too large ({st.st_size} bytes)", loc)
+    _check_regular(st, path, loc)
     return full
 
 
-def load_array(path: str, key: str | None, base_dir: Path, loc: Loc) -> np.ndarray:
-    """One array from .npy (no key), .npz or .safetensors (key required), as float64."""
+def _check_regular(st: os.stat_result, path: str, loc: Loc | None, file: str | None = None) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise LayercError(
+            f"{path!r} is not a regular file (a device, pipe, socket or folder), so layerc will "
+            "not read it",
+            loc,
+            file=file,
+        )
+    if st.st_size > MAX_FILE_BYTES:
+        raise LayercError(f"{path!r} is too large ({st.st_size} bytes)", loc, file=file)
+
+
+def open_regular(full: Path, path: str, loc: Loc | None, file: str | None = None) -> int:
+    """A read-only descriptor of `full`, refused unless it is a regular file.
+
+    The file is opened without blocking and checked through the descriptor, so a FIFO (or a path
+    swapped for one after `resolve_path`) cannot hang the compiler, and what is read is the file
+    that was checked."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(full, flags)
+    except OSError as exc:
+        raise LayercError(f"cannot read {path!r}: {exc.strerror}", loc, file=file) from None
+    try:
+        _check_regular(os.fstat(fd), path, loc, file)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What is being loaded, for messages: `'w.npz'['fc.weight']`."""
+
+    path: str
+    key: str | None
+    loc: Loc
+
+    @property
+    def what(self) -> str:
+        return repr(self.path) if self.key is None else f"{self.path!r}[{self.key!r}]"
+
+    def error(self, message: str) -> LayercError:
+        return LayercError(message, self.loc)
+
+
+def load_array(
+    path: str,
+    key: str | None,
+    base_dir: Path,
+    loc: Loc,
+    *,
+    dtype: np.dtype | type = np.float64,
+    shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """One array from .npy (no key), .npz or .safetensors (key required), as `dtype`.
+
+    When `shape` is given, the shape the file declares is checked before its data is read.
+    Conversion follows `convert_exact`."""
     full = resolve_path(path, base_dir, loc)
     suffix = full.suffix.lower()
-    if suffix == ".npy":
-        if key is not None:
-            raise LayercError(f"{path!r} is a .npy file and holds one array: give no key", loc)
-        array = _load_npy(full, path, loc)
-    elif suffix == ".npz":
-        if key is None:
-            raise LayercError(f"{path!r} holds several arrays: name one, load({path!r}, \"key\")", loc)
-        array = _load_npz(full, path, key, loc)
-    elif suffix == ".safetensors":
-        if key is None:
-            raise LayercError(f"{path!r} holds several tensors: name one, load({path!r}, \"key\")", loc)
-        array = _load_safetensors(full, path, key, loc)
-    else:
+    src = _Source(path, key, loc)
+    if suffix not in SUFFIXES:
         raise LayercError(
-            f"cannot load {path!r}: the file must end in .npy, .npz or .safetensors", loc
+            f"cannot load {path!r}: the file must end in .npy, .npz or .safetensors (layerc "
+            "never reads pickled files such as .pt, .pth, .pkl or .bin)",
+            loc,
         )
-    return _to_float64(array, path if key is None else f"{path}[{key!r}]", loc)
-
-
-def _load_npy(full: Path, path: str, loc: Loc) -> np.ndarray:
+    if suffix == ".npy" and key is not None:
+        raise LayercError(f"{path!r} is a .npy file and holds one array: give no key", loc)
+    if suffix != ".npy" and key is None:
+        raise LayercError(f'{path!r} holds several arrays: name one, load({path!r}, "key")', loc)
+    fd = open_regular(full, path, loc)
     try:
-        with open(full, "rb") as f:
-            return _read_npy(f, os.fstat(f.fileno()).st_size, path, loc)
+        if suffix == ".npy":
+            with os.fdopen(os.dup(fd), "rb") as f:
+                array = _read_npy(f, os.fstat(fd).st_size, src, shape)
+        elif suffix == ".npz":
+            array = _load_npz(fd, src, shape)
+        else:
+            array = _load_safetensors(fd, full, src, shape)
     except OSError as exc:
-        raise LayercError(f"cannot read {path!r}: {exc.strerror}", loc) from None
+        raise LayercError(f"cannot read {path!r}: {exc.strerror or exc}", loc) from None
+    finally:
+        os.close(fd)
+    try:
+        return convert_exact(array, np.dtype(dtype), src.what)
+    except ConversionError as exc:
+        raise LayercError(str(exc), loc) from None
 
 
-def _read_npy(f, size: int, path: str, loc: Loc) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Read a .npy stream after checking its header's shape and dtype against its size."""
+def _check_declared_shape(
+    declared: tuple[int, ...], shape: tuple[int, ...] | None, src: _Source
+) -> None:
+    if shape is not None and tuple(declared) != tuple(shape):
+        raise src.error(
+            f"{src.what} has shape {_fmt_shape(tuple(declared))} but must have shape "
+            f"{_fmt_shape(shape)}"
+        )
+
+
+def _read_npy(f: IO[bytes], size: int, src: _Source, shape: tuple[int, ...] | None) -> np.ndarray:
+    """Read a .npy stream of `size` bytes; its header is checked (no objects, sizes that fit the
+    file, the expected shape) before the data is read."""
+    declared, fortran, dtype = _read_npy_header(f, src)
+    if dtype.hasobject:
+        raise src.error(
+            f"{src.what} holds Python objects (a pickled array), which layerc never unpickles; "
+            "save a numeric array"
+        )
+    if dtype.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None:
+        raise src.error(
+            f"{src.what} has dtype {_dtype_name(dtype)}, not a real number type; save it as "
+            "float32 or float64"
+        )
+    if any(d < 0 for d in declared):
+        raise src.error(f"{src.what} is not a valid .npy file: negative shape {declared}")
+    _check_declared_shape(declared, shape, src)
+    count = math.prod(declared)
+    expected = count * dtype.itemsize
+    remaining = size - f.tell()
+    if remaining < expected:
+        raise src.error(
+            f"{src.what} is truncated: its header declares shape {_fmt_shape(declared)} of "
+            f"{_dtype_name(dtype)} ({expected} bytes) but only {remaining} bytes follow"
+        )
+    data = f.read(expected)
+    if len(data) != expected:
+        raise src.error(f"{src.what} is truncated: {len(data)} of {expected} data bytes")
+    array = np.frombuffer(data, dtype=dtype, count=count)
+    return array.reshape(declared, order="F" if fortran else "C")
+
+
+def _read_npy_header(f: IO[bytes], src: _Source) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from a .npy header, reading at most the header's bytes."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
         if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            length_format = "<H"
         elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            length_format = "<I"
         else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except ValueError as exc:
-        raise LayercError(f"{path!r} is not a valid .npy file: {exc}", loc) from None
-    if dtype.hasobject:
-        raise LayercError(
-            f"{path!r} holds Python objects, which layerc never unpickles; save a numeric array",
-            loc,
-        )
-    count = math.prod(shape)
-    expected = count * dtype.itemsize
-    remaining = size - f.tell()
-    if remaining < expected:
-        raise LayercError(
-            f"{path!r} is truncated: its header declares shape {_fmt_shape(shape)} "
-            f"({expected} bytes) but only {remaining} bytes follow",
-            loc,
-        )
-    data = f.read(expected)
-    array = np.frombuffer(data, dtype=dtype, count=count)
-    return array.reshape(shape, order="F" if fortran else "C")
+            raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+        raw_length = f.read(struct.calcsize(length_format))
+        if len(raw_length) != struct.calcsize(length_format):
+            raise ValueError("the file ends inside the header")
+        (length,) = struct.unpack(length_format, raw_length)
+        if length > MAX_NPY_HEADER:
+            raise ValueError(f"its header is {length} bytes long, more than layerc reads")
+        header = f.read(length)
+        if len(header) != length:
+            raise ValueError("the file ends inside the header")
+        # numpy parses the header with ast.literal_eval, which evaluates no code. (Version 3.0
+        # differs from 2.0 only in allowing UTF-8 field names, which records would need.)
+        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        prefix = raw_length + header
+        shape, fortran, dtype = reader(io.BytesIO(prefix))
+    except LayercError:
+        raise
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise src.error(f"{src.what} is not a valid .npy file: {reason}") from None
+    return tuple(shape), bool(fortran), dtype
 
 
-def _load_npz(full: Path, path: str, key: str, loc: Loc) -> np.ndarray:
+def _load_npz(fd: int, src: _Source, shape: tuple[int, ...] | None) -> np.ndarray:
+    assert src.key is not None
+    f = os.fdopen(os.dup(fd), "rb")
     try:
-        archive = zipfile.ZipFile(full)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise LayercError(f"{path!r} is not a valid .npz file: {exc}", loc) from None
-    with archive:
-        members = {name[:-4] if name.endswith(".npy") else name: name for name in archive.namelist()}
-        if key not in members:
-            raise LayercError(
-                f"{path!r} has no array {key!r}; it has: {', '.join(map(repr, sorted(members)))}",
-                loc,
-            )
-        info = archive.getinfo(members[key])
-        if info.file_size > MAX_FILE_BYTES:
-            raise LayercError(f"{path!r}: member {key!r} is too large ({info.file_size} bytes)", loc)
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        f.close()
+        raise src.error(f"{src.path!r} is not a valid .npz file: {exc}") from None
+    with f, archive:
+        members: dict[str, str] = {}
+        for name in archive.namelist():
+            members.setdefault(name[:-4] if name.endswith(".npy") else name, name)
+        if src.key not in members:
+            raise src.error(_missing_key(src, "array", list(members)))
+        info = archive.getinfo(members[src.key])
+        if info.is_dir() or info.file_size > MAX_FILE_BYTES:
+            raise src.error(f"{src.what} is not an array member ({info.file_size} bytes)")
         try:
             with archive.open(info) as member:
-                return _read_npy(member, info.file_size, f"{path}[{key!r}]", loc)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise LayercError(f"{path!r}: cannot read member {key!r}: {exc}", loc) from None
+                return _read_npy(member, info.file_size, src, shape)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise src.error(f"{src.path!r}: cannot read member {src.key!r}: {exc}") from None
 
 
-def _load_safetensors(full: Path, path: str, key: str, loc: Loc) -> np.ndarray:
+def _missing_key(src: _Source, noun: str, keys: list[str]) -> str:
+    assert src.key is not None
+    keys = sorted(keys)
+    if not keys:
+        return f"{src.path!r} has no {noun} {src.key!r}; it holds none"
+    shown = ", ".join(map(repr, keys[:MAX_KEYS_SHOWN]))
+    more = f" and {len(keys) - MAX_KEYS_SHOWN} more" if len(keys) > MAX_KEYS_SHOWN else ""
+    close = difflib.get_close_matches(src.key, keys, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{src.path!r} has no {noun} {src.key!r}{hint} (it has: {shown}{more})"
+
+
+# safetensors dtype names -> NumPy dtypes; BF16 is handled apart (see _read_bfloat16).
+_SAFETENSORS_DTYPES = {
+    "BOOL": np.bool_,
+    "U8": np.uint8,
+    "I8": np.int8,
+    "U16": np.uint16,
+    "I16": np.int16,
+    "U32": np.uint32,
+    "I32": np.int32,
+    "U64": np.uint64,
+    "I64": np.int64,
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+}
+
+
+def _load_safetensors(
+    fd: int, full: Path, src: _Source, shape: tuple[int, ...] | None
+) -> np.ndarray:
+    """A tensor through the safetensors package, which validates the header (size, offsets that
+    cover the file exactly) before anything is read. It opens by path, so it is given this
+    process's descriptor path where there is one: the file read is the file that was checked."""
+    assert src.key is not None
+    from safetensors import safe_open
+
+    by_fd = f"/proc/self/fd/{fd}"
+    open_path = by_fd if os.path.exists(by_fd) else str(full)
     try:
-        from safetensors import safe_open
-    except ImportError:  # pragma: no cover - safetensors is a dependency
-        raise LayercError("loading .safetensors needs the 'safetensors' package", loc) from None
-    try:
-        with safe_open(str(full), framework="numpy") as f:
+        with safe_open(open_path, framework="numpy") as f:
             keys = list(f.keys())
-            if key not in keys:
-                raise LayercError(
-                    f"{path!r} has no tensor {key!r}; it has: {', '.join(map(repr, sorted(keys)))}",
-                    loc,
+            if src.key not in keys:
+                raise src.error(_missing_key(src, "tensor", keys))
+            info = f.get_slice(src.key)
+            declared = tuple(int(d) for d in info.get_shape())
+            dtype = str(info.get_dtype())
+            _check_declared_shape(declared, shape, src)
+            if dtype == "BF16":
+                return _read_bfloat16(fd, src, declared)
+            if dtype not in _SAFETENSORS_DTYPES:
+                raise src.error(
+                    f"{src.what} has dtype {dtype}, which layerc does not read; save it as "
+                    "float32, float16 or bfloat16"
                 )
-            return f.get_tensor(key)
+            return np.asarray(f.get_tensor(src.key))
     except LayercError:
         raise
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise LayercError(f"{path!r} is not a valid .safetensors file: {exc}", loc) from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise src.error(f"{src.path!r} is not a valid .safetensors file: {reason}") from None
 
 
-def _to_float64(array: np.ndarray, what: str, loc: Loc) -> np.ndarray:
-    if array.dtype.kind not in "biuf":
-        raise LayercError(f"{what} has dtype {array.dtype}, not a real number type", loc)
-    return np.asarray(array, dtype=np.float64)
+def _read_bfloat16(fd: int, src: _Source, shape: tuple[int, ...]) -> np.ndarray:
+    """A BF16 tensor as float32, exactly: bfloat16 is the top half of a float32.
+
+    NumPy has no bfloat16, so the raw bytes are read at the offsets of the header (already
+    validated by safetensors) and widened by a 16-bit shift."""
+    assert src.key is not None
+    (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    header = json.loads(os.pread(fd, length, 8))
+    begin, end = header[src.key]["data_offsets"]
+    count = math.prod(shape)
+    if end - begin != 2 * count:
+        raise src.error(f"{src.what}: {end - begin} bytes for {count} bfloat16 values")
+    raw = os.pread(fd, end - begin, 8 + length + begin)
+    if len(raw) != end - begin:
+        raise src.error(f"{src.what} is truncated")
+    halves = np.frombuffer(raw, dtype="<u2").astype(np.uint32)
+    return (halves << 16).view(np.float32).reshape(shape)
 
 
 # --------------------------------------------------------------------------- initialisers
 
-INITIALISERS = ("uniform",)
+
+@dataclass(frozen=True)
+class _InitParam:
+    name: str
+    kind: str  # "seed", "real", "nonneg" (a real >= 0) or "choice"
+    default: object = None  # None: required
+    choices: tuple[str, ...] = ()
 
 
-def init_uniform(seed: int, out_features: int, in_features: int, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+_SEED = _InitParam("seed", "seed")
+
+# name -> parameters in positional order, with torch.nn.init's names and defaults.
+INITIALISER_PARAMS: dict[str, tuple[_InitParam, ...]] = {
+    "uniform": (_SEED,),
+    "zeros": (),
+    "normal": (_InitParam("mean", "real", 0.0), _InitParam("std", "nonneg", 1.0), _SEED),
+    "xavier_uniform": (_SEED, _InitParam("gain", "nonneg", 1.0)),
+    "kaiming_uniform": (
+        _SEED,
+        _InitParam("a", "real", 0.0),
+        _InitParam("mode", "choice", "fan_in", ("fan_in", "fan_out")),
+        _InitParam(
+            "nonlinearity",
+            "choice",
+            "leaky_relu",
+            ("leaky_relu", "relu", "linear", "sigmoid", "tanh", "selu"),
+        ),
+    ),
+}
+INITIALISERS = tuple(INITIALISER_PARAMS)
+
+Arrays = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def initialise(call: S.Call, out_features: int, in_features: int, bias: bool) -> Arrays:
+    """The weight (out, in) and bias (out,) or None that `init = call` gives, as float64.
+
+    Arguments are checked here and reported at their location. Seeded initialisers draw from
+    NumPy's PCG64 seeded with `seed`: the weight first, then the bias."""
+    if call.func not in INITIALISER_PARAMS:
+        close = difflib.get_close_matches(call.func, list(INITIALISERS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise LayercError(
+            f"unknown initialiser {call.func!r}{hint} (initialisers: {', '.join(INITIALISERS)})",
+            call.loc,
+        )
+    args = _bind_init_args(call, INITIALISER_PARAMS[call.func])
+    if call.func == "zeros":
+        return np.zeros((out_features, in_features)), (np.zeros(out_features) if bias else None)
+    seed = args["seed"]
+    assert isinstance(seed, int)
+    if call.func == "uniform":
+        return init_uniform(seed, out_features, in_features, bias)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    shape = (out_features, in_features)
+    if call.func == "normal":
+        mean, std = float(args["mean"]), float(args["std"])  # type: ignore[arg-type]
+        weight = rng.normal(mean, std, size=shape)
+    elif call.func == "xavier_uniform":
+        bound = xavier_bound(in_features, out_features, float(args["gain"]))  # type: ignore[arg-type]
+        weight = rng.uniform(-bound, bound, size=shape)
+    else:
+        fan = in_features if args["mode"] == "fan_in" else out_features
+        bound = kaiming_bound(fan, float(args["a"]), str(args["nonlinearity"]))  # type: ignore[arg-type]
+        weight = rng.uniform(-bound, bound, size=shape)
+    return weight, _default_bias(rng, in_features, out_features) if bias else None
+
+
+def _bind_init_args(call: S.Call, params: tuple[_InitParam, ...]) -> dict[str, object]:
+    """Positional and keyword arguments matched to `params`, each checked for its kind."""
+    names = [p.name for p in params]
+    given: dict[str, S.Arg] = {}
+    for i, arg in enumerate(call.args):
+        if arg.name is None and any(a.name is not None for a in call.args[:i]):
+            raise LayercError("positional argument after a keyword argument", arg.loc)
+        name = arg.name if arg.name is not None else (names[i] if i < len(names) else None)
+        if name is None:
+            raise LayercError(
+                f"{call.func}() takes at most {len(names)} argument{'s' * (len(names) != 1)}",
+                arg.loc,
+            )
+        if name not in names:
+            allowed = ", ".join(names) if names else "none"
+            raise LayercError(
+                f"{call.func}() has no argument {name!r} (arguments: {allowed})", arg.loc
+            )
+        if name in given:
+            raise LayercError(f"{name!r} is given twice", arg.loc)
+        given[name] = arg
+    out: dict[str, object] = {}
+    for p in params:
+        if p.name in given:
+            out[p.name] = _init_value(p, given[p.name].value, call.func)
+        elif p.default is None:
+            example = f"{call.func}(seed=0)" if p.kind == "seed" else f"{call.func}({p.name}=...)"
+            raise LayercError(f"{call.func}() needs {p.name!r}, e.g. {example}", call.loc)
+        else:
+            out[p.name] = p.default
+    return out
+
+
+def _init_value(p: _InitParam, v: S.Value, func: str) -> object:
+    if p.kind == "seed":
+        if not isinstance(v, S.Number) or not v.is_int or v.value < 0 or len(v.text) > 21:
+            raise LayercError("seed must be a non-negative integer below 2**64", v.loc)
+        seed = int(v.text.lstrip("+"))
+        if seed >= 2**64:
+            raise LayercError("seed must be a non-negative integer below 2**64", v.loc)
+        return seed
+    if p.kind == "choice":
+        text = v.value if isinstance(v, (S.String, S.Name)) else None
+        if text not in p.choices:
+            options = ", ".join(repr(c) for c in p.choices)
+            raise LayercError(f"{func}(): {p.name} must be one of {options}", v.loc)
+        return text
+    if not isinstance(v, S.Number) or not math.isfinite(v.value):
+        raise LayercError(f"{func}(): {p.name} must be a finite number", v.loc)
+    if p.kind == "nonneg" and v.value < 0:
+        raise LayercError(f"{func}(): {p.name} must be >= 0, not {v.text}", v.loc)
+    return float(v.value)
+
+
+def uniform_bound(in_features: int) -> float:
+    """torch.nn.Linear's default bound for weight and bias: 1/sqrt(fan_in)."""
+    return 1.0 / math.sqrt(in_features)
+
+
+def xavier_bound(fan_in: int, fan_out: int, gain: float = 1.0) -> float:
+    """torch.nn.init.xavier_uniform_: gain * sqrt(6 / (fan_in + fan_out)), computed as torch
+    does (sqrt(3) * gain * sqrt(2 / (fan_in + fan_out)))."""
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out))
+    return math.sqrt(3.0) * std
+
+
+def calculate_gain(nonlinearity: str, a: float) -> float:
+    """torch.nn.init.calculate_gain for the nonlinearities kaiming_uniform accepts."""
+    if nonlinearity in ("linear", "sigmoid"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    assert nonlinearity == "leaky_relu", nonlinearity
+    return math.sqrt(2.0 / (1 + a**2))
+
+
+def kaiming_bound(fan: int, a: float = 0.0, nonlinearity: str = "leaky_relu") -> float:
+    """torch.nn.init.kaiming_uniform_: sqrt(3) * gain / sqrt(fan); with the defaults (a=0,
+    leaky_relu) the gain is sqrt(2), so the bound is sqrt(6 / fan_in)."""
+    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    return math.sqrt(3.0) * std
+
+
+def _default_bias(rng: np.random.Generator, in_features: int, out_features: int) -> np.ndarray:
+    """torch.nn.Linear's bias initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what a torch
+    Linear's bias holds when only its weight is re-initialised with torch.nn.init."""
+    bound = uniform_bound(in_features)
+    return rng.uniform(-bound, bound, size=(out_features,))
+
+
+def init_uniform(seed: int, out_features: int, in_features: int, bias: bool) -> Arrays:
     """PyTorch's default Linear initialisation, seeded: weight and bias ~ U(-k, k), k = 1/sqrt(in).
 
     (torch's kaiming_uniform_(a=sqrt(5)) on the weight gives exactly this bound.) The draws come
     from NumPy's PCG64 seeded with `seed`, weight first, then bias, so the same source always
     gives the same weights on every machine.
     """
-    bound = 1.0 / math.sqrt(in_features)
+    bound = uniform_bound(in_features)
     rng = np.random.Generator(np.random.PCG64(seed))
     weight = rng.uniform(-bound, bound, size=(out_features, in_features))
     b = rng.uniform(-bound, bound, size=(out_features,)) if bias else None

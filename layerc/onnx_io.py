@@ -1,0 +1,706 @@
+"""ONNX in and out: an .onnx file in, a .lyr file plus one .safetensors weights file out
+(`import_onnx`), or a checked program in and a validated ONNX graph out (`export_onnx`).
+
+Import reads a single chain of Gemm / MatMul (+ Add) / Relu / Sigmoid / Tanh / LeakyRelu /
+Softmax / Identity / Flatten nodes and refuses anything else, naming the node. ONNX files have no
+lines, so every problem is a file-level `LayercError`. The file is parsed from bytes read through
+a checked descriptor; external data (paths inside the model, the source of CVE-2022-25882 and
+CVE-2024-27318) is refused, and nothing is written until the whole model has been read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, ir
+from . import weights as W
+from .errors import LayercError
+
+MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
+EXPORT_OPSET = 17
+EXPORT_IR_VERSION = 8  # the IR version that came with opset 17: readable by older runtimes
+
+SUPPORTED_OPS = (
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "LeakyRelu",
+    "Softmax",
+    "Identity",
+    "Flatten",
+    "Constant",
+)
+# ONNX op -> .lyr layer kind, for the activations that map one to one.
+_ACTIVATIONS = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
+# Attributes each supported op may carry; any other would change its meaning.
+_KNOWN_ATTRIBUTES = {
+    "Gemm": {"alpha", "beta", "transA", "transB"},
+    "LeakyRelu": {"alpha"},
+    "Softmax": {"axis"},
+    "Flatten": {"axis"},
+    "Constant": {"value"},
+}
+# .lyr activation -> ONNX op, for export.
+_EXPORT_OPS = {
+    "ReLU": "Relu",
+    "Sigmoid": "Sigmoid",
+    "Tanh": "Tanh",
+    "Identity": "Identity",
+    "LeakyReLU": "LeakyRelu",
+    "Softmax": "Softmax",
+}
+_LAYER_KINDS = {"Linear", "ReLU", "Sigmoid", "Tanh", "Identity", "LeakyReLU", "Softmax"}
+
+
+# =========================================================================== import
+
+
+@dataclass
+class _Linear:
+    weight: np.ndarray  # (out, in), float64
+    bias: np.ndarray | None  # (out,), float64
+    nodes: list[str]  # descriptions of the ONNX nodes it came from
+
+
+@dataclass
+class _Activation:
+    kind: str
+    args: str  # the argument text, already formatted
+    nodes: list[str]
+
+
+@dataclass
+class _Imported:
+    dtype: np.dtype
+    layers: list[_Linear | _Activation] = field(default_factory=list)
+    opset: int = 0
+    graph_name: str = ""
+
+
+def import_onnx(path: Path, out: Path | None = None) -> list[Path]:
+    """`layerc import`: read the ONNX model at `path`, write `out` (default: `path` with .lyr)
+    and the weights file beside it; return the paths written (weights first)."""
+    display = str(path)
+    _require_onnx(display)
+    out = out if out is not None else path.with_suffix(".lyr")
+    if out.suffix != ".lyr":
+        raise LayercError(f"the output {str(out)!r} must be a .lyr file", file=display)
+    weights_path = out.with_suffix(".safetensors")
+    model = _read_model(path, display)
+    imported = _Reader(model, display).run()
+    text, arrays = _render(imported, path.name, out.stem, weights_path.name)
+    from safetensors.numpy import save
+
+    data = save(arrays, metadata={"producer": f"layerc {__version__}"})
+    _check_not_users_file(out, weights_path)
+    write_files([(weights_path, data), (out, text.encode("utf-8"))])
+    return [weights_path, out]
+
+
+IMPORT_HEADER = "# Imported by layerc "
+
+
+def _check_not_users_file(lyr: Path, weights: Path) -> None:
+    """Refuse to replace a .lyr or .safetensors that an earlier `layerc import` did not write
+    (say, the user's own `model.safetensors` beside `model.onnx`)."""
+    for path in (lyr, weights):
+        if (path.exists() or path.is_symlink()) and not _written_by_import(path):
+            raise LayercError(
+                "would replace this file, which `layerc import` did not write; choose another "
+                "output with -o",
+                file=str(path),
+            )
+
+
+def _written_by_import(path: Path) -> bool:
+    """Whether `path` is a regular file that `layerc import` wrote: a .lyr starting with its
+    header, or a .safetensors whose metadata names layerc as the producer."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".lyr":
+        with open(path, "rb") as f:
+            return f.read(len(IMPORT_HEADER)) == IMPORT_HEADER.encode()
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return str((f.metadata() or {}).get("producer", "")).startswith("layerc ")
+    except Exception:  # not a valid .safetensors file
+        return False
+
+
+def _require_onnx(display: str) -> None:
+    """The onnx package is an extra (`pip install "layerc[onnx]"`): say so instead of failing
+    with an ImportError."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise LayercError(
+            'ONNX import and export need the onnx package: pip install "layerc[onnx]"',
+            file=display,
+        ) from None
+
+
+def _read_model(path: Path, display: str):  # type: ignore[no-untyped-def]
+    """The ModelProto in `path`, parsed from bytes; a model with external data is refused."""
+    import onnx
+
+    fd = W.open_regular(path, display, None, file=display)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise LayercError(f"cannot read the file: {exc.strerror}", file=display) from None
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise LayercError(f"not a valid ONNX model: {_first_line(exc)}", file=display) from None
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise LayercError(
+                f"tensor {_q(tensor.name)} is stored in an external file; layerc reads only "
+                "self-contained ONNX models (save with save_as_external_data=False)",
+                file=display,
+            )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx.checker.ValidationError, and C++ errors from the checker
+        raise LayercError(f"not a valid ONNX model: {_first_line(exc)}", file=display) from None
+    return model
+
+
+def _all_tensors(graph) -> Iterator:  # type: ignore[no-untyped-def]
+    """Every TensorProto in a graph: initializers, sparse ones, attribute values, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            sparse_tensors = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
+            for sparse in [*sparse_tensors, *attr.sparse_tensors]:
+                yield sparse.values
+                yield sparse.indices
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _q(name: str) -> str:
+    """A name from the ONNX file, quoted and shortened so it cannot flood or mangle a message."""
+    return repr(name if len(name) <= 80 else name[:77] + "...")
+
+
+class _Reader:
+    """Walks the graph's nodes in order, keeping the one value that flows through the chain."""
+
+    def __init__(self, model, file: str):  # type: ignore[no-untyped-def]
+        self.model = model
+        self.graph = model.graph
+        self.file = file
+        self.constants: dict[str, object] = {}  # name -> TensorProto
+        self.current = ""  # the name of the chain's value
+        self.last_linear_output: str | None = None
+        self.in_features: int | None = None
+
+    def error(self, message: str) -> LayercError:
+        return LayercError(message, file=self.file)
+
+    def run(self) -> _Imported:
+        opset = self.opset()
+        for tensor in self.graph.initializer:
+            self.constants[tensor.name] = tensor
+        if self.graph.sparse_initializer:
+            raise self.error("sparse initializers are not supported")
+        self.current, dtype, self.in_features = self.graph_input()
+        imported = _Imported(dtype, opset=opset, graph_name=self.graph.name)
+        for node in self.graph.node:
+            self.node(node, imported)
+        self.finish(imported)
+        return imported
+
+    def opset(self) -> int:
+        versions = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if not versions:
+            raise self.error("the model imports no version of the default ONNX operator set")
+        if versions[0] < MIN_OPSET:
+            raise self.error(f"ONNX opset {versions[0]} is older than layerc reads ({MIN_OPSET}+)")
+        return int(versions[0])
+
+    def graph_input(self) -> tuple[str, np.dtype, int | None]:
+        """The one graph input that is not an initializer: its name, dtype and feature count."""
+        from onnx import TensorProto
+
+        inputs = [i for i in self.graph.input if i.name not in self.constants]
+        if len(inputs) != 1:
+            names = ", ".join(_q(i.name) for i in inputs) or "none"
+            raise self.error(f"the graph must have exactly one input, not {len(inputs)} ({names})")
+        (value,) = inputs
+        if not value.type.HasField("tensor_type"):
+            raise self.error(f"graph input {_q(value.name)} is not a tensor")
+        elem = value.type.tensor_type.elem_type
+        dtypes: dict[int, np.dtype] = {
+            TensorProto.FLOAT: np.dtype(np.float32),
+            TensorProto.DOUBLE: np.dtype(np.float64),
+        }
+        if elem not in dtypes:
+            raise self.error(
+                f"graph input {_q(value.name)} is {TensorProto.DataType.Name(elem).lower()}; "
+                "layerc models are float32 or float64"
+            )
+        features = None
+        if value.type.tensor_type.HasField("shape"):
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) != 2:
+                raise self.error(
+                    f"graph input {_q(value.name)} has {len(dims)} dimensions; layerc imports "
+                    "models whose input is (batch, features)"
+                )
+            if dims[1].HasField("dim_value"):
+                features = int(dims[1].dim_value)
+        return str(value.name), dtypes[elem], features
+
+    # ------------------------------------------------------------------ nodes
+
+    def node(self, node, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        where = f"node {_q(node.name or '(unnamed)')} ({node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            raise self.error(
+                f"unsupported operator {node.domain}.{node.op_type} in {where}; layerc imports "
+                f"only these ONNX operators: {', '.join(SUPPORTED_OPS)}"
+            )
+        if node.op_type not in SUPPORTED_OPS:
+            raise self.error(
+                f"unsupported ONNX operator {node.op_type!r} in {where}; layerc imports only "
+                f"{', '.join(SUPPORTED_OPS)}"
+            )
+        attrs = self.attributes(node, where)
+        if len(node.output) != 1:
+            raise self.error(f"{where} has {len(node.output)} outputs; layerc expects one")
+        if node.op_type == "Constant":
+            if "value" not in attrs:
+                raise self.error(f"{where}: only Constant nodes with a 'value' tensor are read")
+            self.constants[node.output[0]] = attrs["value"]
+            return
+        data = [name for name in node.input if name and name not in self.constants]
+        # Add is commutative; every other op must take the chain's value as its first input
+        # (MatMul(W, x) would multiply from the other side, which no Linear does).
+        first_ok = node.op_type == "Add" or (node.input and node.input[0] == self.current)
+        if data != [self.current] or not first_ok:
+            raise self.error(
+                f"{where} does not take the output of the previous layer as its first input; "
+                "layerc imports a single chain of layers from the graph input to its output"
+            )
+        handler = getattr(self, f"op_{node.op_type}")
+        handler(node, attrs, where, imported)
+        self.current = node.output[0]
+
+    def attributes(self, node, where: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        import onnx
+
+        known = _KNOWN_ATTRIBUTES.get(node.op_type, set())
+        out = {}
+        for attr in node.attribute:
+            if attr.name not in known:
+                raise self.error(
+                    f"{where} has the attribute {attr.name!r}, which layerc does not read"
+                )
+            out[attr.name] = onnx.helper.get_attribute_value(attr)
+        return out
+
+    def array(self, name: str, where: str) -> np.ndarray:
+        """The constant `name` as float64 (checked to be finite and exactly representable)."""
+        from onnx import TensorProto, numpy_helper
+
+        tensor = self.constants[name]
+        allowed = {
+            TensorProto.FLOAT,
+            TensorProto.DOUBLE,
+            TensorProto.FLOAT16,
+            TensorProto.BFLOAT16,
+            TensorProto.INT8,
+            TensorProto.INT16,
+            TensorProto.INT32,
+            TensorProto.INT64,
+            TensorProto.UINT8,
+            TensorProto.UINT16,
+            TensorProto.UINT32,
+            TensorProto.UINT64,
+        }
+        if tensor.data_type not in allowed:  # type: ignore[attr-defined]
+            kind = TensorProto.DataType.Name(tensor.data_type)  # type: ignore[attr-defined]
+            raise self.error(
+                f"{where}: tensor {_q(name)} has type {kind}, which layerc does not read"
+            )
+        try:
+            array = numpy_helper.to_array(tensor)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise self.error(
+                f"{where}: cannot read tensor {_q(name)}: {_first_line(exc)}"
+            ) from None
+        if tensor.data_type == TensorProto.BFLOAT16:  # type: ignore[attr-defined]
+            array = array.astype(np.float32)  # ml_dtypes' bfloat16 widens exactly
+        try:
+            array = W.convert_exact(np.asarray(array), np.dtype(np.float64), f"tensor {_q(name)}")
+        except W.ConversionError as exc:
+            raise self.error(f"{where}: {exc}") from None
+        if not np.isfinite(array).all():
+            raise self.error(f"{where}: tensor {_q(name)} holds values that are not finite")
+        return array
+
+    def weight_matrix(self, name: str, where: str) -> np.ndarray:
+        if not name or name not in self.constants:
+            raise self.error(f"{where}: the weight must be an initializer or a Constant")
+        array = self.array(name, where)
+        if array.ndim != 2:
+            raise self.error(
+                f"{where}: weight {_q(name)} has shape {W.fmt_shape(array.shape)}; a Linear "
+                "needs a 2-D weight"
+            )
+        return array
+
+    def bias_vector(self, name: str, out_features: int, where: str) -> np.ndarray:
+        """A constant that broadcasts over the batch as a bias of `out_features` values."""
+        array = self.array(name, where)
+        shape = array.shape
+        if (
+            len(shape) > 2
+            or any(d != 1 for d in shape[:-1])
+            or (shape and shape[-1] not in (1, out_features))
+        ):
+            raise self.error(
+                f"{where}: the added tensor {_q(name)} has shape {W.fmt_shape(shape)}; only a "
+                f"bias of shape ({out_features},), (1, {out_features}) or a scalar maps to a Linear"
+            )
+        return np.broadcast_to(array.reshape(-1) if shape else array, (out_features,)).copy()
+
+    def linear(
+        self, weight: np.ndarray, bias: np.ndarray | None, where: str, imported: _Imported
+    ) -> None:
+        in_features = weight.shape[1]
+        previous = self.features(imported)
+        if previous is not None and previous != in_features:
+            linears = any(isinstance(layer, _Linear) for layer in imported.layers)
+            source = "the previous Linear layer" if linears else "the graph input"
+            raise self.error(f"{where} takes {in_features} features but {source} gives {previous}")
+        imported.layers.append(_Linear(weight, bias, [where]))
+
+    def features(self, imported: _Imported) -> int | None:
+        for layer in reversed(imported.layers):
+            if isinstance(layer, _Linear):
+                return layer.weight.shape[0]
+        return self.in_features
+
+    def op_Gemm(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        if attrs.get("transA", 0):
+            raise self.error(
+                f"{where} has transA=1, which transposes the batch input; no Linear layer "
+                "computes that"
+            )
+        alpha = float(attrs.get("alpha", 1.0))
+        beta = float(attrs.get("beta", 1.0))
+        b = self.weight_matrix(node.input[1], where)
+        weight = alpha * (b if attrs.get("transB", 0) else b.T)
+        bias = None
+        if len(node.input) > 2 and node.input[2] and beta != 0.0:
+            if node.input[2] not in self.constants:
+                raise self.error(f"{where}: C must be an initializer or a Constant")
+            bias = beta * self.bias_vector(node.input[2], weight.shape[0], where)
+        self.linear(weight, bias, where, imported)
+        self.last_linear_output = node.output[0]
+
+    def op_MatMul(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        weight = self.weight_matrix(node.input[1], where).T
+        self.linear(weight, None, where, imported)
+        self.last_linear_output = node.output[0]
+
+    def op_Add(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        constant = [name for name in node.input if name != self.current]
+        layer = imported.layers[-1] if imported.layers else None
+        if (
+            len(constant) != 1
+            or self.current != self.last_linear_output
+            or not isinstance(layer, _Linear)
+        ):
+            raise self.error(
+                f"{where} adds to something other than the output of a Gemm or MatMul; layerc "
+                "maps an Add only to the bias of the Linear layer right before it"
+            )
+        bias = self.bias_vector(constant[0], layer.weight.shape[0], where)
+        layer.bias = bias if layer.bias is None else layer.bias + bias
+        layer.nodes.append(where)
+        self.last_linear_output = node.output[0]
+
+    def activation(self, kind: str, args: str, where: str, imported: _Imported) -> None:
+        imported.layers.append(_Activation(kind, args, [where]))
+
+    def op_plain(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """Relu, Sigmoid, Tanh: the layer of the same meaning, without arguments."""
+        self.activation(_ACTIVATIONS[node.op_type], "", where, imported)
+
+    op_Relu = op_Sigmoid = op_Tanh = op_plain
+
+    def op_LeakyRelu(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        alpha = float(attrs.get("alpha", 0.01))  # an ONNX float attribute is a float32
+        if not math.isfinite(alpha):
+            raise self.error(f"{where}: alpha = {alpha} is not a finite number")
+        # float32 models get the shortest text that rounds to the same float32; float64 models
+        # get the float32 value exactly, as ONNX Runtime widens it.
+        if imported.dtype == np.float32:
+            text = np.format_float_positional(np.float32(alpha), unique=True, trim="0")
+        else:
+            text = repr(alpha)
+        self.activation("LeakyReLU", f"negative_slope={text}", where, imported)
+
+    def op_Softmax(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        # opset >= 13: softmax along `axis` (default -1). Before 13: the input is flattened to 2-D
+        # at `axis` (default 1) and softmax taken over the second part. On the (batch, features)
+        # values of a chain both mean the last axis exactly when axis is 1 or -1.
+        axis = int(attrs.get("axis", -1 if imported.opset >= 13 else 1))
+        if axis not in (1, -1):
+            raise self.error(
+                f"{where} takes softmax over axis {axis}; layerc supports only the last (feature) "
+                "axis"
+            )
+        self.activation("Softmax", "dim=-1", where, imported)
+
+    def op_Identity(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """Nothing to compute: the chain's value just takes the output's name."""
+        if self.current == self.last_linear_output:
+            self.last_linear_output = node.output[0]
+
+    def op_Flatten(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        axis = int(attrs.get("axis", 1))
+        if axis not in (1, -1):
+            raise self.error(
+                f"{where} flattens at axis {axis}, which would mix the batch into the features; "
+                "only a Flatten of a (batch, features) value at axis 1 is supported"
+            )
+        self.op_Identity(node, attrs, where, imported)
+
+    def finish(self, imported: _Imported) -> None:
+        outputs = [o.name for o in self.graph.output]
+        if outputs != [self.current]:
+            raise self.error(
+                f"the graph's outputs ({', '.join(map(_q, outputs)) or 'none'}) are not the end of "
+                "the chain of layers; layerc imports models with one output"
+            )
+        if not any(isinstance(layer, _Linear) for layer in imported.layers):
+            raise self.error("the model has no Gemm or MatMul, so there is no Linear layer")
+
+
+# --------------------------------------------------------------------------- .lyr text
+
+
+def model_name_for(stem: str) -> str:
+    """A model name from a file name: 'mnist_mlp' -> 'MnistMlp'; never a layer kind."""
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", stem) if p]
+    name = "".join(p[:1].upper() + p[1:] for p in parts)
+    if not name or not name[0].isalpha() or not name.isascii():
+        name = "Model" + name
+    if name in _LAYER_KINDS:
+        name += "Model"
+    return name
+
+
+def _lyr_string(text: str, display: str) -> str:
+    """`text` as a .lyr string literal (which knows only the escapes \\" and \\\\)."""
+    if any(not ch.isprintable() for ch in text):
+        raise LayercError(
+            f"the file name {text!r} has characters a .lyr string cannot hold", file=display
+        )
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str) -> str:
+    """Text from the ONNX file made safe for a one-line comment."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _render(
+    imported: _Imported, source: str, stem: str, weights_name: str
+) -> tuple[str, dict[str, np.ndarray]]:
+    """The .lyr text and the arrays of its weights file, keyed as the state_dict will be."""
+    dtype = imported.dtype
+    path = _lyr_string(weights_name, source)
+    options = "(dtype=float64)" if dtype == np.float64 else ""
+    lines = [
+        f"{IMPORT_HEADER}{__version__} from {_comment(repr(source))}"
+        f" (ONNX opset {imported.opset}, graph {_comment(_q(imported.graph_name))}).",
+        f"# The weights are in {_comment(weights_name)}, beside this file.",
+        f"model {model_name_for(stem)}{options} {{",
+    ]
+    arrays: dict[str, np.ndarray] = {}
+    for position, layer in enumerate(imported.layers):
+        lines.append(f"    # from {_comment(', '.join(layer.nodes))}")
+        if isinstance(layer, _Activation):
+            lines.append(f"    {layer.kind}({layer.args})")
+            continue
+        out_features, in_features = layer.weight.shape
+        has_bias = layer.bias is not None
+        lines.append(
+            f"    Linear(in_features={in_features}, out_features={out_features}, "
+            f"bias={'true' if has_bias else 'false'}) {{"
+        )
+        arrays[f"{position}.weight"] = W.convert_exact(layer.weight, dtype, "weight")
+        lines.append(f'        weight = load({path}, "{position}.weight")')
+        if layer.bias is not None:
+            arrays[f"{position}.bias"] = W.convert_exact(layer.bias, dtype, "bias")
+            lines.append(f'        bias = load({path}, "{position}.bias")')
+        lines.append("    }")
+    lines.append("}")
+    return "\n".join(lines) + "\n", arrays
+
+
+# =========================================================================== export
+
+
+def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: str) -> Path:
+    """`layerc export --onnx`: write the chosen model of `program` (checked from the .lyr file
+    `source`) to `out` as an ONNX graph (opset 17, dynamic batch), validated by onnx.checker;
+    return the path written."""
+    _require_onnx(source)
+    model = _choose_model(program, model_name, source)
+    if out.resolve() == Path(source).resolve():
+        raise LayercError("the ONNX output would overwrite the .lyr source", file=source)
+    proto = build_onnx(model, program.source)
+    write_files([(out, proto.SerializeToString(deterministic=True))])
+    return out
+
+
+def _choose_model(program: ir.Program, name: str | None, display: str) -> ir.Model:
+    models = {m.name: m for m in program.models}
+    if name is None:
+        if len(models) == 1:
+            return program.models[0]
+        raise LayercError(
+            f"the file defines several models ({', '.join(models)}); choose one with --model",
+            file=display,
+        )
+    if name not in models:
+        raise LayercError(
+            f"the file defines no model {name!r} (models: {', '.join(models)})", file=display
+        )
+    return models[name]
+
+
+def _layers(model: ir.Model, prefix: str = "") -> Iterator[tuple[str, ir.Linear | ir.Activation]]:
+    """Every Linear and activation in execution order, nested models flattened, with the
+    state_dict prefix of each ("enc.fc")."""
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, ir.Submodel):
+            yield from _layers(layer.model, f"{path}.")
+        else:
+            yield path, layer
+
+
+def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
+    """The ModelProto of `model`: Gemm (transB=1) per Linear with its state_dict keys as
+    initializer names, one ONNX op per activation; input 'input' and output 'output' of shape
+    (batch, features) with a symbolic batch dimension."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
+    nodes, initializers = [], []
+    value = "input"
+    layers = list(_layers(model))
+    for index, (path, layer) in enumerate(layers):
+        out = "output" if index == len(layers) - 1 else f"/{path}/output"
+        if isinstance(layer, ir.Linear):
+            inputs = [value, f"{path}.weight"]
+            initializers.append(numpy_helper.from_array(layer.weight, f"{path}.weight"))
+            if layer.bias is not None:
+                inputs.append(f"{path}.bias")
+                initializers.append(numpy_helper.from_array(layer.bias, f"{path}.bias"))
+            nodes.append(helper.make_node("Gemm", inputs, [out], name=f"/{path}/Gemm", transB=1))
+        else:
+            nodes.append(_activation_node(layer, value, out, path))
+        value = out
+    graph = helper.make_graph(
+        nodes,
+        model.name,
+        [helper.make_tensor_value_info("input", elem, ["batch", model.in_features])],
+        [helper.make_tensor_value_info("output", elem, ["batch", model.out_features])],
+        initializers,
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
+        ir_version=EXPORT_IR_VERSION,
+        producer_name="layerc",
+        producer_version=__version__,
+        doc_string=f"{model.name}, compiled by layerc from {source!r}",
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _activation_node(layer: ir.Activation, value: str, out: str, path: str):  # type: ignore[no-untyped-def]
+    from onnx import helper
+
+    op = _EXPORT_OPS.get(layer.kind)
+    if op is None:
+        raise AssertionError(f"no ONNX op for activation {layer.kind!r} ({path})")
+    node = helper.make_node(op, [value], [out], name=f"/{path}/{op}")
+    if op == "LeakyRelu":
+        node.attribute.append(helper.make_attribute("alpha", float(layer.param("negative_slope"))))
+    elif op == "Softmax":
+        node.attribute.append(helper.make_attribute("axis", -1))
+    return node
+
+
+# =========================================================================== writing
+
+
+def write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Write every (path, bytes) so that a failure changes none of them: each goes to a
+    temporary file in its folder first; only when all are written are they renamed into place,
+    in order (so a .lyr never names a weights file that is not there yet). Errors are reported
+    at the file that could not be written."""
+    temps: list[tuple[str, Path]] = []
+    target = files[0][0]
+    try:
+        for target, data in files:
+            if target.is_dir():
+                raise LayercError("cannot write here: it is a folder", file=str(target))
+            folder = target.parent if str(target.parent) else Path(".")
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+            temps.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+        for tmp, target in temps:
+            os.replace(tmp, target)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise LayercError(f"cannot write the file: {reason}", file=str(target)) from None
+    finally:
+        for tmp, _ in temps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

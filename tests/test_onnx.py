@@ -1,0 +1,548 @@
+"""`layerc import` and `layerc export`: ONNX models built with onnx.helper (Gemm in every form
+that maps to a Linear, MatMul + Add) and by torch.onnx.export import, compile and match ONNX
+Runtime; exported models pass onnx.checker and match the generated module in ONNX Runtime; every
+refusal names the op and the node, exits 1 without a traceback and writes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file as save_file_np
+
+from layerc import cli, driver
+from layerc.errors import LayercError
+from layerc.onnx_io import build_onnx, import_onnx
+
+F32_TOL = {"rtol": 1.3e-6, "atol": 1e-5}
+F64_TOL = {"rtol": 1e-7, "atol": 1e-7}
+
+
+def session(model_path: Path) -> ort.InferenceSession:
+    """A single-threaded ONNX Runtime session: the reference."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model_path: Path, x: np.ndarray) -> np.ndarray:
+    sess = session(model_path)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+def make_model(
+    nodes: list,
+    initializers: list,
+    in_features: int | None,
+    out_features: int | None,
+    *,
+    opset: int = 17,
+    elem: int = TensorProto.FLOAT,
+    input_shape: list | None = None,
+    outputs: list[str] | None = None,
+) -> onnx.ModelProto:
+    shape = input_shape if input_shape is not None else ["N", in_features]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", elem, shape)],
+        [helper.make_tensor_value_info(o, elem, ["N", out_features]) for o in (outputs or ["y"])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def save(model: onnx.ModelProto, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def rand(rng: np.random.Generator, *shape: int, dtype=np.float32) -> np.ndarray:
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def imported_forward(lyr: Path, x: np.ndarray) -> np.ndarray:
+    """The imported model computed in float64 from the .lyr's weights file, by NumPy: checks the
+    mapping from ONNX to Linear layers without compiling."""
+    program, _ = driver.check_file(lyr)
+    h = x.astype(np.float64)
+    for layer in program.models[0].layers:
+        if hasattr(layer, "weight"):
+            h = h @ layer.weight.astype(np.float64).T
+            if layer.bias is not None:
+                h = h + layer.bias
+        elif layer.kind == "ReLU":
+            h = np.maximum(h, 0)
+        else:
+            raise AssertionError(layer.kind)
+    return h
+
+
+# --------------------------------------------------------------------------- import, compiled
+
+
+def gemm_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """Gemm with alpha/beta and B as (in, out), LeakyRelu, Gemm with transB and a (1, out) C,
+    Softmax over the default (last) axis."""
+    return make_model(
+        [
+            helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], name="g1", alpha=0.5, beta=2.0),
+            helper.make_node("LeakyRelu", ["h1"], ["h2"], name="act", alpha=0.1),
+            helper.make_node("Gemm", ["h2", "W2", "b2"], ["h3"], name="g2", transB=1),
+            helper.make_node("Softmax", ["h3"], ["y"], name="sm"),
+        ],
+        [init("W1", rand(rng, 5, 7)), init("b1", rand(rng, 7)), init("W2", rand(rng, 4, 7)),
+         init("b2", rand(rng, 1, 4))],
+        5, 4,
+    )
+
+
+def matmul_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """MatMul + Add (constant first), Relu, MatMul without bias, Identity, Sigmoid, MatMul + Add,
+    Tanh and a trivial Flatten; one weight arrives through a Constant node."""
+    weight2 = helper.make_tensor("W2", TensorProto.FLOAT, [8, 6], rand(rng, 8, 6).ravel())
+    return make_model(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["m1"], name="mm1"),
+            helper.make_node("Add", ["b1", "m1"], ["a1"], name="add1"),
+            helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+            helper.make_node("Constant", [], ["W2"], name="const_w2", value=weight2),
+            helper.make_node("MatMul", ["r1", "W2"], ["m2"], name="mm2"),
+            helper.make_node("Identity", ["m2"], ["i2"], name="id"),
+            helper.make_node("Sigmoid", ["i2"], ["s2"], name="sig"),
+            helper.make_node("MatMul", ["s2", "W3"], ["m3"], name="mm3"),
+            helper.make_node("Add", ["m3", "b3"], ["a3"], name="add3"),
+            helper.make_node("Tanh", ["a3"], ["t3"], name="tanh"),
+            helper.make_node("Flatten", ["t3"], ["y"], name="flat", axis=1),
+        ],
+        [init("W1", rand(rng, 10, 8)), init("b1", rand(rng, 8)), init("W3", rand(rng, 6, 3)),
+         init("b3", rand(rng, 1, 3))],
+        10, 3, opset=13,
+    )
+
+
+def opset11_float64_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """float64; Gemm without C then an Add bias; Softmax with opset-11 semantics (axis 1)."""
+    f64 = np.float64
+    return make_model(
+        [
+            helper.make_node("Gemm", ["x", "W"], ["g"], name="gemm", transB=1, alpha=2.0),
+            helper.make_node("Add", ["g", "b"], ["a"], name="bias"),
+            helper.make_node("Softmax", ["a"], ["y"], name="softmax"),
+        ],
+        [init("W", rand(rng, 6, 4, dtype=f64)), init("b", rand(rng, 6, dtype=f64))],
+        4, 6, opset=11, elem=TensorProto.DOUBLE,
+    )
+
+
+def torch_exported_model(folder: Path) -> tuple[Path, torch.nn.Module]:
+    """A torch.nn.Sequential through torch.onnx.export (the TorchScript exporter, which works
+    offline; the dynamo exporter needs onnxscript)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Linear(9, 5), torch.nn.LeakyReLU(0.05),
+        torch.nn.Linear(5, 4), torch.nn.Softmax(dim=-1),
+    ).eval()
+    path = folder / "from_torch.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.zeros(2, 6),), str(path), dynamo=False, opset_version=17,
+            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )
+    return path, net
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every model above imported and compiled once: name -> (onnx path, module, class name)."""
+    folder = tmp_path_factory.mktemp("onnx_import")
+    rng = np.random.default_rng(42)
+    paths = {
+        "gemm": save(gemm_model(rng), folder, "gemm"),
+        "matmul_add": save(matmul_model(rng), folder, "matmul_add"),
+        "opset11_f64": save(opset11_float64_model(rng), folder, "opset11_f64"),
+    }
+    paths["from_torch"], torch_net = torch_exported_model(folder)
+    out = {"torch_net": torch_net}
+    for name, path in paths.items():
+        assert cli.main(["import", str(path)]) == 0
+        lyr = path.with_suffix(".lyr")
+        _, written = driver.compile_file(lyr)
+        module = driver.import_module(written[-1])
+        out[name] = (path, module, module.__all__[0])
+    return out
+
+
+@pytest.mark.parametrize("name", ["gemm", "matmul_add", "opset11_f64", "from_torch"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_imported_models_match_onnx_runtime(imported: dict, name: str, batch: int) -> None:
+    path, module, cls = imported[name]
+    net = getattr(module, cls)()
+    sess = session(path)
+    dtype = np.float64 if sess.get_inputs()[0].type == "tensor(double)" else np.float32
+    x = np.random.default_rng(batch).standard_normal((batch, net.in_features)).astype(dtype) * 2
+    expected = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    got = net(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, **(F64_TOL if dtype == np.float64 else F32_TOL))
+
+
+def test_torch_exported_model_matches_torch_and_keeps_its_keys(imported: dict) -> None:
+    path, module, cls = imported["from_torch"]
+    net = getattr(module, cls)()
+    torch_net = imported["torch_net"]
+    assert sorted(net.state_dict()) == sorted(torch_net.state_dict())
+    x = np.random.default_rng(3).standard_normal((5, 6)).astype(np.float32)
+    expected = torch_net(torch.from_numpy(x)).detach().numpy()
+    torch.testing.assert_close(torch.from_numpy(net(x)), torch.from_numpy(expected))
+
+
+def test_import_writes_a_lyr_and_one_weights_file(imported: dict) -> None:
+    path, _, _ = imported["matmul_add"]
+    text = path.with_suffix(".lyr").read_text()
+    assert "model MatmulAdd {" in text
+    assert text.count('load("matmul_add.safetensors"') == 5  # 3 weights, 2 biases
+    for node in ("node 'mm1' (MatMul), node 'add1' (Add)", "node 'mm2' (MatMul)", "'tanh'"):
+        assert node in text
+    weights = load_file(str(path.with_suffix(".safetensors")))
+    assert sorted(weights) == ["0.bias", "0.weight", "2.weight", "4.bias", "4.weight"]
+    assert all(a.dtype == np.float32 for a in weights.values())
+    text64 = imported["opset11_f64"][0].with_suffix(".lyr").read_text()
+    assert "model Opset11F64(dtype=float64) {" in text64
+
+
+# --------------------------------------------------------------------------- Gemm forms
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.25, -3.0), (-2.0, 0.0)])
+@pytest.mark.parametrize("c_shape", [None, (), (1,), (4,), (1, 4), (1, 1)])
+def test_every_gemm_form_maps_to_a_linear(
+    tmp_path: Path, trans_b: int, alpha: float, beta: float, c_shape: tuple | None
+) -> None:
+    rng = np.random.default_rng(7)
+    b = rand(rng, 4, 3) if trans_b else rand(rng, 3, 4)
+    inputs = ["x", "B"] + ([] if c_shape is None else ["C"])
+    inits = [init("B", b)] + ([] if c_shape is None else [init("C", rand(rng, *c_shape))])
+    node = helper.make_node("Gemm", inputs, ["h"], name="gemm", alpha=alpha, beta=beta, transB=trans_b)
+    relu = helper.make_node("Relu", ["h"], ["y"], name="relu")
+    path = save(make_model([node, relu], inits, 3, 4), tmp_path, "g")
+    lyr = import_onnx(path)[-1]
+    x = rand(rng, 6, 3)
+    np.testing.assert_allclose(imported_forward(lyr, x), run_ort(path, x), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- export
+
+
+EXPORT_SOURCE = """
+model Block{opt} {{
+    fc = Linear(6, 5) {{ init = xavier_uniform(seed=1) }}
+    LeakyReLU(negative_slope=0.2)
+}}
+model Net{opt} {{
+    enc = Block
+    Sigmoid()
+    Tanh()
+    Identity()
+    ReLU()
+    mid = Linear(5, 5, bias=false) {{ init = kaiming_uniform(seed=2) }}
+    ReLU()
+    head = Linear(5, 4) {{ init = uniform(seed=3) }}
+    Softmax(dim=-1)
+}}
+"""
+
+
+@pytest.fixture(scope="module", params=["float32", "float64"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp(f"export_{request.param}")
+    opt = "" if request.param == "float32" else "(dtype=float64)"
+    src = folder / "net.lyr"
+    src.write_text(EXPORT_SOURCE.format(opt=opt))
+    out = folder / "net.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(out), "--model", "Net"]) == 0
+    _, written = driver.compile_file(src)
+    module = driver.import_module(written[-1])
+    return src, out, module, np.dtype(request.param)
+
+
+def test_export_is_valid_onnx_with_a_dynamic_batch(exported) -> None:
+    _, out, _, dtype = exported
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain == ""] == [17]
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param == "batch" and not dims[0].HasField("dim_value")
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    assert model.graph.input[0].type.tensor_type.elem_type == elem
+    names = sorted(i.name for i in model.graph.initializer)
+    assert names == ["enc.fc.bias", "enc.fc.weight", "head.bias", "head.weight", "mid.weight"]
+
+
+@pytest.mark.parametrize("batch", [0, 1, 9])
+def test_export_matches_the_generated_module_in_onnx_runtime(exported, batch: int) -> None:
+    _, out, module, dtype = exported
+    net = module.Net()
+    x = (np.random.default_rng(batch).standard_normal((batch, 6)) * 3).astype(dtype)
+    expected = run_ort(out, x)
+    tol = F32_TOL if dtype == np.float32 else F64_TOL
+    np.testing.assert_allclose(net(x), expected, **tol)
+
+
+def test_export_is_deterministic_and_round_trips_through_import(exported, tmp_path: Path) -> None:
+    src, out, module, _ = exported
+    again = tmp_path / "again.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(again), "--model", "Net"]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    lyr = import_onnx(out, tmp_path / "back.lyr")[-1]
+    program, _ = driver.check_file(lyr)
+    linears = [layer for layer in program.models[0].layers if hasattr(layer, "weight")]
+    state = module.Net().state_dict()
+    for layer, key in zip(linears, ["enc.fc", "mid", "head"], strict=True):
+        np.testing.assert_array_equal(layer.weight, state[f"{key}.weight"])
+        if f"{key}.bias" in state:
+            np.testing.assert_array_equal(layer.bias, state[f"{key}.bias"])
+
+
+def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "two.lyr"
+    src.write_text(EXPORT_SOURCE.format(opt=""))
+    out = tmp_path / "two.onnx"
+    cases = [
+        (["export", str(src), "--onnx", str(out)], "several models (Block, Net); choose one"),
+        (["export", str(src), "--onnx", str(out), "--model", "Nett"], "no model 'Nett'"),
+        (["export", str(src), "--onnx", str(src), "--model", "Net"], "overwrite the .lyr"),
+        (["export", str(src), "--onnx", str(tmp_path / "no" / "x.onnx"), "--model", "Net"],
+         "cannot write"),
+    ]
+    for argv, needle in cases:
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.lyr"]
+
+
+def test_build_onnx_rejects_nothing_it_can_express() -> None:
+    """Every activation kind of the language has an ONNX op (a new kind would fail loudly)."""
+    from layerc import ir
+
+    for kind in ir.ACTIVATIONS:
+        params = {"LeakyReLU": (("negative_slope", 0.3),), "Softmax": (("dim", -1),)}.get(kind, ())
+        weight = np.eye(2, dtype=np.float32)
+        loc = None
+        model = ir.Model(
+            "M", np.dtype(np.float32),
+            (ir.Linear("fc", 2, 2, weight, None, loc), ir.Activation("a", kind, params, loc)),
+            2, 2, loc,
+        )
+        build_onnx(model, "m.lyr")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def assert_import_refused(folder: Path, model: onnx.ModelProto | bytes, capsys, *needles: str,
+                          argv_extra: tuple[str, ...] = ()) -> None:
+    """`layerc import` exits 1 with a file-level message holding the needles; no traceback,
+    nothing written."""
+    path = folder / "bad.onnx"
+    if isinstance(model, bytes):
+        path.write_bytes(model)
+    else:
+        path.write_bytes(model.SerializeToString())
+    before = sorted(p.name for p in folder.iterdir())
+    assert cli.main(["import", str(path), *argv_extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}: "), err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def relu_after(node, inits, **kw) -> onnx.ModelProto:
+    return make_model([node, helper.make_node("Relu", ["h"], ["y"], name="r")], inits, 3, 4, **kw)
+
+
+W34 = np.ones((3, 4), np.float32)
+
+
+def test_unsupported_ops_are_refused_by_name(tmp_path: Path, capsys) -> None:
+    conv = make_model(
+        [helper.make_node("Gemm", ["x", "W"], ["h"], name="fc"),
+         helper.make_node("Conv", ["h", "K"], ["y"], name="conv_7")],
+        [init("W", W34), init("K", np.ones((1, 1, 1), np.float32))], 3, 4,
+    )
+    assert_import_refused(tmp_path, conv, capsys, "unsupported ONNX operator 'Conv'", "node 'conv_7'")
+    custom = make_model([helper.make_node("Fancy", ["x"], ["y"], name="f", domain="com.x")], [], 3, 3)
+    custom.opset_import.append(helper.make_opsetid("com.x", 1))
+    assert_import_refused(tmp_path, custom, capsys, "com.x.Fancy", "node 'f'")
+    dropout = relu_after(helper.make_node("Dropout", ["x"], ["h"], name="drop"), [])
+    assert_import_refused(tmp_path, dropout, capsys, "'Dropout'", "node 'drop'")
+
+
+@pytest.mark.parametrize(
+    ("nodes", "inits", "needles"),
+    [
+        ([helper.make_node("Gemm", ["x", "W"], ["h"], name="t", transA=1)], [init("W", W34)],
+         ("node 't' (Gemm) has transA=1",)),
+        ([helper.make_node("Gemm", ["x", "W", "C"], ["h"], name="c")],
+         [init("W", W34), init("C", np.ones((5, 4), np.float32))],
+         ("the added tensor 'C' has shape (5, 4)",)),
+        ([helper.make_node("MatMul", ["W", "x"], ["h"], name="wx")], [init("W", np.ones((4, 3), np.float32))],
+         ("node 'wx' (MatMul) does not take the output of the previous layer",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+          helper.make_node("Relu", ["h0"], ["h1"], name="r0"),
+          helper.make_node("Add", ["h1", "b"], ["h"], name="late_add")],
+         [init("W", W34), init("b", np.ones(4, np.float32))],
+         ("node 'late_add' (Add) adds to something other than the output of a Gemm",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+          helper.make_node("Softmax", ["h0"], ["h"], name="sm0", axis=0)], [init("W", W34)],
+         ("node 'sm0' (Softmax) takes softmax over axis 0",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+          helper.make_node("Flatten", ["h0"], ["h"], name="fl", axis=0)], [init("W", W34)],
+         ("node 'fl' (Flatten) flattens at axis 0",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+          helper.make_node("Relu", ["x"], ["h"], name="branch")], [init("W", W34)],
+         ("node 'branch' (Relu) does not take the output of the previous layer",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h"], name="big")], [init("W", np.ones((5, 4), np.float32))],
+         ("node 'big' (Gemm) takes 5 features but the graph input gives 3",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h"], name="g", transB=0)],
+         [init("W", np.array([[1, np.inf, 0, 0]] * 3, np.float32))],
+         ("tensor 'W' holds values that are not finite",)),
+        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+          helper.make_node("LeakyRelu", ["h0"], ["h"], name="lr", alpha=0.1, beta=2.0)],
+         [init("W", W34)], ("not a valid ONNX model: Unrecognized attribute: beta",)),
+    ],
+)
+def test_graphs_that_are_not_a_chain_of_linears_are_refused(
+    tmp_path: Path, capsys, nodes: list, inits: list, needles: tuple
+) -> None:
+    model = make_model([*nodes, helper.make_node("Relu", ["h"], ["y"], name="end")], inits, 3, None)
+    assert_import_refused(tmp_path, model, capsys, *needles)
+
+
+def test_opset11_softmax_over_axis_0_is_refused(tmp_path: Path, capsys) -> None:
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], name="g"),
+             helper.make_node("Softmax", ["h"], ["y"], name="s", axis=0)]
+    model = make_model(nodes, [init("W", W34)], 3, 4, opset=11)
+    assert_import_refused(tmp_path, model, capsys, "node 's' (Softmax) takes softmax over axis 0")
+
+
+def test_inputs_and_outputs_that_do_not_fit_are_refused(tmp_path: Path, capsys) -> None:
+    gemm = helper.make_node("Gemm", ["x", "W"], ["y"], name="g")
+    three_d = make_model([gemm], [init("W", W34)], 3, 4, input_shape=["N", 2, 3])
+    assert_import_refused(tmp_path, three_d, capsys, "has 3 dimensions")
+    ints = make_model([helper.make_node("Relu", ["x"], ["y"])], [], 3, 3, elem=TensorProto.INT32)
+    assert_import_refused(tmp_path, ints, capsys, "graph input 'x' is int32")
+    two_out = make_model(
+        [helper.make_node("Gemm", ["x", "W"], ["h"], name="g"),
+         helper.make_node("Relu", ["h"], ["y"], name="r")],
+        [init("W", W34)], 3, 4, outputs=["y", "h"],
+    )
+    assert_import_refused(tmp_path, two_out, capsys, "the graph's outputs ('y', 'h')")
+    no_linear = make_model([helper.make_node("Relu", ["x"], ["y"], name="r")], [], 3, 3)
+    assert_import_refused(tmp_path, no_linear, capsys, "no Gemm or MatMul")
+    good = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g"), [init("W", W34)])
+    assert_import_refused(tmp_path, good, capsys, "must be a .lyr file",
+                          argv_extra=("-o", str(tmp_path / "out.py")))
+
+
+def test_external_data_is_refused_without_reading_it(tmp_path: Path, capsys) -> None:
+    model = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g"), [init("W", W34)])
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../../../../etc/passwd"), ("offset", "0"), ("length", "48")):
+        tensor.external_data.add(key=key, value=value)
+    assert_import_refused(tmp_path, model, capsys, "tensor 'W' is stored in an external file")
+
+
+def test_files_that_are_not_onnx_models_are_refused(tmp_path: Path, capsys) -> None:
+    assert_import_refused(tmp_path, b"\x08\x07garbage\xff\xff", capsys, "not a valid ONNX model")
+    assert_import_refused(tmp_path, b"", capsys, "not a valid ONNX model")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, needle in [
+        (["import", "/dev/zero", "-o", str(tmp_path / "z.lyr")], "is not a regular file"),
+        (["import", str(tmp_path / "missing.onnx")], "No such file"),
+        (["import", str(tmp_path)], "is not a regular file"),
+    ]:
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_fifo_onnx_is_refused_without_hanging(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.onnx")
+    result = subprocess.run(
+        [sys.executable, "-m", "layerc.cli", "import", "pipe.onnx"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("pipe.onnx: 'pipe.onnx' is not a regular file")
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.onnx"]
+
+
+def test_import_error_leaves_earlier_output_untouched(tmp_path: Path, capsys) -> None:
+    good = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g"), [init("W", W34)])
+    path = save(good, tmp_path, "m")
+    assert cli.main(["import", str(path)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    bad = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g", transA=1), [init("W", W34)])
+    onnx.save(bad, path)
+    before[path.name] = path.read_bytes()
+    assert cli.main(["import", str(path)]) == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with pytest.raises(LayercError):
+        import_onnx(path)
+
+
+def test_import_replaces_its_own_output_but_never_the_users_files(tmp_path: Path, capsys) -> None:
+    good = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g"), [init("W", W34)])
+    path = save(good, tmp_path, "m")
+    assert cli.main(["import", str(path)]) == 0
+    assert cli.main(["import", str(path)]) == 0  # its own output: replaced
+    capsys.readouterr()
+    users = tmp_path / "users.safetensors"
+    save_file_np({"w": W34}, str(users))
+    (tmp_path / "hand.lyr").write_text("model Hand { Linear(1, 1) { weight = [[1]] } }\n")
+    cases = [("users.lyr", "users.safetensors"), ("hand.lyr", "hand.lyr")]
+    for output, victim in cases:
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        assert cli.main(["import", str(path), "-o", str(tmp_path / output)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"{tmp_path / victim}: would replace this file"), err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_missing_onnx_package_is_a_clear_error(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save(relu_after(helper.make_node("Gemm", ["x", "W"], ["h"]), [init("W", W34)]), tmp_path, "m")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` sees when it is absent
+    assert cli.main(["import", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert 'need the onnx package: pip install "layerc[onnx]"' in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
