@@ -23,14 +23,21 @@ from .runtime.layers import reserved_names
 MAX_FEATURES = 1 << 24  # 16,777,216: far beyond any model this compiler is for
 MAX_WEIGHTS = 1 << 30  # values per Linear (4 GiB of float32)
 MAX_LAYERS = 100_000
+# Nested models: how deep they may nest, and what one model may hold once they are expanded
+# (layers, weights); each source also gets MAX_WEIGHTS weights in all. These keep a small
+# hostile source from asking for exponential output or unbounded memory.
+MAX_MODEL_DEPTH = 32
 
 # Names a layer may not take: they would hide the module API the generated class offers.
 RESERVED_LAYER_NAMES = reserved_names()
 
 
 def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """"; did you mean 'X'?" for the option closest to `name`, ignoring case (so that `Relu`
+    finds `ReLU`), or "" when none is close."""
+    by_lower = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class _Checker:
         self.base_dir = base_dir
         self.models: dict[str, ir.Model] = {}
         self.defined: dict[str, S.ModelDef] = {}
+        # model name -> (nesting depth, layers, weights) with nested models expanded
+        self.expanded: dict[str, tuple[int, int, int]] = {}
+        self.weights = 0  # in all Linear layers of the source
 
     def run(self) -> ir.Program:
         all_models = {item.name: item for item in self.program.items if isinstance(item, S.ModelDef)}
@@ -112,6 +122,7 @@ class _Checker:
         if len(node.layers) > MAX_LAYERS:
             raise LayercError(f"model {node.name!r} has more than {MAX_LAYERS} layers", node.name_loc)
         layers: list[ir.Layer] = []
+        totals = (1, 0, 0)  # see expand()
         names: dict[str, S.LayerDef] = {}
         size: int | None = None
         previous: tuple[str, S.LayerDef] | None = None
@@ -145,12 +156,49 @@ class _Checker:
                 size = sizes[1]
                 previous = (name, layer_node)
             layers.append(layer)
+            totals = self.expand(totals, layer, layer_node, node.name)
         if in_features is None or size is None:
             raise LayercError(
                 f"model {node.name!r} has no Linear layer, so its input size is unknown",
                 node.name_loc,
             )
+        self.expanded[node.name] = totals
         return ir.Model(node.name, dtype, tuple(layers), in_features, size, node.loc, allow_nonfinite)
+
+    def expand(
+        self, totals: tuple[int, int, int], layer: ir.Layer, node: S.LayerDef, model: str
+    ) -> tuple[int, int, int]:
+        """(depth, layers, weights) of a model so far, with `layer` added: a nested
+        model counts with everything it holds. Limits are reported at the layer that crosses."""
+        depth, count, values = totals
+        if isinstance(layer, ir.Submodel):
+            sub_depth, sub_count, sub_values = self.expanded[layer.model.name]
+            depth = max(depth, sub_depth + 1)
+            count += sub_count
+            values += sub_values
+            if depth > MAX_MODEL_DEPTH:
+                raise LayercError(
+                    f"models nest more than {MAX_MODEL_DEPTH} deep here: {layer.model.name!r} "
+                    f"is {sub_depth} levels deep",
+                    node.kind_loc,
+                )
+        else:
+            count += 1
+            if isinstance(layer, ir.Linear):
+                values += layer.weight.size
+        if count > MAX_LAYERS:
+            raise LayercError(
+                f"model {model!r} has more than {MAX_LAYERS} layers once its nested models are "
+                "expanded",
+                node.loc,
+            )
+        if values > MAX_WEIGHTS:
+            raise LayercError(
+                f"model {model!r} has more than {MAX_WEIGHTS} weights once its nested models are "
+                "expanded",
+                node.loc,
+            )
+        return depth, count, values
 
     def options(self, node: S.ModelDef) -> dict:
         result: dict[str, object] = {"dtype": ir.DTYPES["float32"], "allow_nonfinite": False}
@@ -167,7 +215,8 @@ class _Checker:
                 value = arg.value
                 text = value.value if isinstance(value, (S.Name, S.String)) else None
                 if text not in ir.DTYPES:
-                    raise LayercError("dtype must be float32 or float64", value.loc)
+                    hint = _suggest(text, list(ir.DTYPES)) if isinstance(text, str) else ""
+                    raise LayercError(f"dtype must be float32 or float64{hint}", value.loc)
                 result["dtype"] = ir.DTYPES[text]
             elif arg.name == "allow_nonfinite":
                 result["allow_nonfinite"] = self.boolean(arg.value, "allow_nonfinite")
@@ -303,6 +352,13 @@ class _Checker:
                 f"Linear({in_features}, {out_features}) has more than {MAX_WEIGHTS} weights",
                 node.kind_loc,
             )
+        # Counted before any value is read or drawn, so the memory asked for stays bounded.
+        self.weights += in_features * out_features
+        if self.weights > MAX_WEIGHTS:
+            raise LayercError(
+                f"the models of this file have more than {MAX_WEIGHTS} weights in all",
+                node.kind_loc,
+            )
         entries: dict[str, S.Entry] = {}
         for entry in node.entries or ():
             if entry.name not in LINEAR_ENTRIES:
@@ -326,7 +382,7 @@ class _Checker:
                 raise LayercError("give either 'weight' or 'init', not both", entries["init"].loc)
             weight, bias = self.init(entries["init"], in_features, out_features, has_bias)
         elif "weight" in entries:
-            weight = self.array(entries["weight"], weight_shape, "weight")
+            weight = self.array(entries["weight"], weight_shape, "weight", dtype)
         else:
             raise LayercError(
                 f"layer {name!r} has no weights: give 'weight = ...' or 'init = uniform(seed=0)' "
@@ -334,7 +390,7 @@ class _Checker:
                 node.loc,
             )
         if "bias" in entries:
-            bias = self.array(entries["bias"], (out_features,), "bias")
+            bias = self.array(entries["bias"], (out_features,), "bias", dtype)
         elif has_bias and bias is None:
             raise LayercError(
                 f"layer {name!r} has a bias (bias=true) but no values for it: give 'bias = [...]', "
@@ -359,36 +415,27 @@ class _Checker:
         return number
 
     def init(self, entry: S.Entry, in_features: int, out_features: int, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """`init = NAME(args)`: the drawn weight and bias (float64); weights.initialise checks
+        the initialiser's name and arguments."""
         value = entry.value
         if not isinstance(value, S.Call):
             raise LayercError("init must be an initialiser call such as uniform(seed=0)", value.loc)
-        if value.func not in W.INITIALISERS:
-            raise LayercError(
-                f"unknown initialiser {value.func!r}{_suggest(value.func, list(W.INITIALISERS))} "
-                f"(initialisers: {', '.join(W.INITIALISERS)})",
-                value.loc,
-            )
-        seed = None
-        for i, arg in enumerate(value.args):
-            if (arg.name or ("seed" if i == 0 else None)) != "seed":
-                raise LayercError(f"uniform() takes only 'seed', not {arg.name!r}", arg.loc)
-            if seed is not None:
-                raise LayercError("'seed' is given twice", arg.loc)
-            v = arg.value
-            if not isinstance(v, S.Number) or not v.is_int or v.value < 0 or len(v.text) > 20 or v.value >= 2**64:
-                raise LayercError("seed must be a non-negative integer below 2**64", v.loc)
-            seed = int(v.text.lstrip("+"))
-        if seed is None:
-            raise LayercError("uniform() needs a seed, e.g. uniform(seed=0)", value.loc)
-        return W.init_uniform(seed, out_features, in_features, bias)
+        return W.initialise(value, out_features, in_features, bias)
 
     # ------------------------------------------------------------------ values
 
-    def array(self, entry: S.Entry, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
-        """A literal or load(...) as float64, checked against `shape` when one is given."""
+    def array(
+        self,
+        entry: S.Entry,
+        shape: tuple[int, ...] | None,
+        what: str,
+        dtype: np.dtype | None = None,
+    ) -> np.ndarray:
+        """A literal (float64) or load(...) (converted to `dtype`, default float64, exactly or
+        with a reported error), checked against `shape` when one is given."""
         value = entry.value
         if isinstance(value, S.Call):
-            array = self.load(value)
+            array = self.load(value, shape, dtype if dtype is not None else np.dtype(np.float64))
         else:
             array = W.literal_array(value, what)
         if shape is not None and array.shape != shape:
@@ -398,7 +445,9 @@ class _Checker:
             )
         return array
 
-    def load(self, call: S.Call) -> np.ndarray:
+    def load(self, call: S.Call, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
+        """`load(path[, key])` as `dtype`; a declared shape other than `shape` is reported
+        before the file's data is read."""
         if call.func != "load":
             raise LayercError(
                 f"unknown function {call.func!r}{_suggest(call.func, ['load'])}; values are "
@@ -406,7 +455,9 @@ class _Checker:
                 call.loc,
             )
         positional = []
-        for arg in call.args:
+        for i, arg in enumerate(call.args):
+            if arg.name is None and any(a.name is not None for a in call.args[:i]):
+                raise LayercError("positional argument after a keyword argument", arg.loc)
             if arg.name not in (None, "path", "key"):
                 raise LayercError(f"load() has no argument {arg.name!r} (arguments: path, key)", arg.loc)
             if not isinstance(arg.value, S.String):
@@ -424,7 +475,9 @@ class _Checker:
             by_name[key] = arg.value.value
         if "path" not in by_name:
             raise LayercError("load() needs a file path", call.loc)
-        return W.load_array(by_name["path"], by_name.get("key"), self.base_dir, call.loc)
+        return W.load_array(
+            by_name["path"], by_name.get("key"), self.base_dir, call.loc, dtype=dtype, shape=shape
+        )
 
     def convert(self, array: np.ndarray, dtype: np.dtype, allow_nonfinite: bool, what: str, loc: Loc) -> np.ndarray:
         """float64 -> the model's dtype; non-finite values and float32 overflow are errors."""
@@ -433,7 +486,7 @@ class _Checker:
             if bad.any():
                 index = tuple(int(i) for i in np.argwhere(bad)[0])
                 raise LayercError(
-                    f"{what}{list(index)} is {array[index]!r}, not a finite number "
+                    f"{what}{list(index)} is {float(array[index])!r}, not a finite number "
                     "(write model NAME(allow_nonfinite=true) to allow inf and nan)",
                     loc,
                 )
@@ -442,12 +495,15 @@ class _Checker:
         overflow = np.isinf(converted) & np.isfinite(array)
         if overflow.any():
             index = tuple(int(i) for i in np.argwhere(overflow)[0])
-            raise LayercError(f"{what}{list(index)} = {array[index]!r} overflows {dtype.name}", loc)
+            value = float(array[index])
+            raise LayercError(f"{what}{list(index)} = {value!r} overflows {dtype.name}", loc)
         return np.ascontiguousarray(converted)
 
     def boolean(self, value: S.Value, what: str) -> bool:
         if not isinstance(value, S.Bool):
-            raise LayercError(f"{what} must be true or false", value.loc)
+            # Python's True/False are the usual slip: suggest the .lyr spelling.
+            hint = _suggest(value.value, ["true", "false"]) if isinstance(value, S.Name) else ""
+            raise LayercError(f"{what} must be true or false{hint}", value.loc)
         return value.value
 
     def real(self, node: S.LayerDef, args: dict[str, object], key: str) -> float:

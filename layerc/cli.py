@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                            "of each. Exits 1 if any test fails."))
     p.add_argument("files", type=Path, nargs="+", metavar="FILE")
     _add_interop_parsers(sub)
+    _add_tool_parsers(sub)
     return parser
 
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             return _test(args.files)
         if args.command in ("import", "export"):
             return _interop(args)
+        if args.command in _TOOLS:
+            return _tool(args)
     except LayercError as exc:
         _report(exc)
         return EXIT_ERROR
@@ -82,7 +85,10 @@ def _source_text(file: str | None) -> str | None:
 
 
 def _report(exc: LayercError) -> None:
-    print(f"{render(exc, _source_text(exc.file) if exc.loc else None)}", file=sys.stderr)
+    from .tools.term import colour_enabled
+
+    text = _source_text(exc.file) if exc.loc else None
+    print(render(exc, text, colour_enabled(sys.stderr)), file=sys.stderr)
 
 
 def _compile(file: Path, output: Path | None, warm: bool = False) -> int:
@@ -174,10 +180,201 @@ def _interop(args: argparse.Namespace) -> int:
         from .onnx_io import export_onnx
 
         program, _ = check_file(args.file)
-        written = [export_onnx(program, args.model, args.onnx, str(args.onnx))]
+        written = [export_onnx(program, args.model, args.onnx, str(args.file))]
     for path in written:
         print(f"wrote {path}")
     return EXIT_OK
+
+
+# ------------------------------------------------------------------ run / summary / graph / fmt
+
+_TOOLS = ("run", "summary", "graph", "fmt")
+_DATA_FORMATS = ("npy", "csv", "jsonl")
+_MODEL_HELP = (
+    "the model to use (default: the file's one model that no other model uses; "
+    "needed when there are several)"
+)
+
+
+def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
+    """`layerc run`, `layerc summary`, `layerc graph` and `layerc fmt` (layerc/tools/)."""
+    p = sub.add_parser(
+        "run", help="run a model on a data file (.npy, .csv or JSON lines)",
+        description=(
+            "Compile FILE (into a cache, reused while the source is unchanged) and run a model "
+            "on every sample of DATA: .npy (any shape ending in the model's input size), .csv "
+            "(one sample per row; a first row without numbers is a header) or .jsonl (one JSON "
+            "list of numbers per line). Results go to OUT (.npy, .csv or .jsonl, by extension) "
+            "or, without --output, to stdout as CSV."))
+    p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
+    p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
+    p.add_argument("-i", "--input", required=True, metavar="DATA",
+                   help="the input data file ('-' reads CSV from stdin)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="where to write the results (default: CSV on stdout)")
+    p.add_argument("--input-format", choices=_DATA_FORMATS,
+                   help="the input's format when its extension does not say")
+    p.add_argument("--output-format", choices=_DATA_FORMATS,
+                   help="the output's format when its extension does not say "
+                        "(e.g. jsonl on stdout)")
+
+    p = sub.add_parser(
+        "summary", help="print a table of a model's layers, shapes, parameters and FLOPs",
+        description=(
+            "Print one row per layer (path, kind, output shape, parameter count, bytes, FLOPs "
+            "per sample) and the totals. FLOPs count Linear layers: 2*in*out for the products "
+            "and sums, plus out for the bias adds; activations are not counted."))
+    p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
+    p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
+
+    p = sub.add_parser(
+        "graph", help="draw a model's layers as a diagram (SVG, PNG, PDF or graphviz DOT)",
+        description=(
+            "Write a diagram of a model's layers with the shapes between them: DOT text for "
+            ".dot/.gv or without --output (to stdout); .svg, .png and .pdf are drawn by "
+            "graphviz's 'dot' program, which must be installed."))
+    p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
+    p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
+    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+                   help="the diagram file: .svg, .png, .pdf or .dot (default: DOT on stdout)")
+
+    p = sub.add_parser(
+        "fmt", help="rewrite .lyr files in the canonical layout (comments kept)",
+        description=(
+            "Rewrite each FILE in the canonical layout, keeping comments and meaning; files "
+            "already formatted are left alone. '-' formats stdin to stdout."))
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if any file would be reformatted")
+
+
+def _tool(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "summary":
+            return _summary(args)
+        if args.command == "graph":
+            return _graph(args)
+        return _fmt(args.files, args.check)
+    except UsageError as exc:
+        print(f"layerc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    import io
+    import os
+
+    from .driver import check_file
+    from .tools import pick_model
+    from .tools import run as r
+    from .tools.term import Progress, colour_enabled, is_terminal
+
+    in_fmt = r.format_of(args.input, args.input_format, r.INPUT_FORMATS, "input")
+    out_fmt = r.format_of(args.output or "-", args.output_format, r.OUTPUT_FORMATS, "output")
+    program, _ = check_file(args.file)
+    model = pick_model(program, args.model, str(args.file))
+    try:
+        source = r.open_input(args.input, in_fmt, model, sys.stdin.buffer)
+        net = r.instantiate(r.load_module(program, args.file), model)
+        to_stdout = args.output in (None, "-")
+        writer = r.open_output(args.output, out_fmt, model, sys.stdout)
+        # A bar on the terminal only, and not while results are printed on that terminal.
+        show = is_terminal(sys.stderr) and not (to_stdout and is_terminal(sys.stdout))
+        progress = Progress(sys.stderr, source.total, f"{model.name}", enabled=show)
+        rows = r.run(net, source, writer, progress)
+    except r.DataError as exc:
+        print(render(exc, None, colour_enabled(sys.stderr)), file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as other filters do, and
+        # point stdout at /dev/null so that Python's final flush does not complain either.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+        return EXIT_ERROR
+    if not to_stdout:
+        print(f"wrote {args.output} ({rows:,} row{'' if rows == 1 else 's'})")
+    return EXIT_OK
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from .driver import check_file
+    from .tools import pick_model
+    from .tools.summary import summary
+
+    program, _ = check_file(args.file)
+    print(summary(pick_model(program, args.model, str(args.file))), end="")
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from .driver import check_file
+    from .tools import atomic_write, pick_model
+    from .tools.graph import output_format, render, to_dot
+
+    out: Path | None = args.output
+    fmt = output_format(out) if out is not None and str(out) != "-" else "dot"
+    program, _ = check_file(args.file)
+    dot = to_dot(pick_model(program, args.model, str(args.file)))
+    if out is None or str(out) == "-":
+        print(dot, end="")
+        return EXIT_OK
+    if fmt == "dot":
+        try:
+            atomic_write(out, dot.encode("utf-8"))
+        except OSError as exc:
+            raise LayercError(f"cannot write {out}: {exc.strerror}", file=str(out)) from None
+    else:
+        render(dot, fmt, out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _fmt(files: list[Path], check: bool) -> int:
+    from .syntax import decode_source
+    from .tools import atomic_write
+    from .tools.fmt import format_source
+
+    changed = unchanged = errors = 0
+    for file in files:
+        try:
+            if str(file) == "-":
+                text = decode_source(sys.stdin.buffer.read(), "<stdin>")
+                sys.stdout.write(format_source(text, "<stdin>"))
+                continue
+            try:
+                data = file.read_bytes()
+            except OSError as exc:
+                message = f"cannot read the file: {exc.strerror}"
+                raise LayercError(message, file=str(file)) from None
+            text = decode_source(data, str(file))
+            formatted = format_source(text, str(file))
+            if formatted.encode("utf-8") == data:
+                unchanged += 1
+                continue
+            changed += 1
+            if check:
+                print(f"would reformat {file}")
+                continue
+            try:
+                atomic_write(file, formatted.encode("utf-8"))
+            except OSError as exc:
+                message = f"cannot write the file: {exc.strerror}"
+                raise LayercError(message, file=str(file)) from None
+            print(f"reformatted {file}")
+        except LayercError as exc:
+            _report(exc)
+            errors += 1
+    verb = "would be reformatted" if check else "reformatted"
+    if changed or unchanged:
+        print(f"{changed} file{'' if changed == 1 else 's'} {verb}, {unchanged} unchanged",
+              file=sys.stderr)
+    return EXIT_ERROR if errors or (check and changed) else EXIT_OK
 
 
 if __name__ == "__main__":

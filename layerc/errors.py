@@ -47,13 +47,23 @@ def source_line(text: str, line: int) -> str | None:
 _MAX_SHOWN = 200
 
 
-def render(error: LayercError, text: str | None) -> str:
-    """`file:line:col: error: message`, then the offending line and a caret under the column.
+# ANSI styles for a terminal, as gcc and clang use them: bold location, red message, green caret.
+_BOLD, _RED, _GREEN, _RESET = "\x1b[1m", "\x1b[1;31m", "\x1b[1;32m", "\x1b[0m"
+
+
+def render(error: LayercError, text: str | None, colour: bool = False) -> str:
+    """`file:line:col: message`, then the offending line and a caret under the column.
 
     Very long lines are shown as a window around the column so a megabyte-long line does not
     flood the terminal; control characters are shown escaped so they cannot move the cursor.
+    With `colour`, ANSI styles are added around the same text (the CLI asks for it only when
+    stderr is a terminal and NO_COLOR is unset); removing them gives the plain form.
     """
-    out = [f"{error}"]
+    head = f"{error}"
+    if colour and head.endswith(f": {error.message}"):
+        where = head[: len(head) - len(error.message) - 2]
+        head = f"{_BOLD}{where}:{_RESET} {_RED}{error.message}{_RESET}"
+    out = [head]
     if error.loc is None or text is None:
         return out[0]
     line = source_line(text, error.loc.line)
@@ -69,5 +79,5 @@ def render(error: LayercError, text: str | None) -> str:
     shown = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line)
     caret = "".join("\t" if ch == "\t" else " " for ch in shown[: col - start]) + "^"
     out.append("    " + shown)
-    out.append("    " + caret)
+    out.append("    " + (caret[:-1] + _GREEN + "^" + _RESET if colour else caret))
     return "\n".join(out)

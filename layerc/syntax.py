@@ -7,6 +7,7 @@ Lexing and parsing failures become `LayercError`s with the location of the offen
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -168,6 +169,14 @@ def _describe_expected(expected: set[str]) -> str:
     return "; expected " + ", ".join(words[:-1]) + " or " + words[-1]
 
 
+def _suggest_keyword(word: str, expected: set[str]) -> str:
+    """"; did you mean 'model'?" when a misspelt keyword stands where a keyword may come."""
+    keywords = [_TERMINAL_WORDS[t].strip("'") for t in ("MODEL", "TEST", "TRUE", "FALSE")
+                if t in expected]
+    close = difflib.get_close_matches(word, keywords, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _describe_token(token: Token) -> str:
     if token.type == "$END":
         return "end of file"
@@ -247,6 +256,8 @@ def parse(text: str, file: str = "<string>") -> Program:
         message = f"unexpected {_describe_token(token)}{_describe_expected(set(exc.expected))}"
         if token.type in ("MODEL", "TEST", "TRUE", "FALSE") and "NAME" in exc.expected:
             message = f"'{token}' is a keyword and cannot be used as a name"
+        elif token.type == "NAME":
+            message += _suggest_keyword(str(token), set(exc.expected))
         raise LayercError(message, loc) from None
     except lark.exceptions.UnexpectedEOF as exc:
         loc = _loc_of_offset(text, len(text), file)

@@ -1,0 +1,325 @@
+"""The docs run: every code block of docs/tutorial.md, docs/cli.md and docs/language.md is executed
+in order, in an empty folder, as a reader following along would.
+
+- ```lyr blocks whose first line is `# NAME.lyr` are written to NAME.lyr; every lyr block is
+  checked, and named ones are compiled to NAME.py (importable by later python blocks).
+  ```lyr error``` blocks must fail to compile.
+- ```python blocks run in one namespace per page, in order.
+- ```sh blocks hold `layerc ...` commands (run in-process); a command must exit 0 unless the
+  line ends with `# exit N`.
+- A ```text block right after an sh block is that block's exact output (stdout, then
+  stderr); right after a ```lyr error``` block it is the exact error message.
+
+The references are checked against the code as well: the CLI reference documents every
+subcommand and option of `layerc --help`, and the language reference every keyword of the
+grammar, every layer kind, option and entry the checker accepts, and the grammar itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from layerc import check as checker
+from layerc import cli, driver, syntax
+from layerc.errors import LayercError, render
+from layerc.weights import INITIALISERS
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = ("tutorial.md", "cli.md", "language.md")
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    info: tuple[str, ...]
+    text: str
+    line: int  # of the opening fence
+    after_gap: bool  # prose between the previous block and this one
+
+
+def read_blocks(path: Path) -> list[Block]:
+    """The fenced code blocks of a Markdown file, in order."""
+    blocks: list[Block] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    prose = False
+    while i < len(lines):
+        fence = re.match(r"^```(\S*)\s*(.*)$", lines[i])
+        if not fence:
+            prose = prose or bool(lines[i].strip())
+            i += 1
+            continue
+        start = i
+        i += 1
+        body = []
+        while i < len(lines) and not lines[i].startswith("```"):
+            body.append(lines[i])
+            i += 1
+        assert i < len(lines), f"{path.name}:{start + 1}: unclosed code block"
+        info = tuple(fence.group(2).split())
+        blocks.append(Block(fence.group(1), info, "\n".join(body) + "\n", start + 1, prose))
+        prose = False
+        i += 1
+    return blocks
+
+
+def lyr_name(block: Block) -> str | None:
+    """NAME.lyr from a first line `# NAME.lyr` or `# NAME.lyr: what it is`."""
+    match = re.match(r"#\s*([A-Za-z_][A-Za-z0-9_]*\.lyr)\b", block.text)
+    return match.group(1) if match else None
+
+
+class PageRunner:
+    """Runs a page's blocks in `folder` (the current directory while it runs)."""
+
+    def __init__(self, page: str, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.page = page
+        self.folder = folder
+        self.capsys = capsys
+        self.namespace: dict[str, object] = {"__name__": f"docs_{page.replace('.', '_')}"}
+        self.modules: list[str] = []
+        self.last: tuple[Block, str] | None = None  # the previous block and what it produced
+        self.outputs_checked = 0
+
+    def where(self, block: Block) -> str:
+        return f"docs/{self.page}:{block.line}"
+
+    def run(self, block: Block) -> None:
+        handler = {
+            "lyr": self.lyr,
+            "python": self.python,
+            "sh": self.sh,
+            "text": self.text,
+            "lark": self.lark,
+        }
+        if block.lang not in handler:
+            raise AssertionError(f"{self.where(block)}: unknown block language {block.lang!r}")
+        produced = handler[block.lang](block)
+        self.last = (block, produced)
+
+    def lyr(self, block: Block) -> str:
+        name = lyr_name(block)
+        path = self.folder / (name or "snippet.lyr")
+        path.write_text(block.text, encoding="utf-8")
+        if "error" in block.info:
+            with pytest.raises(LayercError) as info:
+                driver.check_file(Path(path.name))
+            return render(info.value, block.text)
+        driver.check_file(Path(path.name))
+        if name is not None:
+            module = Path(name).stem
+            sys.modules.pop(module, None)
+            self.modules.append(module)
+            driver.compile_file(Path(name))
+        return ""
+
+    def lark(self, block: Block) -> str:
+        """The grammar: compared with grammar/layerc.lark by its own test."""
+        return ""
+
+    def python(self, block: Block) -> str:
+        code = compile(block.text, self.where(block), "exec")
+        exec(code, self.namespace)  # noqa: S102 - the docs' own examples
+        self.capsys.readouterr()
+        return ""
+
+    def sh(self, block: Block) -> str:
+        outputs = []
+        for line in block.text.splitlines():
+            command = line.strip()
+            if not command or command.startswith("#"):
+                continue
+            expected = 0
+            status = re.search(r"#\s*exit\s+(\d+)\s*$", command)
+            if status:
+                expected = int(status.group(1))
+            argv = shlex.split(command, comments=True)
+            assert argv[0] == "layerc", f"{self.where(block)}: not a layerc command: {command}"
+            self.capsys.readouterr()
+            code = cli.main(argv[1:])
+            out, err = self.capsys.readouterr()
+            assert code == expected, (
+                f"{self.where(block)}: `{command}` exited {code}, expected {expected}\n{out}{err}"
+            )
+            outputs.append(out + err)  # what a reader sees on the terminal
+        return "".join(outputs)
+
+    def text(self, block: Block) -> str:
+        if self.last is None or block.after_gap:
+            return ""  # an illustration, not an output
+        previous, produced = self.last
+        checked = previous.lang == "sh" or (previous.lang == "lyr" and "error" in previous.info)
+        if checked:
+            self.outputs_checked += 1
+            assert produced.rstrip("\n") == block.text.rstrip("\n"), (
+                f"{self.where(block)}: the text shown differs from what the command gives:\n"
+                f"{produced}"
+            )
+        return ""
+
+    def cleanup(self) -> None:
+        for module in self.modules:
+            sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_runs(
+    page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every block of the page runs as the page says, in order."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("LAYERC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    runner = PageRunner(page, tmp_path, capsys)
+    blocks = read_blocks(DOCS / page)
+    assert blocks, f"docs/{page} has no code blocks"
+    try:
+        for block in blocks:
+            runner.run(block)
+    finally:
+        runner.cleanup()
+    # The outputs shown on the page are really compared (summary tables, run results, errors).
+    assert runner.outputs_checked >= 2
+
+
+def test_tutorial_teaches_the_lesson() -> None:
+    """The tutorial has python, lyr and sh blocks, and its .lyr files are in canonical layout
+    (what `layerc fmt` writes), so readers copy the house style."""
+    from layerc.tools.fmt import format_source
+
+    blocks = read_blocks(DOCS / "tutorial.md")
+    langs = {b.lang for b in blocks}
+    assert {"python", "lyr", "sh"} <= langs
+    text = (DOCS / "tutorial.md").read_text(encoding="utf-8")
+    for idea in ("y = Ax + b", "bias=false", "register_forward_hook", "__call__", "[30, 40, 50]"):
+        assert idea in text
+    for block in blocks:
+        if block.lang == "lyr":
+            assert format_source(block.text) == block.text, f"tutorial.md:{block.line}"
+
+
+# --------------------------------------------------------------------------- the CLI reference
+
+
+def _subcommands() -> dict[str, list[str]]:
+    """Each subcommand of `layerc --help` with its option strings (long forms)."""
+    parser = cli._parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    commands = {}
+    for name, sub in action.choices.items():
+        options = []
+        for a in sub._actions:
+            longs = [s for s in a.option_strings if s.startswith("--") and s != "--help"]
+            options.extend(longs)
+        commands[name] = options
+    return commands
+
+
+def test_cli_reference_documents_every_command_and_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    sections = {m.group(1): m.start() for m in re.finditer(r"^## `?layerc (\w+)", text, re.M)}
+    commands = _subcommands()
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    help_text = capsys.readouterr().out
+    for name, options in commands.items():
+        assert name in help_text
+        assert name in sections, f"docs/cli.md has no '## layerc {name}' section"
+        start = sections[name]
+        ends = [s for s in sections.values() if s > start]
+        section = text[start : min(ends) if ends else len(text)]
+        for option in options:
+            assert option in section, f"docs/cli.md: 'layerc {name}' does not document {option}"
+    for name in sections:
+        assert name in commands, f"docs/cli.md documents 'layerc {name}', which does not exist"
+
+
+# --------------------------------------------------------------------------- the language reference
+
+
+def _grammar_literals(grammar: str) -> set[str]:
+    """The quoted keywords and punctuation of the grammar's rules (terminals' regexes aside)."""
+    rules = [
+        line
+        for line in re.sub(r"//[^\n]*", "", grammar).splitlines()
+        if not re.match(r"\s*([A-Z_]+\s*:|%)", line)
+    ]
+    return set(re.findall(r'"([^"\\]+)"', "\n".join(rules)))
+
+
+def test_language_reference_matches_the_grammar() -> None:
+    """docs/language.md shows the grammar exactly as grammar/layerc.lark has it, and its prose
+    mentions every keyword and punctuation mark the grammar uses."""
+    grammar = syntax.grammar_path().read_text(encoding="utf-8")
+    text = (DOCS / "language.md").read_text(encoding="utf-8")
+    shown = [b.text for b in read_blocks(DOCS / "language.md") if b.lang == "lark"]
+    assert shown, "docs/language.md shows no ```lark grammar block"
+    assert shown[0].strip() == grammar.strip(), (
+        "docs/language.md's grammar differs from grammar/layerc.lark: copy the file into it "
+        "and describe what changed"
+    )
+    prose = text.replace(shown[0], "")
+    for literal in _grammar_literals(grammar):
+        assert f"`{literal}`" in prose, f"docs/language.md does not mention `{literal}`"
+    terminals = re.findall(r"^([A-Z_]+)\s*:", grammar, re.M)
+    rules = re.findall(r"^\??([a-z][a-z_]*)\s*:", grammar, re.M)
+    aliases = re.findall(r"->\s*([a-z_]+)", grammar)
+    assert terminals and rules
+    for name in terminals:
+        assert name in prose, f"docs/language.md does not describe the terminal {name}"
+    for name in rules + aliases:
+        assert f"`{name}`" in prose, f"docs/language.md does not describe the rule {name}"
+
+
+def test_language_reference_covers_the_checker() -> None:
+    """Every layer kind, argument, model option, Linear entry, test entry and initialiser the
+    checker accepts is documented."""
+    text = (DOCS / "language.md").read_text(encoding="utf-8")
+    names = set(checker.LAYER_PARAMS) | set(checker.MODEL_OPTIONS) | set(checker.LINEAR_ENTRIES)
+    names |= set(checker.TEST_ENTRIES) | set(INITIALISERS) | {"load"}
+    for params in checker.LAYER_PARAMS.values():
+        names |= {p.name for p in params}
+    for name in sorted(names):
+        assert f"`{name}" in text, f"docs/language.md does not document {name!r}"
+
+
+def test_block_reader(tmp_path: Path) -> None:
+    """The harness itself: fences, info strings and the gap between blocks."""
+    page = textwrap.dedent(
+        """\
+        Intro.
+
+        ```lyr error
+        # bad.lyr
+        model A {}
+        ```
+        ```text
+        shown
+        ```
+
+        Prose.
+
+        ```text
+        other
+        ```
+        """
+    )
+    path = tmp_path / "page.md"
+    path.write_text(page, encoding="utf-8")
+    blocks = read_blocks(path)
+    assert [(b.lang, b.info, b.after_gap) for b in blocks] == [
+        ("lyr", ("error",), True),
+        ("text", (), False),
+        ("text", (), True),
+    ]
+    assert lyr_name(blocks[0]) == "bad.lyr"

@@ -1,0 +1,680 @@
+"""`layerc run`, `layerc summary`, `layerc graph`, coloured diagnostics, the progress bar and
+"did you mean" suggestions.
+
+Numbers are checked against NumPy in float64 (run) and PyTorch (summary's parameter counts and
+FLOPs); the terminal behaviour is checked under a pseudo-terminal, as a user would see it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layerc import driver
+from layerc.cli import main
+from layerc.errors import LayercError, Loc, render
+from layerc.tools import run as run_tool
+from layerc.tools.summary import summary
+
+RTOL, ATOL = 1.3e-6, 1e-5  # float32, as torch.testing.assert_close
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+rng = np.random.default_rng(7)
+W1 = rng.normal(size=(6, 4))
+B1 = rng.normal(size=6)
+W2 = rng.normal(size=(3, 6))
+
+
+def literal(array: np.ndarray) -> str:
+    return json.dumps(array.tolist())
+
+
+MODEL = f"""\
+# net.lyr: Net uses Hidden, so Net is the file's one top-level model
+model Hidden {{
+    fc = Linear(4, 6) {{
+        weight = {literal(W1)}
+        bias = {literal(B1)}
+    }}
+    act = Tanh()
+}}
+
+model Net {{
+    hidden = Hidden()
+    out = Linear(6, 3, bias=false) {{
+        weight = {literal(W2)}
+    }}
+}}
+"""
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    """Net in float64 NumPy, on the float32 weights the model holds."""
+    w1, b1, w2 = (a.astype(np.float32).astype(np.float64) for a in (W1, B1, W2))
+    return np.tanh(x.astype(np.float32).astype(np.float64) @ w1.T + b1) @ w2.T
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tools")
+    (path / "net.lyr").write_text(MODEL, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("LAYERC_CACHE_DIR", str(folder / "cache"))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+SAMPLES = np.random.default_rng(1).normal(size=(7, 4))
+
+
+def close(actual: np.ndarray, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+    assert actual.shape == expected.shape
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- run: formats
+
+
+def write_input(path: Path, fmt: str, data: np.ndarray, header: bool = False) -> None:
+    if fmt == "npy":
+        np.save(path, data)
+    elif fmt == "csv":
+        lines = ["a,b,c,d"] if header else []
+        lines += [",".join(repr(float(v)) for v in row) for row in data]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps(row.tolist()) + "\n" for row in data), encoding="utf-8")
+
+
+def read_output(path: Path, fmt: str) -> np.ndarray:
+    if fmt == "npy":
+        array = np.load(path)
+        assert array.dtype == np.float32
+        return array
+    if fmt == "csv":
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+    return np.array([json.loads(line) for line in path.read_text().splitlines()])
+
+
+@pytest.mark.parametrize("out_fmt", ["npy", "csv", "jsonl"])
+@pytest.mark.parametrize("in_fmt", ["npy", "csv", "jsonl"])
+def test_run_formats(
+    in_fmt: str, out_fmt: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dst = folder / f"in_{in_fmt}.{in_fmt}", folder / f"out_{in_fmt}.{out_fmt}"
+    write_input(src, in_fmt, SAMPLES, header=True)
+    code, out, err = run_cli(capsys, "run", "net.lyr", "--input", str(src), "--output", str(dst))
+    assert (code, err) == (0, "")
+    assert out == f"wrote {dst} (7 rows)\n"
+    close(read_output(dst, out_fmt), reference(SAMPLES))
+
+
+def test_run_csv_to_stdout_with_and_without_header(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for header in (True, False):
+        write_input(folder / "x.csv", "csv", SAMPLES, header=header)
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "x.csv")
+        assert (code, err) == (0, "")
+        rows = [line.split(",") for line in out.splitlines()]
+        assert len(rows) == 7 and all(len(r) == 3 for r in rows)
+        printed = np.array(rows, dtype=np.float64)
+        close(printed, reference(SAMPLES))
+        # the shortest text that reads back to the same float32
+        assert np.array_equal(
+            printed.astype(np.float32), printed.astype(np.float32).astype(np.float64)
+        )
+
+
+def test_run_csv_with_a_byte_order_mark(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Spreadsheet programs start CSV files with a UTF-8 byte-order mark; it is not data."""
+    for header in ("a,b,c,d\n", ""):
+        text = "\ufeff" + header + "".join(",".join(map(repr, r)) + "\n" for r in SAMPLES.tolist())
+        (folder / "bom.csv").write_text(text, encoding="utf-8")
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "bom.csv")
+        assert (code, err) == (0, "")
+        close(np.loadtxt(io.StringIO(out), delimiter=","), reference(SAMPLES))
+
+
+def test_run_jsonl_to_stdout_and_csv_from_stdin(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "".join(",".join(map(repr, row)) + "\n" for row in SAMPLES.tolist())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    code, out, _ = run_cli(capsys, "run", "net.lyr", "-i", "-", "--output-format", "jsonl")
+    assert code == 0
+    close(np.array([json.loads(line) for line in out.splitlines()]), reference(SAMPLES))
+
+
+def test_run_keeps_the_batch_shape_of_npy(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(2).normal(size=(2, 5, 4)).astype(np.float32)
+    np.save("x3.npy", x)
+    assert main(["run", "net.lyr", "-i", "x3.npy", "-o", "y3.npy"]) == 0
+    close(np.load("y3.npy"), reference(x))
+    np.save("x1.npy", x[0, 0])
+    assert main(["run", "net.lyr", "-i", "x1.npy", "-o", "y1.npy"]) == 0
+    close(np.load("y1.npy"), reference(x[0, 0]))
+    np.save("x0.npy", np.zeros((0, 4)))
+    assert main(["run", "net.lyr", "-i", "x0.npy", "-o", "y0.npy"]) == 0
+    assert np.load("y0.npy").shape == (0, 3)
+    assert capsys.readouterr().out == (
+        "wrote y3.npy (10 rows)\nwrote y1.npy (1 row)\nwrote y0.npy (0 rows)\n"
+    )
+    (folder / "empty.csv").write_text("a,b,c,d\n\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "run", "net.lyr", "-i", "empty.csv")
+    assert (code, out) == (0, "")
+
+
+def test_run_special_values(folder: Path) -> None:
+    (folder / "special.csv").write_text(
+        f"nan,0,0,0\n1e30,0,0,0\n{' 0.5'},-0,inf,1\n", encoding="utf-8"
+    )
+    assert main(["run", "net.lyr", "-i", "special.csv", "-o", "special.jsonl"]) == 0
+    lines = (folder / "special.jsonl").read_text().splitlines()
+    got = np.array([json.loads(line) for line in lines])  # NaN and Infinity read back
+    x = np.array([[np.nan, 0, 0, 0], [1e30, 0, 0, 0], [0.5, -0.0, np.inf, 1]])
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = reference(x)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
+    assert np.isnan(got[0]).all()
+
+
+def test_run_streams_in_chunks_with_bounded_memory(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CSV much larger than a chunk is read, run and written chunk by chunk: the results are
+    right and the memory used stays at a chunk's worth, not the file's."""
+    rows = 60_000
+    data = np.random.default_rng(3).normal(size=(rows, 4))
+    write_input(folder / "big.csv", "csv", data, header=True)
+    assert (folder / "big.csv").stat().st_size > 4_000_000
+    monkeypatch.setattr(run_tool, "CHUNK_VALUES", 4096)  # 1024 rows per chunk
+    batches = []
+    real = run_tool._parse_rows
+
+    def counting(*args):
+        batches.append(len(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(run_tool, "_parse_rows", counting)
+    assert main(["run", "net.lyr", "-i", "big.csv", "-o", "big.npy"]) == 0  # warm: compiled once
+    assert batches[:3] == [1024, 1024, 1024] and sum(batches) == rows
+    close(np.load("big.npy"), reference(data))
+
+    tracemalloc.start()
+    try:
+        assert main(["run", "net.lyr", "-i", "big.csv", "-o", "big.npy"]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Reading the whole file as rows of strings would take well over 20 MB.
+    assert peak < 3_000_000, peak
+
+
+# --------------------------------------------------------------------------- run: errors
+
+BAD_DATA = [
+    ("bad.csv", "a,b,c,d\n1,2,3,4\n5,6,x,8\n", "bad.csv:3:3: 'x' is not a number"),
+    ("bad.csv", "1,2,3,4\n5,6,,8\n", "bad.csv:2:3: empty cell"),
+    ("bad.csv", "1,2,3,4\n\n5,6,7\n", "bad.csv:3:4: the row has 3 values but model Net takes 4"),
+    (
+        "bad.csv",
+        "1,2,3,4\n5,6,7,8,9,10\n",
+        "bad.csv:2:5: the row has 6 values but model Net takes 4",
+    ),
+    ("bad.csv", "a,b,c\n1,2,3\n", "bad.csv:1:4: the header has 3 values but model Net takes 4"),
+    ("bad.csv", "1,2,3,4\nfoo,2,3,4\n", "bad.csv:2:1: 'foo' is not a number"),
+    ("bad.jsonl", "[1, 2, 3, 4]\n[1, 2, true, 4]\n", "bad.jsonl:2:3: true is not a number"),
+    (
+        "bad.jsonl",
+        "[1, 2, 3, 4]\n[1, 2, 3\n",
+        "bad.jsonl:2:9: not valid JSON: Expecting ',' delimiter",
+    ),
+    (
+        "bad.jsonl",
+        '{"x": [1, 2, 3, 4]}\n',
+        "bad.jsonl:1:1: expected a JSON list of 4 numbers, got dict",
+    ),
+    ("bad.jsonl", "[1, 2]\n", "bad.jsonl:1:3: the row has 2 values but model Net takes 4"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_DATA)
+def test_run_reports_bad_data_where_it_is(
+    name: str, content: str, message: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / name).write_text(content, encoding="utf-8")
+    out_file = folder / "kept.npy"
+    np.save(out_file, np.arange(3.0))
+    before = out_file.read_bytes()
+    code, out, err = run_cli(capsys, "run", "net.lyr", "-i", name, "-o", "kept.npy")
+    assert code == 1
+    assert err == message + "\n"  # one line: no traceback, no source excerpt
+    assert out == ""
+    assert out_file.read_bytes() == before  # the old output is untouched
+    assert not [p for p in folder.iterdir() if p.name.startswith(".kept")]  # no partial file
+
+
+def test_run_reports_bad_arrays(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save("wide.npy", np.zeros((2, 5)))
+    np.save("objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save("scalar.npy", np.float64(3.0))
+    np.save("text.npy", np.array([["a", "b", "c", "d"]]))
+    expected = {
+        "wide.npy": "wide.npy: the array has shape (2, 5) but model Net takes (4,) or (N, 4)",
+        "objects.npy": "objects.npy: the array holds Python objects; layerc reads numeric .npy "
+        "files only",
+        "scalar.npy": "scalar.npy: the array has shape () but model Net takes (4,) or (N, 4)",
+        "text.npy": "text.npy: the array has dtype <U1; layerc reads real numbers",
+        "missing.csv": "missing.csv: cannot read the input: No such file or directory",
+    }
+    for name, message in expected.items():
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", name)
+        assert (code, out, err) == (1, "", message + "\n")
+
+
+def test_run_usage_errors(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    cases = [
+        (["-i", "x.txt"], "cannot tell the format of the input 'x.txt' from its extension"),
+        (["-i", "x.csv", "-o", "y.txt"], "cannot tell the format of the output 'y.txt'"),
+        (["-i", "x.csv", "--output-format", "npy"], "a .npy output must be a file"),
+        (
+            ["-i", "x.csv", "--model", "Nte"],
+            "net.lyr has no model 'Nte'; did you mean 'Net'? (models: Hidden, Net)",
+        ),
+    ]
+    for extra, message in cases:
+        code, out, err = run_cli(capsys, "run", "net.lyr", *extra)
+        assert code == 2 and out == ""
+        assert err.startswith("layerc run: error: ") and message in err, err
+
+
+def test_run_picks_the_model(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--model runs a nested model on its own; two top-level models need --model."""
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    code, out, _ = run_cli(capsys, "run", "net.lyr", "-i", "x.csv", "--model", "Hidden")
+    assert code == 0
+    w1, b1 = W1.astype(np.float32).astype(np.float64), B1.astype(np.float32).astype(np.float64)
+    close(np.loadtxt(io.StringIO(out), delimiter=","), np.tanh(SAMPLES @ w1.T + b1))
+
+    (folder / "two.lyr").write_text(
+        "model A { Linear(4, 1) { init = zeros() } }\n"
+        "model B { Linear(4, 1) { init = zeros() } }\n",
+        encoding="utf-8",
+    )
+    code, _, err = run_cli(capsys, "run", "two.lyr", "-i", "x.csv")
+    assert code == 2
+    assert "defines several models that no other model uses (A, B): choose one with --model" in err
+    assert run_cli(capsys, "run", "two.lyr", "-i", "x.csv", "--model", "B")[0] == 0
+
+
+def test_run_stops_quietly_when_the_reader_goes_away(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`layerc run ... | head`: a closed stdout ends the run with exit 1 and no traceback."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", ClosedPipe())
+        code = main(["run", "net.lyr", "-i", "x.csv"])
+    assert code == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_run_compile_errors_are_located(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (folder / "broken.lyr").write_text(
+        "model A {\n    Linear(4, 2) { init = unifrom(seed=0) }\n}\n"
+    )
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    code, _, err = run_cli(capsys, "run", "broken.lyr", "-i", "x.csv")
+    assert code == 1
+    assert err.startswith("broken.lyr:2:27: unknown initialiser 'unifrom'; did you mean 'uniform'?")
+
+
+def test_run_cache_is_reused_and_follows_the_source(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = folder / "cache-test"
+    monkeypatch.setenv("LAYERC_CACHE_DIR", str(cache))
+    for name in [n for n in sys.modules if n.startswith("_layerc_run_")]:
+        del sys.modules[name]  # imported by earlier tests, from another cache folder
+    program, _ = driver.check_file(Path("net.lyr"))
+    module = run_tool.load_module(program, Path("net.lyr"))
+    (entry,) = (cache / "run").iterdir()
+    stamp = (entry / "net.py").stat().st_mtime_ns
+    sys.modules.pop(module.__name__)
+    again = run_tool.load_module(program, Path("net.lyr"))
+    assert again is not module and [p.name for p in (cache / "run").iterdir()] == [entry.name]
+    assert (entry / "net.py").stat().st_mtime_ns == stamp  # found, not rewritten
+    assert run_tool.load_module(program, Path("net.lyr")) is again  # same process: same module
+
+    edited = folder / "edited" / "net.lyr"
+    edited.parent.mkdir(exist_ok=True)
+    edited.write_text(MODEL.replace("Tanh", "ReLU"), encoding="utf-8")
+    other, _ = driver.check_file(edited)
+    run_tool.load_module(other, edited)
+    assert len(list((cache / "run").iterdir())) == 2
+
+
+def test_run_works_without_a_writable_cache(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = folder / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go", encoding="utf-8")
+    monkeypatch.setenv("LAYERC_CACHE_DIR", str(blocker))
+    for name in [n for n in sys.modules if n.startswith("_layerc_run_")]:
+        monkeypatch.delitem(sys.modules, name)
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "x.csv")
+    assert (code, err) == (0, "")
+    close(np.loadtxt(io.StringIO(out), delimiter=","), reference(SAMPLES))
+
+
+def test_npy_header_is_what_numpy_writes() -> None:
+    for dtype, shape in [(np.float32, (5, 3)), (np.float64, (2, 3, 4)), (np.float32, (3,))]:
+        header = run_tool.npy_header(np.dtype(dtype), shape, 128)
+        buffer = io.BytesIO(header + np.zeros(shape, dtype).tobytes())
+        array = np.load(buffer)
+        assert array.shape == shape and array.dtype == dtype and len(header) == 128
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def torch_net() -> torch.nn.Module:
+    net = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh()),
+        torch.nn.Linear(6, 3, bias=False),
+    )
+    return net
+
+
+def test_summary_counts_match_torch(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Parameter counts from torch's own parameters; FLOPs from torch's FlopCounterMode (which
+    counts 2*in*out per matrix product and leaves bias adds out, so those are added)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    reference_net = torch_net()
+    params = sum(p.numel() for p in reference_net.parameters())
+    with FlopCounterMode(display=False) as counter:
+        reference_net(torch.zeros(1, 4))
+    flops = counter.get_total_flops() + 6  # one bias add per output of the biased Linear
+
+    code, out, err = run_cli(capsys, "summary", "net.lyr")
+    assert (code, err) == (0, "")
+    assert f"Parameters:       {params:,} (42 weights, 6 biases)" in out
+    assert f"Parameter memory: {params * 4:,} B (float32, 4 bytes each)" in out
+    assert f"FLOPs per sample: {flops:,}\n" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[4:8]}
+    assert rows["hidden"][1:] == ["Hidden", "(*,", "6)", "30", "120", "54"]
+    assert rows["hidden.fc"][1:] == ["Linear(4,", "6)", "(*,", "6)", "30", "120", "54"]
+    assert rows["hidden.act"][1:] == ["Tanh()", "(*,", "6)", "0", "0", "0"]
+    assert rows["out"][1:] == ["Linear(6,", "3,", "bias=false)", "(*,", "3)", "18", "72", "36"]
+    assert "\n  hidden.fc " in out  # nested layers are indented under their model
+
+
+def test_summary_of_a_float64_model_and_large_counts(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "wide.lyr").write_text(
+        "model Wide(dtype=float64) { Linear(1000, 2000) { init = zeros() } Softmax() }\n"
+    )
+    program, _ = driver.check_file(folder / "wide.lyr")
+    text = summary(program.models[0])
+    params = torch.nn.Linear(1000, 2000).weight.numel() + 2000
+    assert f"{params:,}" in text and "(*, 2000)" in text and "Softmax(dim=-1)" in text
+    assert f"Parameter memory: {params * 8 / 2**20:.1f} MiB (float64, 8 bytes each)" in text
+    assert f"FLOPs per sample: {2 * 1000 * 2000 + 2000:,}" in text
+
+
+def test_summary_model_choice(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "summary", "net.lyr", "--model", "Hidden")
+    assert code == 0 and out.startswith("Model Hidden (float32): input (*, 4) -> output (*, 6)")
+    code, _, err = run_cli(capsys, "summary", "net.lyr", "--model", "hidden")
+    assert code == 2 and "did you mean 'Hidden'?" in err
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def test_graph_dot_describes_the_layers(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The DOT text, laid out by graphviz itself: one node per layer in order, edges labelled
+    with the shapes, the nested model as a cluster."""
+    code, dot_text, _ = run_cli(capsys, "graph", "net.lyr")
+    assert code == 0 and dot_text.startswith('digraph "Net" {')
+    laid_out = subprocess.run(
+        ["dot", "-Tjson"], input=dot_text, capture_output=True, text=True, check=True
+    )
+    graph = json.loads(laid_out.stdout)
+    objects = graph["objects"]
+    nodes = {o["_gvid"]: o["label"].split("\\n") for o in objects if "nodes" not in o}
+    clusters = [o for o in objects if "nodes" in o]
+    edges = [(e["tail"], e["head"], e["label"]) for e in graph["edges"]]
+    chain = [nodes[edges[0][0]]] + [nodes[head] for _, head, _ in edges]
+    assert [label[0] for label in chain] == ["input", "hidden.fc", "hidden.act", "out", "output"]
+    assert chain[1][1:] == ["Linear(4, 6)", "30 parameters"]
+    assert [label for _, _, label in edges] == ["(*, 4)", "(*, 6)", "(*, 6)", "(*, 3)"]
+    assert len(clusters) == 1 and clusters[0]["label"] == "hidden: Hidden"
+    assert sorted(nodes[i][0] for i in clusters[0]["nodes"]) == ["hidden.act", "hidden.fc"]
+
+
+def test_graph_renders_svg_png_and_dot(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graph", "net.lyr", "-o", "net.svg"]) == 0
+    svg = (folder / "net.svg").read_text()
+    assert "<svg" in svg and "hidden.fc" in svg and "Linear(6, 3, bias=false)" in svg
+    assert main(["graph", "net.lyr", "-o", "net.png"]) == 0
+    assert (folder / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["graph", "net.lyr", "-o", "net.dot"]) == 0
+    assert (folder / "net.dot").read_text().startswith('digraph "Net" {')
+    assert capsys.readouterr().out == "wrote net.svg\nwrote net.png\nwrote net.dot\n"
+
+
+def test_graph_without_graphviz(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = folder / "no-bin"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("dot") is None
+    code, out, err = run_cli(capsys, "graph", "net.lyr", "-o", "nodot.svg")
+    assert code == 1 and out == ""
+    assert err.startswith("nodot.svg: cannot draw SVG: graphviz's 'dot' program is not installed")
+    assert "-o nodot.dot" in err and not (folder / "nodot.svg").exists()
+    assert main(["graph", "net.lyr", "-o", "nodot.dot"]) == 0  # DOT text needs no graphviz
+    code, _, err = run_cli(capsys, "graph", "net.lyr", "-o", "net.jpeg")
+    assert code == 2 and "use .svg, .png, .pdf, or .dot" in err
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_colour_adds_styles_around_the_plain_text() -> None:
+    text = "model A {\n    fc = Linaer(2, 2)\n}\n"
+    error = LayercError("unknown layer kind 'Linaer'; did you mean 'Linear'?", Loc("a.lyr", 2, 10))
+    plain = render(error, text)
+    coloured = render(error, text, colour=True)
+    assert plain == (
+        "a.lyr:2:10: unknown layer kind 'Linaer'; did you mean 'Linear'?\n"
+        "        fc = Linaer(2, 2)\n"
+        "             ^"
+    )
+    assert coloured != plain and ANSI.sub("", coloured) == plain
+    assert coloured.startswith("\x1b[1ma.lyr:2:10:\x1b[0m \x1b[1;31munknown")
+    file_only = LayercError("cannot read the file", file="a.lyr")
+    assert ANSI.sub("", render(file_only, None, colour=True)) == "a.lyr: cannot read the file"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "modle A {}\n",
+            "1:1: unexpected 'modle'; expected 'model', 'test' or end of file; "
+            "did you mean 'model'?",
+        ),
+        (
+            "model A { Linear(2, 2) { init = zeros() } }\ntets A {}\n",
+            "2:1: unexpected 'tets'; expected 'model', 'test' or end of file; did you mean 'test'?",
+        ),
+        (
+            "model A { Linear(2, 2, bias=True) { init = zeros() } }\n",
+            "1:29: bias must be true or false; did you mean 'true'?",
+        ),
+        (
+            "model A { Linear(2, 2, bias=flase) { init = zeros() } }\n",
+            "1:29: bias must be true or false; did you mean 'false'?",
+        ),
+        (
+            "model A(dtype=float46) { Linear(2, 2) { init = zeros() } }\n",
+            "1:15: dtype must be float32 or float64; did you mean 'float64'?",
+        ),
+        (
+            "model A { Linear(2, 2) { init = zeros() } Relu() }\n",
+            "1:43: unknown layer kind 'Relu'; did you mean 'ReLU'?",
+        ),
+        (
+            "model A { Linear(2, 2) { init = zeros() } }\n"
+            "test B { input = [1, 2]; expect = [0, 0] }\n",
+            "2:6: test names unknown model 'B'",
+        ),
+    ],
+)
+def test_did_you_mean(
+    text: str, message: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "typo.lyr").write_text(text, encoding="utf-8")
+    code, _, err = run_cli(capsys, "check", "typo.lyr")
+    assert code == 1
+    assert err.splitlines()[0] == f"typo.lyr:{message}"
+
+
+def run_with_terminal_stderr(
+    args: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[int, str, str]:
+    """Run `python -m layerc.cli ARGS` with stderr on a pseudo-terminal (stdout on a pipe);
+    return the exit code, stdout and what the terminal showed (newlines as written)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerc.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    shown = bytearray()
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end of the terminal
+            break
+        if not data:
+            break
+        shown += data
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    code = proc.wait(timeout=120)
+    os.close(master)
+    return code, out, shown.decode().replace("\r\n", "\n")
+
+
+def run_piped(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "layerc.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def term_env(folder: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env.update(TERM="xterm-256color", LAYERC_CACHE_DIR=str(folder / "cache"))
+    return env
+
+
+def test_terminal_gets_colour_pipes_and_no_color_do_not(
+    folder: Path, term_env: dict[str, str]
+) -> None:
+    (folder / "typo.lyr").write_text("model A {\n    fc = Linaer(2, 2)\n}\n", encoding="utf-8")
+    code, out, shown = run_with_terminal_stderr(["check", "typo.lyr"], folder, term_env)
+    assert code == 1 and out == ""
+    assert "\x1b[1mtypo.lyr:2:10:\x1b[0m \x1b[1;31munknown layer kind 'Linaer'" in shown
+    piped = run_piped(["check", "typo.lyr"], folder, term_env)
+    assert piped.returncode == 1 and "\x1b[" not in piped.stderr
+    assert ANSI.sub("", shown) == piped.stderr
+    assert piped.stderr == (
+        "typo.lyr:2:10: unknown layer kind 'Linaer'; did you mean 'Linear'?\n"
+        "        fc = Linaer(2, 2)\n"
+        "             ^\n"
+    )
+    code, _, shown = run_with_terminal_stderr(
+        ["check", "typo.lyr"], folder, {**term_env, "NO_COLOR": "1"}
+    )
+    assert code == 1 and shown == piped.stderr
+
+
+def test_progress_bar_on_a_terminal_only(folder: Path, term_env: dict[str, str]) -> None:
+    write_input(folder / "progress.csv", "csv", np.random.default_rng(4).normal(size=(3000, 4)))
+    code, out, shown = run_with_terminal_stderr(
+        ["run", "net.lyr", "-i", "progress.csv", "-o", "progress.npy"], folder, term_env
+    )
+    assert code == 0 and out == "wrote progress.npy (3,000 rows)\n"
+    assert "\rNet: [........................]   0%  0 rows" in shown
+    assert "\rNet: [########################] 100%  3,000 rows\n" in shown
+    close(
+        np.load(folder / "progress.npy"),
+        reference(np.loadtxt(folder / "progress.csv", delimiter=",")),
+    )
+
+    piped = run_piped(
+        ["run", "net.lyr", "-i", "progress.csv", "-o", "progress.npy"], folder, term_env
+    )
+    assert (piped.returncode, piped.stderr) == (0, "")
+
+    # A data error after the bar has been drawn starts on a line of its own, in colour.
+    (folder / "late.csv").write_text(
+        textwrap.dedent("""\
+        1,2,3,4
+        1,2,3,four
+        """),
+        encoding="utf-8",
+    )
+    code, _, shown = run_with_terminal_stderr(
+        ["run", "net.lyr", "-i", "late.csv", "-o", "l.npy"], folder, term_env
+    )
+    assert code == 1
+    assert "\n\x1b[1mlate.csv:2:4:\x1b[0m \x1b[1;31m'four' is not a number\x1b[0m\n" in shown
