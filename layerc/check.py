@@ -40,6 +40,32 @@ def _suggest(name: str, options: list[str]) -> str:
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
+def _cycle(start: str, target: str, models: dict[str, S.ModelDef]) -> list[str] | None:
+    """The chain of model names by which model `start` uses model `target` (`[start, ...,
+    target]`), or None when it does not. Layer kinds that are not models are skipped."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen = {start}
+    while stack:
+        name, path = stack.pop()
+        for layer in models[name].layers:
+            if layer.kind == target:
+                return [*path, target]
+            if layer.kind in models and layer.kind not in seen:
+                seen.add(layer.kind)
+                stack.append((layer.kind, [*path, layer.kind]))
+    return None
+
+
+def _element_loc(value: S.Value | None, index: tuple[int, ...]) -> Loc | None:
+    """Where element `index` of a list literal stands in the source (so that an error about
+    one number of a large literal points at that number), or None if `value` is no literal."""
+    for i in index:
+        if not isinstance(value, S.ListLit) or i >= len(value.items):
+            return None
+        value = value.items[i]
+    return value.loc if isinstance(value, S.Number) else None
+
+
 @dataclass(frozen=True)
 class _Param:
     name: str
@@ -289,6 +315,13 @@ class _Checker:
         if kind == model.name:
             raise LayercError(f"model {kind!r} cannot contain itself", node.kind_loc)
         if kind in all_models:
+            cycle = _cycle(kind, model.name, all_models)
+            if cycle is not None:
+                raise LayercError(
+                    f"model {model.name!r} contains itself through "
+                    f"{' -> '.join([model.name, *cycle])}; models cannot be recursive",
+                    node.kind_loc,
+                )
             raise LayercError(
                 f"model {kind!r} is used before it is defined (line "
                 f"{all_models[kind].name_loc.line}); define it earlier in the file",
@@ -313,10 +346,11 @@ class _Checker:
                 if any(a.name is not None for a in node.args[:i]):
                     raise LayercError("positional argument after a keyword argument", arg.loc)
                 if i >= len(params):
+                    given = sum(1 for a in node.args if a.name is None)
                     raise LayercError(
                         f"{node.kind} takes {len(params)} positional argument"
-                        f"{'' if len(params) == 1 else 's'} but {len([a for a in node.args if a.name is None])} "
-                        "were given",
+                        f"{'' if len(params) == 1 else 's'} but {given} "
+                        f"{'was' if given == 1 else 'were'} given",
                         arg.loc,
                     )
                 bound[names[i]] = arg.value
@@ -397,10 +431,11 @@ class _Checker:
                 "or declare bias=false",
                 entries["weight"].loc,
             )
-        weight = self.convert(weight, dtype, allow_nonfinite, "weight", (entries.get("weight") or entries["init"]).loc)
+        source = entries.get("weight") or entries["init"]
+        weight = self.convert(weight, dtype, allow_nonfinite, "weight", source.loc, source.value)
         if bias is not None:
-            loc = (entries.get("bias") or entries.get("init") or entries["weight"]).loc
-            bias = self.convert(bias, dtype, allow_nonfinite, "bias", loc)
+            source = entries.get("bias") or entries.get("init") or entries["weight"]
+            bias = self.convert(bias, dtype, allow_nonfinite, "bias", source.loc, source.value)
         return ir.Linear(name, in_features, out_features, weight, bias, node.loc)
 
     def features(self, value: object, what: str, node: S.LayerDef) -> int:
@@ -450,8 +485,8 @@ class _Checker:
         before the file's data is read."""
         if call.func != "load":
             raise LayercError(
-                f"unknown function {call.func!r}{_suggest(call.func, ['load'])}; values are "
-                "literals or load(\"file\", \"key\")",
+                f"unknown function {call.func!r}: values are literals or load(\"file\", \"key\")"
+                f"{_suggest(call.func, ['load'])}",
                 call.loc,
             )
         positional = []
@@ -479,8 +514,17 @@ class _Checker:
             by_name["path"], by_name.get("key"), self.base_dir, call.loc, dtype=dtype, shape=shape
         )
 
-    def convert(self, array: np.ndarray, dtype: np.dtype, allow_nonfinite: bool, what: str, loc: Loc) -> np.ndarray:
-        """float64 -> the model's dtype; non-finite values and float32 overflow are errors."""
+    def convert(
+        self,
+        array: np.ndarray,
+        dtype: np.dtype,
+        allow_nonfinite: bool,
+        what: str,
+        loc: Loc,
+        value: S.Value | None = None,
+    ) -> np.ndarray:
+        """float64 -> the model's dtype; non-finite values and float32 overflow are errors,
+        reported at the offending number when `value` is the literal the array came from."""
         if not allow_nonfinite:
             bad = ~np.isfinite(array)
             if bad.any():
@@ -488,15 +532,18 @@ class _Checker:
                 raise LayercError(
                     f"{what}{list(index)} is {float(array[index])!r}, not a finite number "
                     "(write model NAME(allow_nonfinite=true) to allow inf and nan)",
-                    loc,
+                    _element_loc(value, index) or loc,
                 )
         with np.errstate(over="ignore"):
             converted = array.astype(dtype)
         overflow = np.isinf(converted) & np.isfinite(array)
         if overflow.any():
             index = tuple(int(i) for i in np.argwhere(overflow)[0])
-            value = float(array[index])
-            raise LayercError(f"{what}{list(index)} = {value!r} overflows {dtype.name}", loc)
+            number = float(array[index])
+            raise LayercError(
+                f"{what}{list(index)} = {number!r} overflows {dtype.name}",
+                _element_loc(value, index) or loc,
+            )
         return np.ascontiguousarray(converted)
 
     def boolean(self, value: S.Value, what: str) -> bool:
@@ -553,7 +600,10 @@ class _Checker:
             atol = self.tolerance(entries["atol"])
         if "rtol" in entries:
             rtol = self.tolerance(entries["rtol"])
-        return ir.TestCase(model, inputs.astype(model.dtype), expect, atol, rtol, node.loc)
+        # nan and inf are legitimate test inputs; a finite number the dtype cannot hold is not.
+        source = entries["input"].value
+        inputs = self.convert(inputs, model.dtype, True, "input", source.loc, source)
+        return ir.TestCase(model, inputs, expect, atol, rtol, node.loc)
 
     def test_shape(self, array: np.ndarray, width: int, what: str, loc: Loc) -> None:
         if array.ndim not in (1, 2) or array.shape[-1] != width:

@@ -4,6 +4,7 @@ picks exit codes: 0 success, 1 a user error or a failing test, 2 a usage error."
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="check a .lyr file and write the generated Python module",
                        description="Check FILE and write the generated module (default: FILE with .py beside it).")
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
-    p.add_argument("-o", "--output", type=Path, metavar="OUT",
+    # A str, not a Path: Path drops the trailing "/" that says OUT is meant as a folder.
+    p.add_argument("-o", "--output", metavar="OUT",
                    help="where to write the module (a .py path, or a folder)")
     p.add_argument("--warm", action="store_true",
                    help="also compile the numba kernels now and cache them beside the module, "
@@ -79,7 +81,9 @@ def _source_text(file: str | None) -> str | None:
     if not file:
         return None
     try:
-        return Path(file).read_text(encoding="utf-8", errors="replace")
+        # Bytes decoded by hand: text mode would turn a lone "\r" into a line break that the
+        # lexer does not count, and the line shown would not be the line reported.
+        return Path(file).read_bytes().decode("utf-8", errors="replace")
     except OSError:
         return None
 
@@ -91,12 +95,23 @@ def _report(exc: LayercError) -> None:
     print(render(exc, text, colour_enabled(sys.stderr)), file=sys.stderr)
 
 
-def _compile(file: Path, output: Path | None, warm: bool = False) -> int:
+def _output_path(file: Path, output: str | None) -> Path | None:
+    """Where `-o OUT` puts the module: OUT itself, or FILE's name with .py inside OUT when OUT
+    is a folder (an existing one, or any path written with a trailing separator)."""
+    if output is None:
+        return None
+    path = Path(output)
+    if path.is_dir():
+        return path / file.with_suffix(".py").name
+    if output.endswith(("/", os.sep)):
+        raise LayercError("cannot write the module: no such folder", file=output)
+    return path
+
+
+def _compile(file: Path, output: str | None, warm: bool = False) -> int:
     from .driver import compile_file
 
-    if output is not None and output.is_dir():
-        output = output / file.with_suffix(".py").name
-    _, written = compile_file(file, output)
+    _, written = compile_file(file, _output_path(file, output))
     for path in written:
         print(f"wrote {path}")
     if warm:

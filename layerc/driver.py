@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -25,15 +26,35 @@ from .errors import LayercError
 def check_file(path: Path) -> tuple[ir.Program, str]:
     """Parse and check a .lyr file; return the program and the source text."""
     display = str(path)
+    text = syntax.decode_source(_read_source(path, display), display)
+    program = syntax.parse(text, display)
+    return check(program, path.parent), text
+
+
+def _read_source(path: Path, display: str) -> bytes:
+    """The bytes of a .lyr file. Only a regular file is read: a FIFO or a device (a symlink to
+    /dev/zero in an untrusted checkout) would hang the compiler or never end."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, flags)
     except IsADirectoryError:
         raise LayercError("is a directory, not a .lyr file", file=display) from None
     except OSError as exc:
         raise LayercError(f"cannot read the file: {exc.strerror}", file=display) from None
-    text = syntax.decode_source(data, display)
-    program = syntax.parse(text, display)
-    return check(program, path.parent), text
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise LayercError("is a directory, not a .lyr file", file=display)
+        raise LayercError(
+            "is not a regular file (a device, pipe or socket), so layerc will not read it",
+            file=display,
+        )
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise LayercError(f"cannot read the file: {exc.strerror}", file=display) from None
 
 
 def default_output(path: Path) -> Path:
@@ -55,26 +76,41 @@ def write_output(out: Path, output: codegen.Output) -> list[Path]:
     """Write the module (and its weights file) so that a failure at any point leaves earlier
     output intact: each file goes to a temporary name in the target folder and is renamed into
     place, the weights file (named by its content hash) before the module that refers to it.
-    Return the paths written."""
+    A failure is a `LayercError` naming the file; a weights file this call created for a module
+    it then could not write is removed again. Return the paths written."""
     folder = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise LayercError(f"cannot write {out}: it is a directory", file=str(out))
     written = []
+    created = False
+    if output.data is not None and output.data_name is not None:
+        target = folder / output.data_name
+        created = not target.exists()
+        _write_or_report(target, output.data, out, f"its weights file {target.name}")
+        written.append(target)
     try:
-        if output.data is not None and output.data_name is not None:
-            target = folder / output.data_name
-            _atomic_write(target, output.data)
-            written.append(target)
-        _atomic_write(out, output.source.encode("utf-8"))
-        written.append(out)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise LayercError(f"cannot write {exc.filename or out}: {reason}", file=str(out)) from None
+        _write_or_report(out, output.source.encode("utf-8"), out, "the module")
+    except LayercError:
+        if written and created:
+            _unlink_quietly(written[0])
+        raise
+    written.append(out)
+    _forget_numba_source_hashes()
     _remove_stale_weights(out, output.data_name)
     return written
 
 
+def _write_or_report(target: Path, data: bytes, out: Path, what: str) -> None:
+    try:
+        _atomic_write(target, data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise LayercError(f"cannot write {what}: {reason}", file=str(out)) from None
+
+
 def _atomic_write(target: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `target`, flush it to disk, rename it over
+    `target`: readers see the old file or the new one, never a part."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -82,13 +118,60 @@ def _atomic_write(target: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+        _distinct_stamp(Path(tmp), target)
         os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(Path(tmp))
         raise
+    _sync_folder(target.parent)
+
+
+def _distinct_stamp(new: Path, old: Path) -> None:
+    """Give `new` a modification time other than `old`'s when both have the same size.
+
+    numba remembers the hash of a source file by (path, mtime, size) for the life of a process;
+    a module rewritten within one tick of a coarse filesystem clock would otherwise be taken
+    for the old one, and the old machine code run."""
+    try:
+        before, after = os.stat(old), os.stat(new)
+    except OSError:
+        return
+    if after.st_size != before.st_size:
+        return
+    for step in (1_000_000, 1_000_000_000, 2_000_000_000):  # 1 ms, then coarse clocks
+        if os.stat(new).st_mtime != before.st_mtime:
+            return
+        os.utime(new, ns=(after.st_atime_ns, before.st_mtime_ns + step))
+
+
+def _forget_numba_source_hashes() -> None:
+    """Drop numba's in-process memo of source hashes (if numba is loaded), so a module
+    rewritten in this process is hashed afresh when it is imported again."""
+    caching = sys.modules.get("numba.core.caching")
+    clear = getattr(getattr(caching, "_hash_source_file", None), "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _remove_stale_weights(out: Path, keep: str | None) -> None:
@@ -110,6 +193,8 @@ def compile_file(path: Path, out: Path | None = None) -> tuple[ir.Program, list[
     """`layerc compile`: check `path`, generate, write to `out` (default: beside the source)."""
     program, _ = check_file(path)
     out = out if out is not None else default_output(path)
+    if out.exists() and path.exists() and out.samefile(path):
+        raise LayercError(f"the output {out} is the source file itself", file=str(path))
     return program, write_output(out, generate(program, out))
 
 
@@ -125,6 +210,7 @@ def import_module(path: Path, name: str | None = None) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    _forget_numba_source_hashes()  # the file may have been rewritten since numba last read it
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)

@@ -38,9 +38,14 @@ class UsageError(Exception):
 
 
 def source_line(text: str, line: int) -> str | None:
-    lines = text.splitlines()
+    """Line `line` (from 1) of `text` as the front end counts lines, or None past the end.
+
+    Only "\n" ends a line, as in the lexer: `str.splitlines` would also split at form feeds
+    and Unicode separators inside comments and show the wrong line. A byte-order mark, which
+    the front end drops before parsing, is dropped here too so that columns agree."""
+    lines = text.removeprefix("\ufeff").split("\n")
     if 1 <= line <= len(lines):
-        return lines[line - 1]
+        return lines[line - 1].removesuffix("\r")
     return None
 
 
@@ -68,9 +73,7 @@ def render(error: LayercError, text: str | None, colour: bool = False) -> str:
         return out[0]
     line = source_line(text, error.loc.line)
     if line is None:
-        if error.loc.line != len(text.splitlines()) + 1:
-            return out[0]
-        line = ""  # the end of a file that ends with a newline
+        return out[0]
     col = max(error.loc.col - 1, 0)
     start = 0
     if len(line) > _MAX_SHOWN:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
 
 import lark
 from lark import Token, Tree
@@ -70,7 +70,7 @@ class Call:
     loc: Loc
 
 
-Value = Union[Number, Bool, String, Name, ListLit, Call]
+Value = Number | Bool | String | Name | ListLit | Call
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,13 @@ _TERMINAL_WORDS = {
 }
 
 
+# The tokens that can start a value: when all are possible, the message says "a value".
+_VALUE_STARTS = frozenset({"NUMBER", "SIGNED_SPECIAL", "STRING", "NAME", "TRUE", "FALSE", "LSQB"})
+
+
 def _describe_expected(expected: set[str]) -> str:
+    if _VALUE_STARTS <= expected:
+        expected = (expected - _VALUE_STARTS) | {"a value"}
     words = sorted({_TERMINAL_WORDS.get(t, t) for t in expected})
     if not words:
         return ""
@@ -245,19 +251,31 @@ def parse(text: str, file: str = "<string>") -> Program:
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as exc:
-        ch = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
-        raise LayercError(f"unexpected character {ch!r}", Loc(file, exc.line, exc.column)) from None
+        pos = exc.pos_in_stream or 0
+        ch = text[pos] if pos < len(text) else ""
+        message = f"unexpected character {ch!r}"
+        if ch == '"':
+            # The only way a '"' fails to lex is a string with no closing quote on its line.
+            message = 'unterminated string: a string ends with " on the same line'
+        raise LayercError(message, Loc(file, exc.line, exc.column)) from None
     except lark.exceptions.UnexpectedToken as exc:
         token = exc.token
         if token.type == "$END":
             loc = _loc_of_offset(text, len(text), file)
         else:
             loc = Loc(file, token.line or 1, token.column or 1)
-        message = f"unexpected {_describe_token(token)}{_describe_expected(set(exc.expected))}"
-        if token.type in ("MODEL", "TEST", "TRUE", "FALSE") and "NAME" in exc.expected:
+        expected = _acceptable(exc)
+        message = f"unexpected {_describe_token(token)}{_describe_expected(expected)}"
+        before = _token_before(text, token) if token.type == "EQUAL" else None
+        if token.type in ("MODEL", "TEST", "TRUE", "FALSE") and "NAME" in expected:
             message = f"'{token}' is a keyword and cannot be used as a name"
+        elif before is not None and before.type in ("TRUE", "FALSE"):
+            # `Linear(4, 3, false=1)`: `false` was read as a value, so the parser only trips
+            # on the '='; the mistake is the keyword used as an argument name.
+            message = f"'{before}' is a keyword and cannot be used as a name"
+            loc = Loc(file, before.line or 1, before.column or 1)
         elif token.type == "NAME":
-            message += _suggest_keyword(str(token), set(exc.expected))
+            message += _suggest_keyword(str(token), expected)
         raise LayercError(message, loc) from None
     except lark.exceptions.UnexpectedEOF as exc:
         loc = _loc_of_offset(text, len(text), file)
@@ -265,6 +283,25 @@ def parse(text: str, file: str = "<string>") -> Program:
             f"unexpected end of file{_describe_expected(set(exc.expected))}", loc
         ) from None
     return _Builder(file).program(tree)
+
+
+def _token_before(text: str, token: Token) -> Token | None:
+    """The token just before `token` (comments skipped), or None at the start."""
+    last = deque(_parser().lex(text[: token.start_pos or 0]), maxlen=1)
+    return last[0] if last else None
+
+
+def _acceptable(exc: lark.exceptions.UnexpectedToken) -> set[str]:
+    """The tokens that could really come next. LALR merges states, so lark's `expected` may
+    list tokens that the parser would reject one step later ("expected ']'" inside `Linear(4
+    3)`); replaying the parser with each candidate keeps only those it accepts."""
+    parser = exc.interactive_parser
+    if parser is not None:
+        try:
+            return set(parser.accepts())
+        except lark.exceptions.LarkError:
+            pass
+    return set(exc.expected)
 
 
 def parse_file(path: Path, display: str | None = None) -> tuple[Program, str]:
@@ -275,6 +312,13 @@ def parse_file(path: Path, display: str | None = None) -> tuple[Program, str]:
 
 
 # --------------------------------------------------------------------------- tree -> nodes
+
+
+def _token(tree: Tree) -> Token:
+    """The one token under a `number` or `string` node."""
+    (token,) = tree.children
+    assert isinstance(token, Token), token
+    return token
 
 
 class _Builder:
@@ -344,8 +388,8 @@ class _Builder:
                 value = self.value(arg.children[0])
                 out.append(Arg(None, value, value.loc))
             else:
-                name, value = arg.children
-                out.append(Arg(str(name), self.value(value), self.loc(name)))
+                name, raw = arg.children
+                out.append(Arg(str(name), self.value(raw), self.loc(name)))
         return tuple(out)
 
     def value(self, item: Tree | Token) -> Value:
@@ -353,13 +397,13 @@ class _Builder:
         assert isinstance(item, Tree), item
         kind = item.data
         if kind == "number":
-            return self.number(item.children[0])
+            return self.number(_token(item))
         if kind == "true":
             return Bool(True, self.loc(item))
         if kind == "false":
             return Bool(False, self.loc(item))
         if kind == "string":
-            return self.string(item.children[0])
+            return self.string(_token(item))
         if kind == "name":
             token = item.children[0]
             if token in ("inf", "nan"):

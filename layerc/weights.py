@@ -106,7 +106,7 @@ def convert_exact(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         _check_integers_exact(array, dtype, what)
         return np.ascontiguousarray(array, dtype=dtype)
     if kind == "f":
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # "invalid": NaN payloads narrowed
             out = np.ascontiguousarray(array, dtype=dtype)
         overflow = np.isinf(out) & np.isfinite(array)
         if overflow.any():

@@ -1,6 +1,7 @@
 """What generated modules import: the `Module` base class, the layer classes, hook handles and
 the global hook registries, and the reader for weights files."""
 
+from .cache import kernel_cache
 from .hooks import (
     RemovableHandle,
     register_module_forward_hook,
@@ -37,6 +38,7 @@ __all__ = [
     "Tanh",
     "check_abi",
     "get_num_threads",
+    "kernel_cache",
     "set_num_threads",
     "child",
     "register_module_forward_hook",

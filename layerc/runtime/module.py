@@ -12,7 +12,7 @@ globally, `__call__` makes one call into that kernel; the decision is cached aga
 from __future__ import annotations
 
 from collections import OrderedDict, namedtuple
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,30 @@ def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor, without importing torch
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _checked_value(key: str, param: np.ndarray, value: Any, errors: list[str]) -> np.ndarray | None:
+    """`value` as an array that can be copied into `param` (real numbers of its shape, in its
+    dtype, C-contiguous and writeable), or None after appending torch's error for `key`."""
+    try:
+        array = to_numpy(value)
+    except Exception:
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        kind = "" if array is None else f" of dtype {array.dtype}"
+        errors.append(
+            f'While copying the parameter named "{key}", expected an array of real numbers '
+            f"from checkpoint but received {type(value)}{kind}"
+        )
+        return None
+    if array.shape != param.shape:
+        errors.append(
+            f"size mismatch for {key}: copying a param with shape {_fmt_shape(array.shape)} "
+            f"from checkpoint, the shape in current model is {_fmt_shape(param.shape)}."
+        )
+        return None
+    array = np.ascontiguousarray(array, dtype=param.dtype)
+    return array if array.flags.writeable else array.copy()
 
 
 class Module:
@@ -336,6 +360,14 @@ class Module:
                     f"{self._get_name()}: expected a numeric array of shape ({self.in_features},) "
                     f"or (*, {self.in_features}), got {type(x).__name__}"
                 ) from exc
+        if type(x) is not np.ndarray:
+            # Kernels take plain arrays; a mask would be silently dropped, so refuse it.
+            if isinstance(x, np.ma.MaskedArray):
+                raise TypeError(
+                    f"{self._get_name()}: expected a numeric array of shape ({self.in_features},) "
+                    f"or (*, {self.in_features}), got a masked array (pass x.filled(value))"
+                )
+            x = np.asarray(x)  # np.matrix, np.memmap: the plain array they hold
         if x.dtype != self.dtype:
             if x.dtype.kind not in "biuf":
                 raise TypeError(
@@ -485,8 +517,8 @@ class Module:
                 memo.add(id(module))
                 yield name, module
 
-    def modules(self) -> Iterator[Module]:
-        for _, module in self.named_modules():
+    def modules(self, remove_duplicate: bool = True) -> Iterator[Module]:
+        for _, module in self.named_modules(remove_duplicate=remove_duplicate):
             yield module
 
     def named_modules(
@@ -562,48 +594,73 @@ class Module:
                 module.state_dict(destination=destination, prefix=prefix + name + ".", keep_vars=keep_vars)
         return destination  # type: ignore[return-value]
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> _IncompatibleKeys:
-        """Copy values into the parameters in place. Every key, shape and dtype is checked
-        before anything changes; errors are reported as torch reports them."""
-        own = self.state_dict()
-        incoming = {key: state_dict[key] for key in state_dict.keys()}
-        missing = [key for key in own if key not in incoming]
-        unexpected = [key for key in incoming if key not in own]
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> _IncompatibleKeys:
+        """Copy the values of `state_dict` into the parameters in place (with `assign`, bind
+        them instead). Keys are matched module by module as torch matches them, and missing
+        and unexpected keys are reported as torch reports them (an error when `strict`, the
+        returned `IncompatibleKeys` otherwise). Unlike torch, every key, shape and value is
+        checked before anything changes, so a failed load leaves the module as it was."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
+        missing: list[str] = []
+        unexpected: list[str] = []
         errors: list[str] = []
-        prepared: list[tuple[np.ndarray, np.ndarray]] = []
-        for key, param in own.items():
-            if key not in incoming:
-                continue
-            try:
-                value = to_numpy(incoming[key])
-            except Exception as exc:
-                errors.append(f'While copying the parameter named "{key}", an exception occurred : {exc}.')
-                continue
-            if value.dtype.kind not in "biuf":
-                errors.append(
-                    f'While copying the parameter named "{key}", whose dimensions in the model are '
-                    f"{_fmt_shape(param.shape)}, an exception occurred : dtype {value.dtype} is not a real number type."
-                )
-                continue
-            if value.shape != param.shape:
-                errors.append(
-                    f"size mismatch for {key}: copying a param with shape {_fmt_shape(value.shape)} "
-                    f"from checkpoint, the shape in current model is {_fmt_shape(param.shape)}."
-                )
-                continue
-            prepared.append((param, value))
+        updates: list[tuple[Module, str, np.ndarray]] = []
+        self._check_state(dict(state_dict), "", missing, unexpected, errors, updates)
         if strict:
             if unexpected:
-                errors.insert(0, "Unexpected key(s) in state_dict: {}. ".format(", ".join(f'"{k}"' for k in unexpected)))
+                keys = ", ".join(f'"{key}"' for key in unexpected)
+                errors.insert(0, f"Unexpected key(s) in state_dict: {keys}. ")
             if missing:
-                errors.insert(0, "Missing key(s) in state_dict: {}. ".format(", ".join(f'"{k}"' for k in missing)))
+                keys = ", ".join(f'"{key}"' for key in missing)
+                errors.insert(0, f"Missing key(s) in state_dict: {keys}. ")
         if errors:
             raise RuntimeError(
-                "Error(s) in loading state_dict for {}:\n\t{}".format(self._get_name(), "\n\t".join(errors))
+                "Error(s) in loading state_dict for {}:\n\t{}".format(
+                    self._get_name(), "\n\t".join(errors)
+                )
             )
-        for param, value in prepared:
-            np.copyto(param, value, casting="unsafe")
+        for module, name, value in updates:
+            if assign:
+                module._set_parameter(name, value)
+            else:
+                np.copyto(module._parameters[name], value, casting="unsafe")
         return _IncompatibleKeys(missing, unexpected)
+
+    def _check_state(
+        self,
+        state: dict[str, Any],
+        prefix: str,
+        missing: list[str],
+        unexpected: list[str],
+        errors: list[str],
+        updates: list[tuple[Module, str, np.ndarray]],
+    ) -> None:
+        """torch's `_load_from_state_dict` and its walk over the children, without copying:
+        appends this subtree's missing and unexpected keys and errors in torch's order, and
+        the (module, parameter name, checked value) pairs to copy."""
+        local = {name: param for name, param in self._parameters.items() if param is not None}
+        for name, param in local.items():
+            key = prefix + name
+            if key not in state:
+                missing.append(key)
+                continue
+            value = _checked_value(key, param, state[key], errors)
+            if value is not None:
+                updates.append((self, name, value))
+        for key in state:
+            if key.startswith(prefix):
+                head, dot, _ = key[len(prefix) :].partition(".")
+                # a dotted key belongs to a child, which checks it; None children take anything
+                if (dot and head not in self._modules) or (not dot and head not in local):
+                    unexpected.append(key)
+        for name, child in self._modules.items():
+            if child is not None:
+                child_prefix = prefix + name + "."
+                child_state = {k: v for k, v in state.items() if k.startswith(child_prefix)}
+                child._check_state(child_state, child_prefix, missing, unexpected, errors, updates)
 
     # ------------------------------------------------------------------ misc
 
@@ -657,6 +714,10 @@ class Module:
 
     def __setstate__(self, st: dict) -> None:
         self.__dict__.update(st)
+        # Hook ids restored from a pickle must not be handed out again (torch does not guard
+        # this: a new hook could silently replace an unpickled one in a fresh process).
+        registries = (self._forward_hooks, self._forward_pre_hooks)
+        H.state.next_id = max([H.state.next_id, *(key + 1 for r in registries for key in r)])
         H.bump()
 
     # ------------------------------------------------------------------ numba

@@ -1,0 +1,354 @@
+"""The command line (layerc/cli.py): `layerc compile | check | test`, run as users run them (in
+a subprocess), and in-process where a failure has to be injected. Exit codes: 0 success, 1 a user
+error or a failing test, 2 a usage error; user errors print `file:line:col: message`, the source
+line and a caret, and never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import layerc
+from layerc import cli
+
+LESSON = """\
+# seed.lyr: the 4 -> 3 linear layer without bias
+model Seed {
+    fc = Linear(in_features=4, out_features=3, bias=false) {
+        weight = [[1, 2, 3, 4],
+                  [2, 3, 4, 5],
+                  [3, 4, 5, 6]]
+    }
+}
+
+test Seed {
+    input  = [1, 2, 3, 4]
+    expect = [30, 40, 50]
+}
+"""
+
+LESSON_WEIGHT = np.array([[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], dtype=np.float64)
+
+# 100 * 50 = 5000 weights: more than code generation embeds, so it writes a `.weights` file
+BIG = """\
+model Big {{
+    fc = Linear(100, 50) {{ init = uniform(seed={seed}) }}
+    Tanh
+}}
+"""
+
+BAD = "model M {\n  fc = Lineer(4, 3) { init = uniform(seed=0) }\n}\n"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m layerc.cli ARGS` in `cwd`, with the environment a user has at a pipe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    return subprocess.run(
+        [sys.executable, "-m", "layerc.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "seed.lyr").write_text(LESSON, encoding="utf-8")
+    (folder / "bad.lyr").write_text(BAD, encoding="utf-8")
+    return folder
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def test_version_from_the_installed_script(work: Path) -> None:
+    script = shutil.which("layerc") or str(Path(sys.executable).with_name("layerc"))
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"layerc {layerc.__version__}\n",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ([], ["usage: layerc", "compile", "check", "test", "--version"]),
+        (["compile"], ["usage: layerc compile", "FILE", "-o OUT", "a .py path, or a folder"]),
+        (["check"], ["usage: layerc check", "FILE", "Writes nothing"]),
+        (["test"], ["usage: layerc test", "FILE", "largest absolute and relative error"]),
+    ],
+)
+def test_help_of_each_command(work: Path, command: list[str], words: list[str]) -> None:
+    result = run(*command, "--help", cwd=work)
+    assert result.returncode == 0 and result.stderr == ""
+    text = " ".join(result.stdout.split())  # argparse wraps to the terminal's width
+    for word in words:
+        assert word in text
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ([], "usage: layerc"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["compile"], "the following arguments are required: FILE"),
+        (["check", "seed.lyr", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_usage_errors_exit_2(work: Path, command: list[str], message: str) -> None:
+    result = run(*command, cwd=work)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stdout == ""
+    no_traceback(result)
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_reports_the_models_and_writes_nothing(work: Path) -> None:
+    before = files_in(work)
+    result = run("check", "seed.lyr", cwd=work)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "seed.lyr: ok: Seed (4 -> 3); 1 test(s)\n"
+    assert files_in(work) == before
+
+
+def test_check_error_prints_location_source_line_and_caret(work: Path) -> None:
+    before = files_in(work)
+    result = run("check", "bad.lyr", cwd=work)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "bad.lyr:2:8: unknown layer kind 'Lineer'; did you mean 'Linear'?\n"
+        "      fc = Lineer(4, 3) { init = uniform(seed=0) }\n"
+        "           ^\n"
+    )
+    assert files_in(work) == before
+
+
+def test_compile_syntax_error_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "syn.lyr").write_text('model M {\n  Linear(1, 1) { weight = load("w.npy) }\n}\n')
+    result = run("compile", "syn.lyr", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        'syn.lyr:2:32: unterminated string: a string ends with " on the same line\n'
+        '      Linear(1, 1) { weight = load("w.npy) }\n' + " " * (4 + 31) + "^\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["syn.lyr"]
+
+
+def test_unreadable_and_undecodable_files_are_user_errors(tmp_path: Path) -> None:
+    """One `layerc test` run over files that are each wrong in another way: every one is
+    reported, none with a traceback, and the run exits 1."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "latin1.lyr").write_bytes(b"# caf\xe9\nmodel M { ReLU }\n")
+    (tmp_path / "nul.lyr").write_bytes(b"model M {\n  ReLU\x00\n}\n")
+    (tmp_path / "noweights.lyr").write_text(
+        'model M {\n  Linear(2, 2, bias=false) { weight = load("gone.npy") }\n}\n'
+    )
+    names = ["missing.lyr", "adir", "latin1.lyr", "nul.lyr", "noweights.lyr"]
+    result = run("test", *names, cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 1
+    assert result.stdout == "0 passed, 5 failed\n"
+    heads = [line for line in result.stderr.splitlines() if not line.startswith("    ")]
+    assert heads == [
+        "missing.lyr: cannot read the file: No such file or directory",
+        "adir: is a directory, not a .lyr file",
+        "latin1.lyr:1:6: the file is not valid UTF-8 text (byte 0xe9)",
+        "nul.lyr:2:7: the file contains a NUL character",
+        f"noweights.lyr:2:39: no such file: 'gone.npy' (looked in {Path('.')})",
+    ]
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def test_compile_writes_the_module_beside_the_source(work: Path, monkeypatch) -> None:
+    """The lesson of the spec's section 1, as a user runs it."""
+    result = run("compile", "seed.lyr", cwd=work)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "wrote seed.py\n", "")
+    assert (work / "seed.py").is_file()
+
+    monkeypatch.syspath_prepend(str(work))
+    monkeypatch.delitem(sys.modules, "seed", raising=False)
+    try:
+        from seed import Seed  # type: ignore[import-not-found]
+
+        net = Seed()
+        x = np.array([1, 2, 3, 4], dtype=np.float32)
+        y = net(x)
+        assert y.dtype == np.float32 and y.shape == (3,)
+        np.testing.assert_array_equal(y, LESSON_WEIGHT @ x.astype(np.float64))
+        assert y.tolist() == [30.0, 40.0, 50.0]
+        assert repr(Seed().fc) == "Linear(in_features=4, out_features=3, bias=False)"
+        assert net.fc.weight.shape == (3, 4)
+    finally:
+        sys.modules.pop("seed", None)
+        importlib.invalidate_caches()
+
+
+def test_compile_to_a_path_and_into_a_folder(work: Path) -> None:
+    (work / "out").mkdir(exist_ok=True)
+    result = run("compile", "seed.lyr", "-o", "elsewhere.py", cwd=work)
+    assert (result.returncode, result.stdout) == (0, "wrote elsewhere.py\n")
+    result = run("compile", "seed.lyr", "-o", "out", cwd=work)
+    assert (result.returncode, result.stdout) == (0, f"wrote {Path('out', 'seed.py')}\n")
+    # the module names the source, not where it was written, so all three are the same text
+    reference = run("compile", "seed.lyr", "-o", "out/", cwd=work)
+    assert reference.returncode == 0
+    assert (work / "elsewhere.py").read_bytes() == (work / "out" / "seed.py").read_bytes()
+
+
+def test_compile_into_a_folder_that_does_not_exist_is_an_error(work: Path) -> None:
+    """`-o build/` means a folder: it must not become a file named `build`."""
+    result = run("compile", "seed.lyr", "-o", "build/", cwd=work)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "build/: cannot write the module: no such folder\n"
+    assert not (work / "build").exists()
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> Path:
+    """A source whose module keeps its weights in a `.weights` file, compiled once."""
+    (tmp_path / "big.lyr").write_text(BIG.format(seed=0), encoding="utf-8")
+    assert cli.main(["compile", str(tmp_path / "big.lyr")]) == 0
+    names = set(os.listdir(tmp_path))
+    (weights,) = names - {"big.lyr", "big.py"}
+    assert len(names) == 3 and weights.startswith("big.") and weights.endswith(".weights")
+    return tmp_path
+
+
+def test_compiling_twice_gives_byte_identical_output(big: Path, tmp_path_factory) -> None:
+    first = files_in(big)
+    result = run("compile", "big.lyr", cwd=big)
+    assert result.returncode == 0
+    assert files_in(big) == first
+    # ... also from another folder: nothing of where it ran leaks into the output
+    other = tmp_path_factory.mktemp("elsewhere")
+    shutil.copy(big / "big.lyr", other / "big.lyr")
+    assert run("compile", "big.lyr", cwd=other).returncode == 0
+    assert files_in(other) == first
+
+
+def test_failed_compile_leaves_earlier_output_untouched(big: Path) -> None:
+    good = files_in(big)
+    (big / "big.lyr").write_text(BIG.format(seed=0).replace("Tanh", "Tahn"), encoding="utf-8")
+    result = run("compile", "big.lyr", cwd=big)
+    assert result.returncode == 1
+    assert result.stderr.startswith("big.lyr:3:5: unknown layer kind 'Tahn'; did you mean 'Tanh'?")
+    after = files_in(big)
+    del good["big.lyr"], after["big.lyr"]
+    assert after == good
+
+
+@pytest.mark.parametrize("failing", ["module-rename", "weights-fsync"])
+def test_failed_write_leaves_earlier_output_and_no_temporary_files(
+    big: Path, monkeypatch, capsys, failing: str
+) -> None:
+    """A disk that fills up while the new module (with new weights) is written: the module and
+    weights file from before stay byte-identical, and nothing else is left in the folder."""
+    good = files_in(big)
+    (big / "big.lyr").write_text(BIG.format(seed=1), encoding="utf-8")
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if failing == "module-rename":
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(dst).endswith(".py"):
+                raise full
+            return real_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+        what = "the module"
+    else:
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # a file, not the folder synced after
+                raise full
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        what = "its weights file big."
+
+    assert cli.main(["compile", str(big / "big.lyr")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{big / 'big.py'}: cannot write {what}")
+    assert err.rstrip().endswith(os.strerror(errno.ENOSPC))
+    monkeypatch.undo()
+    after = files_in(big)
+    assert after.pop("big.lyr") == BIG.format(seed=1).encode()
+    del good["big.lyr"]
+    assert after == good
+
+    # once the disk has room again the same command succeeds and replaces both files
+    assert cli.main(["compile", str(big / "big.lyr")]) == 0
+    fresh = files_in(big)
+    (old_weights,) = set(good) - {"big.py"}
+    (new_weights,) = set(fresh) - {"big.py", "big.lyr"}
+    assert new_weights != old_weights and fresh["big.py"] != good["big.py"]
+
+
+# --------------------------------------------------------------------------- test
+
+
+def test_layerc_test_on_the_lesson_passes(work: Path) -> None:
+    result = run("test", "seed.lyr", cwd=work)
+    no_traceback(result)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == (
+        "PASS seed.lyr:10 test Seed: max abs error 0, max rel error 0 "
+        "(atol 1e-05, rtol 1.3e-06)\n"
+        "1 passed, 0 failed\n"
+    )
+
+
+def test_layerc_test_reports_each_test_and_fails_on_any_failure(work: Path) -> None:
+    x = np.array([[1, 2, 3, 4], [0, 0, 0, 1]], dtype=np.float64)
+    reference = x @ LESSON_WEIGHT.T  # NumPy float64: [[30, 40, 50], [4, 5, 6]]
+    body = LESSON.split("test Seed")[0]
+    (work / "tests.lyr").write_text(
+        body
+        + "test Seed { input = [1, 2, 3, 4]; expect = [30, 40, 51] }\n"
+        + f"test Seed {{ input = {x.astype(int).tolist()}; "
+        + f"expect = {reference.astype(int).tolist()} }}\n"
+        + "test Seed { input = [1, 2, 3, 4]; expect = [30, 40, 51]; atol = 1 }\n",
+        encoding="utf-8",
+    )
+    result = run("test", "tests.lyr", cwd=work)
+    no_traceback(result)
+    assert (result.returncode, result.stderr) == (1, "")
+    rel = f"{1 / 51:.3g}"  # |50 - 51| / |51|
+    assert result.stdout.splitlines() == [
+        f"FAIL tests.lyr:10 test Seed: max abs error 1, max rel error {rel} "
+        "(atol 1e-05, rtol 1.3e-06)",
+        "PASS tests.lyr:11 test Seed: max abs error 0, max rel error 0 (atol 1e-05, rtol 1.3e-06)",
+        f"PASS tests.lyr:12 test Seed: max abs error 1, max rel error {rel} (atol 1, rtol 1.3e-06)",
+        "2 passed, 1 failed",
+    ]
