@@ -295,7 +295,9 @@ def run(args: argparse.Namespace) -> None:
                 }
             extra = ""
             if batch == 4096:
-                flops = 2 * batch * sum(a * b for a, b in zip(MLP_SIZES, MLP_SIZES[1:], strict=False))
+                flops = (
+                    2 * batch * sum(a * b for a, b in zip(MLP_SIZES, MLP_SIZES[1:], strict=False))
+                )
                 extra = f"layerc {flops / times['layerc'] / 1e9:.1f} GFLOP/s; " + sgemm_rate(
                     min_time, repeats
                 )

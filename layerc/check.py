@@ -33,7 +33,7 @@ RESERVED_LAYER_NAMES = reserved_names()
 
 
 def _suggest(name: str, options: list[str]) -> str:
-    """"; did you mean 'X'?" for the option closest to `name`, ignoring case (so that `Relu`
+    """ "; did you mean 'X'?" for the option closest to `name`, ignoring case (so that `Relu`
     finds `ReLU`), or "" when none is close."""
     by_lower = {option.lower(): option for option in options}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
@@ -76,7 +76,11 @@ _REQUIRED = object()
 
 # kind -> its arguments in PyTorch's positional order
 LAYER_PARAMS: dict[str, tuple[_Param, ...]] = {
-    "Linear": (_Param("in_features", _REQUIRED), _Param("out_features", _REQUIRED), _Param("bias", True)),
+    "Linear": (
+        _Param("in_features", _REQUIRED),
+        _Param("out_features", _REQUIRED),
+        _Param("bias", True),
+    ),
     "ReLU": (),
     "Sigmoid": (),
     "Tanh": (),
@@ -111,7 +115,9 @@ class _Checker:
         self.weights = 0  # in all Linear layers of the source
 
     def run(self) -> ir.Program:
-        all_models = {item.name: item for item in self.program.items if isinstance(item, S.ModelDef)}
+        all_models = {
+            item.name: item for item in self.program.items if isinstance(item, S.ModelDef)
+        }
         tests = []
         for item in self.program.items:
             if isinstance(item, S.ModelDef):
@@ -146,7 +152,9 @@ class _Checker:
         if not node.layers:
             raise LayercError(f"model {node.name!r} has no layers", node.name_loc)
         if len(node.layers) > MAX_LAYERS:
-            raise LayercError(f"model {node.name!r} has more than {MAX_LAYERS} layers", node.name_loc)
+            raise LayercError(
+                f"model {node.name!r} has more than {MAX_LAYERS} layers", node.name_loc
+            )
         layers: list[ir.Layer] = []
         totals = (1, 0, 0)  # see expand()
         names: dict[str, S.LayerDef] = {}
@@ -189,7 +197,9 @@ class _Checker:
                 node.name_loc,
             )
         self.expanded[node.name] = totals
-        return ir.Model(node.name, dtype, tuple(layers), in_features, size, node.loc, allow_nonfinite)
+        return ir.Model(
+            node.name, dtype, tuple(layers), in_features, size, node.loc, allow_nonfinite
+        )
 
     def expand(
         self, totals: tuple[int, int, int], layer: ir.Layer, node: S.LayerDef, model: str
@@ -302,7 +312,9 @@ class _Checker:
             return ir.Activation(name, kind, tuple(params), node.loc)
         if kind in self.models:
             if node.args:
-                raise LayercError(f"model {kind!r} used as a layer takes no arguments", node.args[0].loc)
+                raise LayercError(
+                    f"model {kind!r} used as a layer takes no arguments", node.args[0].loc
+                )
             self.no_block(node)
             sub = self.models[kind]
             if sub.dtype != dtype:
@@ -374,7 +386,9 @@ class _Checker:
 
     # ------------------------------------------------------------------ Linear
 
-    def linear(self, node: S.LayerDef, name: str, dtype: np.dtype, allow_nonfinite: bool) -> ir.Linear:
+    def linear(
+        self, node: S.LayerDef, name: str, dtype: np.dtype, allow_nonfinite: bool
+    ) -> ir.Linear:
         args = self.bind_args(node, LAYER_PARAMS["Linear"])
         in_features = self.features(args["in_features"], "in_features", node)
         out_features = self.features(args["out_features"], "out_features", node)
@@ -443,13 +457,17 @@ class _Checker:
             loc = getattr(value, "loc", node.kind_loc)
             raise LayercError(f"{what} must be a positive integer", loc)
         if len(value.text.lstrip("+-")) > 12 or value.value > MAX_FEATURES:
-            raise LayercError(f"{what} = {value.text} is too large (at most {MAX_FEATURES})", value.loc)
+            raise LayercError(
+                f"{what} = {value.text} is too large (at most {MAX_FEATURES})", value.loc
+            )
         number = int(value.value)
         if number <= 0:
             raise LayercError(f"{what} must be a positive integer, not {value.text}", value.loc)
         return number
 
-    def init(self, entry: S.Entry, in_features: int, out_features: int, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def init(
+        self, entry: S.Entry, in_features: int, out_features: int, bias: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """`init = NAME(args)`: the drawn weight and bias (float64); weights.initialise checks
         the initialiser's name and arguments."""
         value = entry.value
@@ -485,7 +503,7 @@ class _Checker:
         before the file's data is read."""
         if call.func != "load":
             raise LayercError(
-                f"unknown function {call.func!r}: values are literals or load(\"file\", \"key\")"
+                f'unknown function {call.func!r}: values are literals or load("file", "key")'
                 f"{_suggest(call.func, ['load'])}",
                 call.loc,
             )
@@ -494,9 +512,11 @@ class _Checker:
             if arg.name is None and any(a.name is not None for a in call.args[:i]):
                 raise LayercError("positional argument after a keyword argument", arg.loc)
             if arg.name not in (None, "path", "key"):
-                raise LayercError(f"load() has no argument {arg.name!r} (arguments: path, key)", arg.loc)
+                raise LayercError(
+                    f"load() has no argument {arg.name!r} (arguments: path, key)", arg.loc
+                )
             if not isinstance(arg.value, S.String):
-                raise LayercError("load() takes strings: load(\"file.npz\", \"key\")", arg.value.loc)
+                raise LayercError('load() takes strings: load("file.npz", "key")', arg.value.loc)
             positional.append(arg)
         by_name: dict[str, str] = {}
         order = ["path", "key"]
@@ -609,8 +629,9 @@ class _Checker:
         if array.ndim not in (1, 2) or array.shape[-1] != width:
             raise LayercError(
                 f"{what} has shape {W.fmt_shape(array.shape)} but the model takes ({width},) "
-                f"or (N, {width})" if what == "input" else
-                f"{what} has shape {W.fmt_shape(array.shape)} but the model gives ({width},) "
+                f"or (N, {width})"
+                if what == "input"
+                else f"{what} has shape {W.fmt_shape(array.shape)} but the model gives ({width},) "
                 f"or (N, {width})",
                 loc,
             )
@@ -620,4 +641,3 @@ class _Checker:
         if not isinstance(value, S.Number) or not value.value >= 0 or math.isinf(value.value):
             raise LayercError(f"{entry.name} must be a finite number >= 0", value.loc)
         return value.value
-

@@ -26,25 +26,39 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("compile", help="check a .lyr file and write the generated Python module",
-                       description="Check FILE and write the generated module (default: FILE with .py beside it).")
+    p = sub.add_parser(
+        "compile",
+        help="check a .lyr file and write the generated Python module",
+        description="Check FILE and write the generated module (default: FILE with .py beside it).",
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
     # A str, not a Path: Path drops the trailing "/" that says OUT is meant as a folder.
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="where to write the module (a .py path, or a folder)")
-    p.add_argument("--warm", action="store_true",
-                   help="also compile the numba kernels now and cache them beside the module, "
-                        "so the first call in a new process is fast")
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="where to write the module (a .py path, or a folder)"
+    )
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="also compile the numba kernels now and cache them beside the module, "
+        "so the first call in a new process is fast",
+    )
 
-    p = sub.add_parser("check", help="check a .lyr file without writing anything",
-                       description="Parse and check FILE: names, shapes, weights and tests. Writes nothing.")
+    p = sub.add_parser(
+        "check",
+        help="check a .lyr file without writing anything",
+        description="Parse and check FILE: names, shapes, weights and tests. Writes nothing.",
+    )
     p.add_argument("file", type=Path, metavar="FILE")
 
-    p = sub.add_parser("test", help="compile and run the test blocks of .lyr files",
-                       description=(
-                           "Compile each FILE into a temporary folder, run every test block against "
-                           "the generated module and print the largest absolute and relative error "
-                           "of each. Exits 1 if any test fails."))
+    p = sub.add_parser(
+        "test",
+        help="compile and run the test blocks of .lyr files",
+        description=(
+            "Compile each FILE into a temporary folder, run every test block against "
+            "the generated module and print the largest absolute and relative error "
+            "of each. Exits 1 if any test fails."
+        ),
+    )
     p.add_argument("files", type=Path, nargs="+", metavar="FILE")
     _add_interop_parsers(sub)
     _add_tool_parsers(sub)
@@ -164,22 +178,34 @@ def _test(files: list[Path]) -> int:
 def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
     """`layerc import` (ONNX -> .lyr + weights) and `layerc export` (.lyr -> ONNX)."""
     p = sub.add_parser(
-        "import", help="turn an ONNX model into a .lyr file and a weights file",
+        "import",
+        help="turn an ONNX model into a .lyr file and a weights file",
         description=(
             "Read FILE (ONNX: Gemm, MatMul + Add, Relu, Sigmoid, Tanh, LeakyRelu, Softmax, "
             "Identity, Flatten) and write a .lyr file (default: FILE with .lyr beside it) and its "
-            "weights as a .safetensors file of the same name beside it."))
+            "weights as a .safetensors file of the same name beside it."
+        ),
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="the .onnx model")
-    p.add_argument("-o", "--output", type=Path, metavar="OUT",
-                   help="where to write the .lyr file (a .lyr path, or a folder)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT",
+        help="where to write the .lyr file (a .lyr path, or a folder)",
+    )
     p = sub.add_parser(
-        "export", help="write a model of a .lyr file as an ONNX graph",
-        description="Check FILE and write one of its models as ONNX (opset 17, dynamic batch).")
+        "export",
+        help="write a model of a .lyr file as an ONNX graph",
+        description="Check FILE and write one of its models as ONNX (opset 17, dynamic batch).",
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
-    p.add_argument("--onnx", type=Path, metavar="OUT", required=True,
-                   help="where to write the .onnx file")
-    p.add_argument("--model", metavar="NAME",
-                   help="the model to export (needed when the file defines several)")
+    p.add_argument(
+        "--onnx", type=Path, metavar="OUT", required=True, help="where to write the .onnx file"
+    )
+    p.add_argument(
+        "--model", metavar="NAME", help="the model to export (needed when the file defines several)"
+    )
 
 
 def _interop(args: argparse.Namespace) -> int:
@@ -214,53 +240,84 @@ _MODEL_HELP = (
 def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     """`layerc run`, `layerc summary`, `layerc graph` and `layerc fmt` (layerc/tools/)."""
     p = sub.add_parser(
-        "run", help="run a model on a data file (.npy, .csv or JSON lines)",
+        "run",
+        help="run a model on a data file (.npy, .csv or JSON lines)",
         description=(
             "Compile FILE (into a cache, reused while the source is unchanged) and run a model "
             "on every sample of DATA: .npy (any shape ending in the model's input size), .csv "
             "(one sample per row; a first row without numbers is a header) or .jsonl (one JSON "
             "list of numbers per line). Results go to OUT (.npy, .csv or .jsonl, by extension) "
-            "or, without --output, to stdout as CSV."))
+            "or, without --output, to stdout as CSV."
+        ),
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
     p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
-    p.add_argument("-i", "--input", required=True, metavar="DATA",
-                   help="the input data file ('-' reads CSV from stdin)")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="where to write the results (default: CSV on stdout)")
-    p.add_argument("--input-format", choices=_DATA_FORMATS,
-                   help="the input's format when its extension does not say")
-    p.add_argument("--output-format", choices=_DATA_FORMATS,
-                   help="the output's format when its extension does not say "
-                        "(e.g. jsonl on stdout)")
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        metavar="DATA",
+        help="the input data file ('-' reads CSV from stdin)",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="where to write the results (default: CSV on stdout)"
+    )
+    p.add_argument(
+        "--input-format",
+        choices=_DATA_FORMATS,
+        help="the input's format when its extension does not say",
+    )
+    p.add_argument(
+        "--output-format",
+        choices=_DATA_FORMATS,
+        help="the output's format when its extension does not say (e.g. jsonl on stdout)",
+    )
 
     p = sub.add_parser(
-        "summary", help="print a table of a model's layers, shapes, parameters and FLOPs",
+        "summary",
+        help="print a table of a model's layers, shapes, parameters and FLOPs",
         description=(
             "Print one row per layer (path, kind, output shape, parameter count, bytes, FLOPs "
             "per sample) and the totals. FLOPs count Linear layers: 2*in*out for the products "
-            "and sums, plus out for the bias adds; activations are not counted."))
+            "and sums, plus out for the bias adds; activations are not counted."
+        ),
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
     p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
 
     p = sub.add_parser(
-        "graph", help="draw a model's layers as a diagram (SVG, PNG, PDF or graphviz DOT)",
+        "graph",
+        help="draw a model's layers as a diagram (SVG, PNG, PDF or graphviz DOT)",
         description=(
             "Write a diagram of a model's layers with the shapes between them: DOT text for "
             ".dot/.gv or without --output (to stdout); .svg, .png and .pdf are drawn by "
-            "graphviz's 'dot' program, which must be installed."))
+            "graphviz's 'dot' program, which must be installed."
+        ),
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
     p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
-    p.add_argument("-o", "--output", type=Path, metavar="OUT",
-                   help="the diagram file: .svg, .png, .pdf or .dot (default: DOT on stdout)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT",
+        help="the diagram file: .svg, .png, .pdf or .dot (default: DOT on stdout)",
+    )
 
     p = sub.add_parser(
-        "fmt", help="rewrite .lyr files in the canonical layout (comments kept)",
+        "fmt",
+        help="rewrite .lyr files in the canonical layout (comments kept)",
         description=(
             "Rewrite each FILE in the canonical layout, keeping comments and meaning; files "
-            "already formatted are left alone. '-' formats stdin to stdout."))
+            "already formatted are left alone. '-' formats stdin to stdout."
+        ),
+    )
     p.add_argument("files", type=Path, nargs="+", metavar="FILE")
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 if any file would be reformatted")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if any file would be reformatted",
+    )
 
 
 def _tool(args: argparse.Namespace) -> int:
@@ -387,8 +444,10 @@ def _fmt(files: list[Path], check: bool) -> int:
             errors += 1
     verb = "would be reformatted" if check else "reformatted"
     if changed or unchanged:
-        print(f"{changed} file{'' if changed == 1 else 's'} {verb}, {unchanged} unchanged",
-              file=sys.stderr)
+        print(
+            f"{changed} file{'' if changed == 1 else 's'} {verb}, {unchanged} unchanged",
+            file=sys.stderr,
+        )
     return EXIT_ERROR if errors or (check and changed) else EXIT_OK
 
 

@@ -203,11 +203,7 @@ class _Names:
             # Inside a class body `__x` is mangled (`_B__x`), and at module level a dunder such
             # as `__getattr__` or `__file__` changes how the module itself behaves.
             name = "_" + name.lstrip("_")
-        while (
-            keyword.iskeyword(name)
-            or hasattr(builtins, name)
-            or name in self.taken
-        ):
+        while keyword.iskeyword(name) or hasattr(builtins, name) or name in self.taken:
             name += "_" if name.strip("_") else "x"  # "_" + "_" would be a "__" name again
         self.taken.add(name)
         return name
@@ -275,9 +271,7 @@ class _Generator:
         e.line()
         e.line(f"_rt.check_abi({ABI})")
         e.line()
-        e.line(
-            "# No nnan/ninf: NaN and Inf keep IEEE semantics; reassoc lets LLVM vectorise sums."
-        )
+        e.line("# No nnan/ninf: NaN and Inf keep IEEE semantics; reassoc lets LLVM vectorise sums.")
         e.line(f"_FASTMATH = {FASTMATH}")
         e.line("# Cache machine code beside this module (or in NUMBA_CACHE_DIR) when numba can.")
         e.line("_CACHE = _rt.kernel_cache(__file__)")
@@ -574,7 +568,9 @@ class _Generator:
                 e.line(f"has_bias = {has_bias}")
                 e.line(f"dtype = _np.dtype({dtype.name!r})")
                 e.line(f"_kernel = staticmethod({kernel})")
-                params = [("weight", (layer.out_features, layer.in_features))]
+                params: list[tuple[str, tuple[int, ...]]] = [
+                    ("weight", (layer.out_features, layer.in_features))
+                ]
                 if has_bias:
                     params.append(("bias", (layer.out_features,)))
                 e.line(f"_kernel_params = {tuple(params)!r}")

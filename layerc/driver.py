@@ -229,7 +229,9 @@ class TestResult:
     passed: bool
 
 
-def compare(output: np.ndarray, expect: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
+def compare(
+    output: np.ndarray, expect: np.ndarray, atol: float, rtol: float
+) -> tuple[float, float, bool]:
     """Largest absolute and relative error, and whether |out - expect| <= atol + rtol*|expect|
     everywhere (NaN matches NaN; the shapes must agree)."""
     if output.shape != expect.shape:

@@ -7,7 +7,6 @@ re-checks the invariants code generation relies on; tests call it after checking
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -52,7 +51,7 @@ class Submodel:
     loc: Loc
 
 
-Layer = Union[Linear, Activation, Submodel]
+Layer = Linear | Activation | Submodel
 
 
 @dataclass(frozen=True, eq=False)

@@ -176,9 +176,10 @@ def _describe_expected(expected: set[str]) -> str:
 
 
 def _suggest_keyword(word: str, expected: set[str]) -> str:
-    """"; did you mean 'model'?" when a misspelt keyword stands where a keyword may come."""
-    keywords = [_TERMINAL_WORDS[t].strip("'") for t in ("MODEL", "TEST", "TRUE", "FALSE")
-                if t in expected]
+    """ "; did you mean 'model'?" when a misspelt keyword stands where a keyword may come."""
+    keywords = [
+        _TERMINAL_WORDS[t].strip("'") for t in ("MODEL", "TEST", "TRUE", "FALSE") if t in expected
+    ]
     close = difflib.get_close_matches(word, keywords, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -407,7 +408,9 @@ class _Builder:
         if kind == "name":
             token = item.children[0]
             if token in ("inf", "nan"):
-                return Number(math.inf if token == "inf" else math.nan, False, str(token), self.loc(token))
+                return Number(
+                    math.inf if token == "inf" else math.nan, False, str(token), self.loc(token)
+                )
             return Name(str(token), self.loc(token))
         if kind == "list":
             return ListLit(tuple(self.value(c) for c in item.children), self.loc(item))

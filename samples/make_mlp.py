@@ -40,13 +40,17 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def build_model() -> torch.nn.Sequential:
     """The torch twin of mlp.lyr: named Linear layers, unnamed ReLUs (keys "1" and "3")."""
     torch.manual_seed(SEED)
-    return torch.nn.Sequential(OrderedDict([
-        ("fc1", torch.nn.Linear(8, 16)),
-        ("1", torch.nn.ReLU()),
-        ("fc2", torch.nn.Linear(16, 16)),
-        ("3", torch.nn.ReLU()),
-        ("fc3", torch.nn.Linear(16, 3)),
-    ]))
+    return torch.nn.Sequential(
+        OrderedDict(
+            [
+                ("fc1", torch.nn.Linear(8, 16)),
+                ("1", torch.nn.ReLU()),
+                ("fc2", torch.nn.Linear(16, 16)),
+                ("3", torch.nn.ReLU()),
+                ("fc3", torch.nn.Linear(16, 3)),
+            ]
+        )
+    )
 
 
 def reference(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:

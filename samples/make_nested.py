@@ -28,17 +28,25 @@ def build_model() -> torch.nn.Sequential:
     """Classifier(enc=Encoder(fc, Tanh), head, ReLU, out, Softmax) in float64, keys as in
     nested.lyr: unnamed layers take their position ("1", "2", "4")."""
     torch.manual_seed(SEED)
-    encoder = torch.nn.Sequential(OrderedDict([
-        ("fc", torch.nn.Linear(6, 8)),
-        ("1", torch.nn.Tanh()),
-    ]))
-    return torch.nn.Sequential(OrderedDict([
-        ("enc", encoder),
-        ("head", torch.nn.Linear(8, 4)),
-        ("2", torch.nn.ReLU()),
-        ("out", torch.nn.Linear(4, 3)),
-        ("4", torch.nn.Softmax(dim=-1)),
-    ])).to(torch.float64)
+    encoder = torch.nn.Sequential(
+        OrderedDict(
+            [
+                ("fc", torch.nn.Linear(6, 8)),
+                ("1", torch.nn.Tanh()),
+            ]
+        )
+    )
+    return torch.nn.Sequential(
+        OrderedDict(
+            [
+                ("enc", encoder),
+                ("head", torch.nn.Linear(8, 4)),
+                ("2", torch.nn.ReLU()),
+                ("out", torch.nn.Linear(4, 3)),
+                ("4", torch.nn.Softmax(dim=-1)),
+            ]
+        )
+    ).to(torch.float64)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,10 +61,15 @@ def test_generated_module_matches_golden(name: str, tmp_path: Path, update_golde
     assert golden.exists(), f"no {golden.name}: run pytest {__file__} --update-golden"
     expected = golden.read_text(encoding="utf-8")
     if source != expected:
-        diff = "".join(difflib.unified_diff(
-            expected.splitlines(keepends=True), source.splitlines(keepends=True),
-            f"golden/{golden.name}", "generated", n=2,
-        ))
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                source.splitlines(keepends=True),
+                f"golden/{golden.name}",
+                "generated",
+                n=2,
+            )
+        )
         pytest.fail(
             f"generated code for {name}.lyr differs from {golden.name}; if intended, run "
             f"`python -m pytest tests/test_golden.py --update-golden` and review the diff:\n{diff}"
@@ -96,7 +101,11 @@ def test_output_does_not_depend_on_the_process(name: str, tmp_path: Path):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         done = subprocess.run(
             [sys.executable, "-m", "layerc.cli", "compile", f"{name}.lyr"],
-            cwd=folder, env=env, capture_output=True, text=True, timeout=120,
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert (folder / f"{name}.py").read_text(encoding="utf-8") == expected_source

@@ -144,17 +144,35 @@ def random_model(seed: int, dtype: str) -> ModelSpec:
 def nested_models(dtype: str) -> list[ModelSpec]:
     """Enc (a model of its own) used twice inside Mid, and Mid inside Net, unnamed once."""
     rng = np.random.default_rng(1000 if dtype == "float32" else 1001)
-    enc = ModelSpec(f"Enc_{dtype}", dtype, [
-        random_linear(rng, "fc", 6, 9), Act("act", "Tanh"),
-    ])
-    mid = ModelSpec(f"Mid_{dtype}", dtype, [
-        Sub("first", enc), random_linear(rng, "back", 9, 6), Act(None, "LeakyReLU", 0.125),
-        Sub("second", enc),
-    ])
-    net = ModelSpec(f"Net_{dtype}", dtype, [
-        Sub(None, mid), random_linear(rng, "head", 9, 4), Act(None, "ReLU"),
-        random_linear(rng, None, 4, 3), Act("probs", "Softmax"),
-    ])
+    enc = ModelSpec(
+        f"Enc_{dtype}",
+        dtype,
+        [
+            random_linear(rng, "fc", 6, 9),
+            Act("act", "Tanh"),
+        ],
+    )
+    mid = ModelSpec(
+        f"Mid_{dtype}",
+        dtype,
+        [
+            Sub("first", enc),
+            random_linear(rng, "back", 9, 6),
+            Act(None, "LeakyReLU", 0.125),
+            Sub("second", enc),
+        ],
+    )
+    net = ModelSpec(
+        f"Net_{dtype}",
+        dtype,
+        [
+            Sub(None, mid),
+            random_linear(rng, "head", 9, 4),
+            Act(None, "ReLU"),
+            random_linear(rng, None, 4, 3),
+            Act("probs", "Softmax"),
+        ],
+    )
     return [enc, mid, net]
 
 
@@ -162,11 +180,17 @@ def wide_model(dtype: str) -> ModelSpec:
     """Layers big enough for the kernels' BLAS paths (gemv for one sample, gemm for batches)
     and for the weights to go to a weights file instead of the generated source."""
     rng = np.random.default_rng(2000)
-    return ModelSpec("Wide", dtype, [
-        random_linear(rng, "fc1", 200, 100), Act(None, "ReLU"),
-        random_linear(rng, "fc2", 100, 64), Act(None, "Tanh"),
-        random_linear(rng, "fc3", 64, 5),
-    ])
+    return ModelSpec(
+        "Wide",
+        dtype,
+        [
+            random_linear(rng, "fc1", 200, 100),
+            Act(None, "ReLU"),
+            random_linear(rng, "fc2", 100, 64),
+            Act(None, "Tanh"),
+            random_linear(rng, "fc3", 64, 5),
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- .lyr text
@@ -332,7 +356,10 @@ RANDOM = [
     for seed, dtype in zip(SEEDS, ["float32", "float64"] * 4, strict=True)
 ]
 CASE_IDS = [case_id for case_id, _, _ in RANDOM] + [
-    "nested-float32", "nested-float64", "nested-float32-enc", "blas-float32",
+    "nested-float32",
+    "nested-float64",
+    "nested-float32-enc",
+    "blas-float32",
 ]
 
 

@@ -107,9 +107,14 @@ def gemm_model(rng: np.random.Generator) -> onnx.ModelProto:
             helper.make_node("Gemm", ["h2", "W2", "b2"], ["h3"], name="g2", transB=1),
             helper.make_node("Softmax", ["h3"], ["y"], name="sm"),
         ],
-        [init("W1", rand(rng, 5, 7)), init("b1", rand(rng, 7)), init("W2", rand(rng, 4, 7)),
-         init("b2", rand(rng, 1, 4))],
-        5, 4,
+        [
+            init("W1", rand(rng, 5, 7)),
+            init("b1", rand(rng, 7)),
+            init("W2", rand(rng, 4, 7)),
+            init("b2", rand(rng, 1, 4)),
+        ],
+        5,
+        4,
     )
 
 
@@ -131,9 +136,15 @@ def matmul_model(rng: np.random.Generator) -> onnx.ModelProto:
             helper.make_node("Tanh", ["a3"], ["t3"], name="tanh"),
             helper.make_node("Flatten", ["t3"], ["y"], name="flat", axis=1),
         ],
-        [init("W1", rand(rng, 10, 8)), init("b1", rand(rng, 8)), init("W3", rand(rng, 6, 3)),
-         init("b3", rand(rng, 1, 3))],
-        10, 3, opset=13,
+        [
+            init("W1", rand(rng, 10, 8)),
+            init("b1", rand(rng, 8)),
+            init("W3", rand(rng, 6, 3)),
+            init("b3", rand(rng, 1, 3)),
+        ],
+        10,
+        3,
+        opset=13,
     )
 
 
@@ -147,7 +158,10 @@ def opset11_float64_model(rng: np.random.Generator) -> onnx.ModelProto:
             helper.make_node("Softmax", ["a"], ["y"], name="softmax"),
         ],
         [init("W", rand(rng, 6, 4, dtype=f64)), init("b", rand(rng, 6, dtype=f64))],
-        4, 6, opset=11, elem=TensorProto.DOUBLE,
+        4,
+        6,
+        opset=11,
+        elem=TensorProto.DOUBLE,
     )
 
 
@@ -156,15 +170,25 @@ def torch_exported_model(folder: Path) -> tuple[Path, torch.nn.Module]:
     offline; the dynamo exporter needs onnxscript)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Linear(9, 5), torch.nn.LeakyReLU(0.05),
-        torch.nn.Linear(5, 4), torch.nn.Softmax(dim=-1),
+        torch.nn.Linear(6, 9),
+        torch.nn.ReLU(),
+        torch.nn.Linear(9, 5),
+        torch.nn.LeakyReLU(0.05),
+        torch.nn.Linear(5, 4),
+        torch.nn.Softmax(dim=-1),
     ).eval()
     path = folder / "from_torch.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            net, (torch.zeros(2, 6),), str(path), dynamo=False, opset_version=17,
-            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            net,
+            (torch.zeros(2, 6),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
         )
     return path, net
 
@@ -241,7 +265,9 @@ def test_every_gemm_form_maps_to_a_linear(
     b = rand(rng, 4, 3) if trans_b else rand(rng, 3, 4)
     inputs = ["x", "B"] + ([] if c_shape is None else ["C"])
     inits = [init("B", b)] + ([] if c_shape is None else [init("C", rand(rng, *c_shape))])
-    node = helper.make_node("Gemm", inputs, ["h"], name="gemm", alpha=alpha, beta=beta, transB=trans_b)
+    node = helper.make_node(
+        "Gemm", inputs, ["h"], name="gemm", alpha=alpha, beta=beta, transB=trans_b
+    )
     relu = helper.make_node("Relu", ["h"], ["y"], name="relu")
     path = save(make_model([node, relu], inits, 3, 4), tmp_path, "g")
     lyr = import_onnx(path)[-1]
@@ -331,8 +357,10 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         (["export", str(src), "--onnx", str(out)], "several models (Block, Net); choose one"),
         (["export", str(src), "--onnx", str(out), "--model", "Nett"], "no model 'Nett'"),
         (["export", str(src), "--onnx", str(src), "--model", "Net"], "overwrite the .lyr"),
-        (["export", str(src), "--onnx", str(tmp_path / "no" / "x.onnx"), "--model", "Net"],
-         "cannot write"),
+        (
+            ["export", str(src), "--onnx", str(tmp_path / "no" / "x.onnx"), "--model", "Net"],
+            "cannot write",
+        ),
     ]
     for argv, needle in cases:
         assert cli.main(argv) == 1
@@ -350,9 +378,12 @@ def test_build_onnx_rejects_nothing_it_can_express() -> None:
         weight = np.eye(2, dtype=np.float32)
         loc = None
         model = ir.Model(
-            "M", np.dtype(np.float32),
+            "M",
+            np.dtype(np.float32),
             (ir.Linear("fc", 2, 2, weight, None, loc), ir.Activation("a", kind, params, loc)),
-            2, 2, loc,
+            2,
+            2,
+            loc,
         )
         build_onnx(model, "m.lyr")
 
@@ -360,8 +391,13 @@ def test_build_onnx_rejects_nothing_it_can_express() -> None:
 # --------------------------------------------------------------------------- refusals
 
 
-def assert_import_refused(folder: Path, model: onnx.ModelProto | bytes, capsys, *needles: str,
-                          argv_extra: tuple[str, ...] = ()) -> None:
+def assert_import_refused(
+    folder: Path,
+    model: onnx.ModelProto | bytes,
+    capsys,
+    *needles: str,
+    argv_extra: tuple[str, ...] = (),
+) -> None:
     """`layerc import` exits 1 with a file-level message holding the needles; no traceback,
     nothing written."""
     path = folder / "bad.onnx"
@@ -388,12 +424,20 @@ W34 = np.ones((3, 4), np.float32)
 
 def test_unsupported_ops_are_refused_by_name(tmp_path: Path, capsys) -> None:
     conv = make_model(
-        [helper.make_node("Gemm", ["x", "W"], ["h"], name="fc"),
-         helper.make_node("Conv", ["h", "K"], ["y"], name="conv_7")],
-        [init("W", W34), init("K", np.ones((1, 1, 1), np.float32))], 3, 4,
+        [
+            helper.make_node("Gemm", ["x", "W"], ["h"], name="fc"),
+            helper.make_node("Conv", ["h", "K"], ["y"], name="conv_7"),
+        ],
+        [init("W", W34), init("K", np.ones((1, 1, 1), np.float32))],
+        3,
+        4,
     )
-    assert_import_refused(tmp_path, conv, capsys, "unsupported ONNX operator 'Conv'", "node 'conv_7'")
-    custom = make_model([helper.make_node("Fancy", ["x"], ["y"], name="f", domain="com.x")], [], 3, 3)
+    assert_import_refused(
+        tmp_path, conv, capsys, "unsupported ONNX operator 'Conv'", "node 'conv_7'"
+    )
+    custom = make_model(
+        [helper.make_node("Fancy", ["x"], ["y"], name="f", domain="com.x")], [], 3, 3
+    )
     custom.opset_import.append(helper.make_opsetid("com.x", 1))
     assert_import_refused(tmp_path, custom, capsys, "com.x.Fancy", "node 'f'")
     dropout = relu_after(helper.make_node("Dropout", ["x"], ["h"], name="drop"), [])
@@ -403,35 +447,72 @@ def test_unsupported_ops_are_refused_by_name(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("nodes", "inits", "needles"),
     [
-        ([helper.make_node("Gemm", ["x", "W"], ["h"], name="t", transA=1)], [init("W", W34)],
-         ("node 't' (Gemm) has transA=1",)),
-        ([helper.make_node("Gemm", ["x", "W", "C"], ["h"], name="c")],
-         [init("W", W34), init("C", np.ones((5, 4), np.float32))],
-         ("the added tensor 'C' has shape (5, 4)",)),
-        ([helper.make_node("MatMul", ["W", "x"], ["h"], name="wx")], [init("W", np.ones((4, 3), np.float32))],
-         ("node 'wx' (MatMul) does not take the output of the previous layer",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
-          helper.make_node("Relu", ["h0"], ["h1"], name="r0"),
-          helper.make_node("Add", ["h1", "b"], ["h"], name="late_add")],
-         [init("W", W34), init("b", np.ones(4, np.float32))],
-         ("node 'late_add' (Add) adds to something other than the output of a Gemm",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
-          helper.make_node("Softmax", ["h0"], ["h"], name="sm0", axis=0)], [init("W", W34)],
-         ("node 'sm0' (Softmax) takes softmax over axis 0",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
-          helper.make_node("Flatten", ["h0"], ["h"], name="fl", axis=0)], [init("W", W34)],
-         ("node 'fl' (Flatten) flattens at axis 0",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
-          helper.make_node("Relu", ["x"], ["h"], name="branch")], [init("W", W34)],
-         ("node 'branch' (Relu) does not take the output of the previous layer",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h"], name="big")], [init("W", np.ones((5, 4), np.float32))],
-         ("node 'big' (Gemm) takes 5 features but the graph input gives 3",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h"], name="g", transB=0)],
-         [init("W", np.array([[1, np.inf, 0, 0]] * 3, np.float32))],
-         ("tensor 'W' holds values that are not finite",)),
-        ([helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
-          helper.make_node("LeakyRelu", ["h0"], ["h"], name="lr", alpha=0.1, beta=2.0)],
-         [init("W", W34)], ("not a valid ONNX model: Unrecognized attribute: beta",)),
+        (
+            [helper.make_node("Gemm", ["x", "W"], ["h"], name="t", transA=1)],
+            [init("W", W34)],
+            ("node 't' (Gemm) has transA=1",),
+        ),
+        (
+            [helper.make_node("Gemm", ["x", "W", "C"], ["h"], name="c")],
+            [init("W", W34), init("C", np.ones((5, 4), np.float32))],
+            ("the added tensor 'C' has shape (5, 4)",),
+        ),
+        (
+            [helper.make_node("MatMul", ["W", "x"], ["h"], name="wx")],
+            [init("W", np.ones((4, 3), np.float32))],
+            ("node 'wx' (MatMul) does not take the output of the previous layer",),
+        ),
+        (
+            [
+                helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+                helper.make_node("Relu", ["h0"], ["h1"], name="r0"),
+                helper.make_node("Add", ["h1", "b"], ["h"], name="late_add"),
+            ],
+            [init("W", W34), init("b", np.ones(4, np.float32))],
+            ("node 'late_add' (Add) adds to something other than the output of a Gemm",),
+        ),
+        (
+            [
+                helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+                helper.make_node("Softmax", ["h0"], ["h"], name="sm0", axis=0),
+            ],
+            [init("W", W34)],
+            ("node 'sm0' (Softmax) takes softmax over axis 0",),
+        ),
+        (
+            [
+                helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+                helper.make_node("Flatten", ["h0"], ["h"], name="fl", axis=0),
+            ],
+            [init("W", W34)],
+            ("node 'fl' (Flatten) flattens at axis 0",),
+        ),
+        (
+            [
+                helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+                helper.make_node("Relu", ["x"], ["h"], name="branch"),
+            ],
+            [init("W", W34)],
+            ("node 'branch' (Relu) does not take the output of the previous layer",),
+        ),
+        (
+            [helper.make_node("Gemm", ["x", "W"], ["h"], name="big")],
+            [init("W", np.ones((5, 4), np.float32))],
+            ("node 'big' (Gemm) takes 5 features but the graph input gives 3",),
+        ),
+        (
+            [helper.make_node("Gemm", ["x", "W"], ["h"], name="g", transB=0)],
+            [init("W", np.array([[1, np.inf, 0, 0]] * 3, np.float32))],
+            ("tensor 'W' holds values that are not finite",),
+        ),
+        (
+            [
+                helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
+                helper.make_node("LeakyRelu", ["h0"], ["h"], name="lr", alpha=0.1, beta=2.0),
+            ],
+            [init("W", W34)],
+            ("not a valid ONNX model: Unrecognized attribute: beta",),
+        ),
     ],
 )
 def test_graphs_that_are_not_a_chain_of_linears_are_refused(
@@ -442,8 +523,10 @@ def test_graphs_that_are_not_a_chain_of_linears_are_refused(
 
 
 def test_opset11_softmax_over_axis_0_is_refused(tmp_path: Path, capsys) -> None:
-    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], name="g"),
-             helper.make_node("Softmax", ["h"], ["y"], name="s", axis=0)]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W"], ["h"], name="g"),
+        helper.make_node("Softmax", ["h"], ["y"], name="s", axis=0),
+    ]
     model = make_model(nodes, [init("W", W34)], 3, 4, opset=11)
     assert_import_refused(tmp_path, model, capsys, "node 's' (Softmax) takes softmax over axis 0")
 
@@ -455,16 +538,22 @@ def test_inputs_and_outputs_that_do_not_fit_are_refused(tmp_path: Path, capsys) 
     ints = make_model([helper.make_node("Relu", ["x"], ["y"])], [], 3, 3, elem=TensorProto.INT32)
     assert_import_refused(tmp_path, ints, capsys, "graph input 'x' is int32")
     two_out = make_model(
-        [helper.make_node("Gemm", ["x", "W"], ["h"], name="g"),
-         helper.make_node("Relu", ["h"], ["y"], name="r")],
-        [init("W", W34)], 3, 4, outputs=["y", "h"],
+        [
+            helper.make_node("Gemm", ["x", "W"], ["h"], name="g"),
+            helper.make_node("Relu", ["h"], ["y"], name="r"),
+        ],
+        [init("W", W34)],
+        3,
+        4,
+        outputs=["y", "h"],
     )
     assert_import_refused(tmp_path, two_out, capsys, "the graph's outputs ('y', 'h')")
     no_linear = make_model([helper.make_node("Relu", ["x"], ["y"], name="r")], [], 3, 3)
     assert_import_refused(tmp_path, no_linear, capsys, "no Gemm or MatMul")
     good = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g"), [init("W", W34)])
-    assert_import_refused(tmp_path, good, capsys, "must be a .lyr file",
-                          argv_extra=("-o", str(tmp_path / "out.py")))
+    assert_import_refused(
+        tmp_path, good, capsys, "must be a .lyr file", argv_extra=("-o", str(tmp_path / "out.py"))
+    )
 
 
 def test_external_data_is_refused_without_reading_it(tmp_path: Path, capsys) -> None:
@@ -496,7 +585,10 @@ def test_fifo_onnx_is_refused_without_hanging(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.onnx")
     result = subprocess.run(
         [sys.executable, "-m", "layerc.cli", "import", "pipe.onnx"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("pipe.onnx: 'pipe.onnx' is not a regular file")
@@ -510,7 +602,9 @@ def test_import_error_leaves_earlier_output_untouched(tmp_path: Path, capsys) ->
     assert cli.main(["import", str(path)]) == 0
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    bad = relu_after(helper.make_node("Gemm", ["x", "W"], ["h"], name="g", transA=1), [init("W", W34)])
+    bad = relu_after(
+        helper.make_node("Gemm", ["x", "W"], ["h"], name="g", transA=1), [init("W", W34)]
+    )
     onnx.save(bad, path)
     before[path.name] = path.read_bytes()
     assert cli.main(["import", str(path)]) == 1
@@ -540,7 +634,9 @@ def test_import_replaces_its_own_output_but_never_the_users_files(tmp_path: Path
 def test_missing_onnx_package_is_a_clear_error(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = save(relu_after(helper.make_node("Gemm", ["x", "W"], ["h"]), [init("W", W34)]), tmp_path, "m")
+    path = save(
+        relu_after(helper.make_node("Gemm", ["x", "W"], ["h"]), [init("W", W34)]), tmp_path, "m"
+    )
     monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` sees when it is absent
     assert cli.main(["import", str(path)]) == 1
     err = capsys.readouterr().err

@@ -111,5 +111,10 @@ def test_compiled_sample_needs_no_weight_file(tmp_path: Path):
     np.testing.assert_allclose(y, expect, rtol=1e-7, atol=1e-7)
     np.testing.assert_allclose(net.enc(x), encoded, rtol=1e-7, atol=1e-7)
     assert list(net.state_dict()) == [
-        "enc.fc.weight", "enc.fc.bias", "head.weight", "head.bias", "out.weight", "out.bias",
+        "enc.fc.weight",
+        "enc.fc.bias",
+        "head.weight",
+        "head.bias",
+        "out.weight",
+        "out.bias",
     ]

@@ -96,5 +96,6 @@ def test_output_option_writes_elsewhere(tmp_path: Path):
     assert out.is_file() and not (tmp_path / "seed.py").exists()
     net = driver.import_module(out).Seed()
     assert net(np.array([[1, 2, 3, 4], [0, 0, 0, 1]], np.float32)).tolist() == [
-        [30, 40, 50], [4, 5, 6],
+        [30, 40, 50],
+        [4, 5, 6],
     ]

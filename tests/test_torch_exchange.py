@@ -23,14 +23,23 @@ F64_TOL = {"rtol": 1e-7, "atol": 1e-7}
 
 def torch_mlp(dtype: torch.dtype = torch.float32) -> torch.nn.Sequential:
     torch.manual_seed(1)
-    return torch.nn.Sequential(
-        torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.Tanh(),
-        torch.nn.Linear(8, 3, bias=False), torch.nn.Sigmoid(),
-    ).to(dtype).eval()
+    return (
+        torch.nn.Sequential(
+            torch.nn.Linear(12, 16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 8),
+            torch.nn.Tanh(),
+            torch.nn.Linear(8, 3, bias=False),
+            torch.nn.Sigmoid(),
+        )
+        .to(dtype)
+        .eval()
+    )
 
 
 def mlp_source(weights: str, options: str = "") -> str:
     """The .lyr twin of torch_mlp: unnamed layers, so the keys are torch's positions."""
+
     def linear(position: int, shape: tuple[int, int], bias: bool) -> str:
         lines = [
             f"    Linear({shape[0]}, {shape[1]}, bias={'true' if bias else 'false'}) {{",
@@ -40,13 +49,19 @@ def mlp_source(weights: str, options: str = "") -> str:
             lines.append(f'        bias = load("{weights}", "{position}.bias")')
         return "\n".join([*lines, "    }"])
 
-    return "\n".join([
-        f"model Mlp{options} {{",
-        linear(0, (12, 16), True), "    ReLU()",
-        linear(2, (16, 8), True), "    Tanh()",
-        linear(4, (8, 3), False), "    Sigmoid()",
-        "}", "",
-    ])
+    return "\n".join(
+        [
+            f"model Mlp{options} {{",
+            linear(0, (12, 16), True),
+            "    ReLU()",
+            linear(2, (16, 8), True),
+            "    Tanh()",
+            linear(4, (8, 3), False),
+            "    Sigmoid()",
+            "}",
+            "",
+        ]
+    )
 
 
 @pytest.fixture(scope="module", params=["float32", "float64"])
@@ -79,11 +94,14 @@ def test_generated_state_dict_loads_into_torch(from_torch) -> None:
     twin = torch_mlp(net[0].weight.dtype)
     for parameter in twin.parameters():  # forget torch's weights: only ours may be in there
         torch.nn.init.zeros_(parameter)
-    result = twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+    result = twin.load_state_dict(
+        {k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
+    )
     assert not result.missing_keys and not result.unexpected_keys
     x = np.random.default_rng(1).standard_normal((4, 12)).astype(dtype)
     np.testing.assert_allclose(
-        twin(torch.from_numpy(x)).detach().numpy(), ours(x),
+        twin(torch.from_numpy(x)).detach().numpy(),
+        ours(x),
         **(F32_TOL if dtype == np.float32 else F64_TOL),
     )
 
@@ -98,7 +116,8 @@ def test_torch_state_dict_loads_into_the_generated_module(from_torch) -> None:
     ours.load_state_dict(other.state_dict())
     x = np.random.default_rng(2).standard_normal((6, 12)).astype(dtype)
     np.testing.assert_allclose(
-        ours(x), other(torch.from_numpy(x)).detach().numpy(),
+        ours(x),
+        other(torch.from_numpy(x)).detach().numpy(),
         **(F32_TOL if dtype == np.float32 else F64_TOL),
     )
     ours.load_state_dict(net.state_dict())  # leave the module-scoped model as it was
@@ -128,9 +147,9 @@ def test_named_layers_and_nested_models_use_torch_keys(tmp_path: Path) -> None:
             return self.fc(x)
 
     torch.manual_seed(3)
-    net = torch.nn.Sequential(OrderedDict(
-        enc=Encoder(), act=torch.nn.LeakyReLU(0.1), head=torch.nn.Linear(4, 2)
-    )).eval()
+    net = torch.nn.Sequential(
+        OrderedDict(enc=Encoder(), act=torch.nn.LeakyReLU(0.1), head=torch.nn.Linear(4, 2))
+    ).eval()
     save_file(net.state_dict(), str(tmp_path / "net.safetensors"))
     (tmp_path / "net.lyr").write_text(
         'model Encoder { fc = Linear(5, 4) { weight = load("net.safetensors", "enc.fc.weight");'
@@ -151,7 +170,9 @@ def test_named_layers_and_nested_models_use_torch_keys(tmp_path: Path) -> None:
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
 
 
-def test_docs_recipe_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_docs_recipe_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """Run docs/weights.md in an empty folder: `lyr` blocks that start with `# NAME.lyr` are
     written to NAME.lyr, `sh` lines run through the CLI, `python` blocks run in one namespace."""
     text = (ROOT / "docs" / "weights.md").read_text(encoding="utf-8")

@@ -36,7 +36,10 @@ def write_lyr(folder: Path, text: str, name: str = "m") -> Path:
 def linear_source(weight: str, bias: str | None = None, shape=(3, 4), options: str = "") -> str:
     """A one-Linear model whose weight (and bias) are the given expressions."""
     out_f, in_f = shape
-    lines = [f"model M{options} {{", f"    fc = Linear({in_f}, {out_f}, bias={'true' if bias else 'false'}) {{"]
+    lines = [
+        f"model M{options} {{",
+        f"    fc = Linear({in_f}, {out_f}, bias={'true' if bias else 'false'}) {{",
+    ]
     lines.append(f"        weight = {weight}")
     if bias:
         lines.append(f"        bias = {bias}")
@@ -141,7 +144,9 @@ def test_float64_rounds_to_float32_and_overflow_is_reported(tmp_path: Path) -> N
     np.save(tmp_path / "f64.npy", values)
     weight, _ = checked_weights(tmp_path, linear_source('load("f64.npy")'))
     np.testing.assert_array_equal(weight, values.astype(np.float32))  # round to nearest
-    weight, _ = checked_weights(tmp_path, linear_source('load("f64.npy")', options="(dtype=float64)"))
+    weight, _ = checked_weights(
+        tmp_path, linear_source('load("f64.npy")', options="(dtype=float64)")
+    )
     np.testing.assert_array_equal(weight, values)
     huge = values.copy()
     huge[2, 1] = 1e39
@@ -164,8 +169,12 @@ def test_integers_convert_only_when_exact(tmp_path: Path) -> None:
     lossy[1, 2] = 2**24 + 1
     np.save(tmp_path / "lossy.npy", lossy)
     text = linear_source('load("lossy.npy")')
-    assert_refused(tmp_path, text, "load(", "[1, 2] = 16777217", "not exactly representable in float32")
-    weight, _ = checked_weights(tmp_path, linear_source('load("lossy.npy")', options="(dtype=float64)"))
+    assert_refused(
+        tmp_path, text, "load(", "[1, 2] = 16777217", "not exactly representable in float32"
+    )
+    weight, _ = checked_weights(
+        tmp_path, linear_source('load("lossy.npy")', options="(dtype=float64)")
+    )
     assert int(weight[1, 2]) == 2**24 + 1
 
     np.save(tmp_path / "u64.npy", np.full((3, 4), 2**64 - 1, dtype=np.uint64))
@@ -249,7 +258,10 @@ def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     src = write_lyr(tmp_path, text)
     result = subprocess.run(
         [sys.executable, "-m", "layerc.cli", "compile", str(src)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     line, col = loc_of(text, "load(")
@@ -258,7 +270,9 @@ def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
     assert not (tmp_path / "m.py").exists()
 
 
-def npy_header(shape: tuple[int, ...], descr: str = "<f4", version: int = 1, pad_to: int = 64) -> bytes:
+def npy_header(
+    shape: tuple[int, ...], descr: str = "<f4", version: int = 1, pad_to: int = 64
+) -> bytes:
     """A .npy header written by hand, so it can lie about the data that follows."""
     header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode("latin1")
     size_format = "<H" if version == 1 else "<I"
@@ -271,7 +285,9 @@ def test_npy_headers_are_checked_before_reading(tmp_path: Path) -> None:
     # A 1e12-element shape over 16 bytes of data: refused without allocating anything.
     (tmp_path / "liar.npy").write_bytes(npy_header((10**6, 10**6)) + b"\0" * 16)
     text = linear_source('load("liar.npy")')
-    assert_refused(tmp_path, text, "load(", "has shape (1000000, 1000000)", "must have shape (3, 4)")
+    assert_refused(
+        tmp_path, text, "load(", "has shape (1000000, 1000000)", "must have shape (3, 4)"
+    )
     test_text = linear_source("[[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]") + (
         'test M { input = load("liar.npy"); expect = [0, 0, 0] }\n'
     )
@@ -308,13 +324,20 @@ def test_missing_keys_list_the_keys_that_exist(tmp_path: Path) -> None:
     np.savez(tmp_path / "w.npz", **{"fc1.weight": F32, "fc1.bias": F32[0, :3]})
     np_save_safetensors({"fc1.weight": F32, "fc2.weight": F32}, str(tmp_path / "w.safetensors"))
     error = assert_refused(
-        tmp_path, linear_source('load("w.npz", "fc.weight")'), "load(",
-        "has no array 'fc.weight'", "did you mean 'fc1.weight'", "'fc1.bias', 'fc1.weight'",
+        tmp_path,
+        linear_source('load("w.npz", "fc.weight")'),
+        "load(",
+        "has no array 'fc.weight'",
+        "did you mean 'fc1.weight'",
+        "'fc1.bias', 'fc1.weight'",
     )
     assert str(error).startswith(f"{tmp_path / 'm.lyr'}:")
     assert_refused(
-        tmp_path, linear_source('load("w.safetensors", "fc3.weight")'), "load(",
-        "has no tensor 'fc3.weight'", "(it has: 'fc1.weight', 'fc2.weight')",
+        tmp_path,
+        linear_source('load("w.safetensors", "fc3.weight")'),
+        "load(",
+        "has no tensor 'fc3.weight'",
+        "(it has: 'fc1.weight', 'fc2.weight')",
     )
     many = {f"k{i:03d}": np.zeros(1, np.float32) for i in range(50)}
     np_save_safetensors(many, str(tmp_path / "many.safetensors"))
@@ -328,11 +351,15 @@ def test_wrong_shape_and_wrong_key_use_are_reported(tmp_path: Path) -> None:
     np.save(tmp_path / "w.npy", F32)
     np_save_safetensors({"w": F32.T.copy()}, str(tmp_path / "w.safetensors"))
     assert_refused(
-        tmp_path, linear_source('load("w.npz", "w")'), "load(",
+        tmp_path,
+        linear_source('load("w.npz", "w")'),
+        "load(",
         "'w.npz'['w'] has shape (4, 3) but must have shape (3, 4)",
     )
     assert_refused(
-        tmp_path, linear_source('load("w.safetensors", "w")'), "load(",
+        tmp_path,
+        linear_source('load("w.safetensors", "w")'),
+        "load(",
         "has shape (4, 3) but must have shape (3, 4)",
     )
     text = linear_source('load("w.npy")', 'load("w.npy")')
@@ -415,7 +442,9 @@ def test_xavier_uniform_matches_torch(tmp_path: Path) -> None:
     assert_torch_linear_bias(bias, 512)
     gain = torch.nn.init.calculate_gain("tanh")
     weight, _ = drawn(tmp_path, "xavier_uniform(seed=1, gain=1.6666666666666667)")
-    assert_same_uniform(weight, torch_weight(torch.nn.init.xavier_uniform_, gain=gain), gain * bound)
+    assert_same_uniform(
+        weight, torch_weight(torch.nn.init.xavier_uniform_, gain=gain), gain * bound
+    )
 
 
 @pytest.mark.parametrize(
@@ -451,7 +480,9 @@ def test_normal_matches_torch(tmp_path: Path) -> None:
     assert kurtosis == pytest.approx(ref_kurtosis, abs=0.1)
     assert_torch_linear_bias(bias, 512)
     default, _ = drawn(tmp_path, "normal(seed=4)", bias=False)
-    assert default.mean() == pytest.approx(0.0, abs=0.02) and default.std() == pytest.approx(1, rel=0.01)
+    assert default.mean() == pytest.approx(0.0, abs=0.02) and default.std() == pytest.approx(
+        1, rel=0.01
+    )
 
 
 def test_zeros(tmp_path: Path) -> None:
@@ -504,7 +535,9 @@ def test_seeded_initialisers_are_deterministic_and_seeds_differ(tmp_path: Path, 
         ("3", "3", "init must be an initialiser call"),
     ],
 )
-def test_initialiser_argument_errors_are_located(tmp_path: Path, call: str, marker: str, needle: str) -> None:
+def test_initialiser_argument_errors_are_located(
+    tmp_path: Path, call: str, marker: str, needle: str
+) -> None:
     text = init_source(call, in_f=4, out_f=3)
     offset = text.index("init = ")
     marker_offset = text.index(marker, offset)

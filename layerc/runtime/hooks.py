@@ -61,7 +61,9 @@ class RemovableHandle:
         self.hooks_dict_ref = weakref.ref(st[0] if st[0] is not None else OrderedDict())
         self.id = st[1]
         state.next_id = max(state.next_id, self.id + 1)
-        self.extra_dict_ref = tuple(weakref.ref(d) for d in (st[2] if len(st) > 2 else ()) if d is not None)
+        self.extra_dict_ref = tuple(
+            weakref.ref(d) for d in (st[2] if len(st) > 2 else ()) if d is not None
+        )
 
     def __enter__(self) -> RemovableHandle:
         return self

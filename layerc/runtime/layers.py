@@ -88,7 +88,7 @@ class Model(Module):
     def forward(self, x: Any, *, out: np.ndarray | None = None) -> Any:
         y = x
         for module in self._modules.values():
-            y = module(y)
+            y = module(y)  # type: ignore[misc]  # a None child fails here, as in torch
         if out is None:
             return y
         target = self._output_for(self._as_input(x), out)
@@ -115,6 +115,13 @@ class child:
 def reserved_names() -> frozenset[str]:
     """Names a layer may not take: every attribute a generated model class or instance has."""
     instance = Model()
-    return frozenset(n for n in dir(Model) if not n.startswith("__")) | frozenset(instance.__dict__) | {
-        "in_features", "out_features", "dtype", "_name",
-    }
+    return (
+        frozenset(n for n in dir(Model) if not n.startswith("__"))
+        | frozenset(instance.__dict__)
+        | {
+            "in_features",
+            "out_features",
+            "dtype",
+            "_name",
+        }
+    )

@@ -42,8 +42,9 @@ def drop_stale_cache(module_name: str) -> bool:
     module = sys.modules.get(module_name)
     changed = False
     for value in vars(module).values() if module is not None else ():
-        if isinstance(value, Dispatcher) and not isinstance(value._cache, NullCache):
-            value._cache = NullCache()
+        cache = getattr(value, "_cache", None)
+        if isinstance(value, Dispatcher) and not isinstance(cache, NullCache):
+            value._cache = NullCache()  # type: ignore[attr-defined]
             changed = True
     if changed:
         warnings.warn(
@@ -81,7 +82,9 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
 
 def to_numpy(value: Any) -> np.ndarray:
     """A NumPy view or copy of an array-like; torch tensors are detached first."""
-    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor, without importing torch
+    if hasattr(value, "detach") and hasattr(
+        value, "numpy"
+    ):  # a torch.Tensor, without importing torch
         value = value.detach().cpu().numpy()
     return np.asarray(value)
 
@@ -119,6 +122,19 @@ class Module:
     dtype: np.dtype = np.dtype(np.float32)
     in_features: int | None = None
     out_features: int | None = None
+    # Set per instance in __init__ (through __dict__, so __setattr__ is not involved).
+    training: bool
+    _parameters: dict[str, np.ndarray | None]
+    _modules: dict[str, Module | None]
+    _forward_hooks: OrderedDict[int, Callable[..., Any]]
+    _forward_hooks_with_kwargs: OrderedDict[int, bool]
+    _forward_hooks_always_called: OrderedDict[int, bool]
+    _forward_pre_hooks: OrderedDict[int, Callable[..., Any]]
+    _forward_pre_hooks_with_kwargs: OrderedDict[int, bool]
+    _fast_version: int
+    _fast_checked: int
+    _fast_args: tuple[np.ndarray, ...]
+    _params_tuple: tuple[np.ndarray, ...]
     _out_tail: tuple[int] | None = None  # (out_features,), or None when output shape = input shape
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -198,7 +214,11 @@ class Module:
             or H.global_forward_pre_hooks
         ):
             return self._call_with_hooks(args, kwargs)
-        if self._refresh_fast_path() and len(args) == 1 and (not kwargs or kwargs.keys() == {"out"}):
+        if (
+            self._refresh_fast_path()
+            and len(args) == 1
+            and (not kwargs or kwargs.keys() == {"out"})
+        ):
             return self._run(args[0], kwargs.get("out"), self._fast_args)
         return self.forward(*args, **kwargs)
 
@@ -220,6 +240,23 @@ class Module:
 
     def _call_with_hooks(self, args: tuple, kwargs: dict) -> Any:
         # PyTorch 2.x `Module._call_impl`, forward hooks only (layerc has no autograd).
+        if not (
+            kwargs
+            or self._forward_pre_hooks
+            or self._forward_hooks_always_called
+            or self._forward_hooks_with_kwargs
+            or H.global_forward_pre_hooks
+            or H.global_forward_hooks
+        ):
+            # The common case (plain forward hooks on this module only), with the same
+            # semantics as the general path below: hooks run in order from a snapshot taken
+            # after forward, and an exception simply propagates (no always_call hook to run).
+            result = self.forward(*args)
+            for hook in tuple(self._forward_hooks.values()):
+                hook_result = hook(self, args, result)
+                if hook_result is not None:
+                    result = hook_result
+            return result
         result = None
         called_always: set[int] = set()
         try:
@@ -250,9 +287,15 @@ class Module:
                 else ()
             )
             for hook_id, hook in hooks:
-                if hook_id in self._forward_hooks_always_called or hook_id in H.global_forward_hooks_always_called:
+                if (
+                    hook_id in self._forward_hooks_always_called
+                    or hook_id in H.global_forward_hooks_always_called
+                ):
                     called_always.add(hook_id)
-                if hook_id in self._forward_hooks_with_kwargs or hook_id in H.global_forward_hooks_with_kwargs:
+                if (
+                    hook_id in self._forward_hooks_with_kwargs
+                    or hook_id in H.global_forward_hooks_with_kwargs
+                ):
                     hook_result = hook(self, args, kwargs, result)
                 else:
                     hook_result = hook(self, args, result)
@@ -391,7 +434,9 @@ class Module:
     ) -> RemovableHandle:
         """`hook(module, args)` (or `hook(module, args, kwargs)`) before forward; a non-None
         return replaces the arguments."""
-        handle = RemovableHandle(self._forward_pre_hooks, extra_dict=self._forward_pre_hooks_with_kwargs)
+        handle = RemovableHandle(
+            self._forward_pre_hooks, extra_dict=self._forward_pre_hooks_with_kwargs
+        )
         self._forward_pre_hooks[handle.id] = hook
         if with_kwargs:
             self._forward_pre_hooks_with_kwargs[handle.id] = True
@@ -436,7 +481,9 @@ class Module:
             self._set_parameter(name, value)
         elif name in d.get("_modules", ()):
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} (Module or None expected)")
+                raise TypeError(
+                    f"cannot assign {type(value).__name__} as child module {name!r} (Module or None expected)"
+                )
             d["_modules"][name] = None
             d[name] = None
             H.bump()
@@ -544,7 +591,11 @@ class Module:
     def named_parameters(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, np.ndarray]]:
-        modules = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        modules = (
+            self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+            if recurse
+            else [(prefix, self)]
+        )
         seen: set[int] = set()
         for module_prefix, module in modules:
             for name, param in module._parameters.items():
@@ -556,7 +607,9 @@ class Module:
     def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
         return iter(())
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, np.ndarray]]:
         return iter(())
 
     def get_submodule(self, target: str) -> Module:
@@ -591,7 +644,9 @@ class Module:
                 destination[prefix + name] = param
         for name, module in self._modules.items():
             if module is not None:
-                module.state_dict(destination=destination, prefix=prefix + name + ".", keep_vars=keep_vars)
+                module.state_dict(
+                    destination=destination, prefix=prefix + name + ".", keep_vars=keep_vars
+                )
         return destination  # type: ignore[return-value]
 
     def load_state_dict(
@@ -626,7 +681,9 @@ class Module:
             if assign:
                 module._set_parameter(name, value)
             else:
-                np.copyto(module._parameters[name], value, casting="unsafe")
+                param = module._parameters[name]
+                assert param is not None  # _check_state passes only present parameters
+                np.copyto(param, value, casting="unsafe")
         return _IncompatibleKeys(missing, unexpected)
 
     def _check_state(

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def bind(
-    kernel: Callable[..., None],
+    kernel: Callable[..., object],
     arrays: tuple[np.ndarray, ...],
     dtype: np.dtype,
     out_features: int | None,
@@ -35,10 +35,10 @@ def bind(
     tail = (out_features,)
 
     @numba.njit
-    def forward(x):  # type: ignore[no-untyped-def]
+    def forward_linear(x):  # type: ignore[no-untyped-def]
         xc = np.ascontiguousarray(np.asarray(x, dtype=scalar))
         y = np.empty(xc.shape[:-1] + tail, dtype=scalar)
         kernel(xc, y, *arrays)
         return y
 
-    return forward  # type: ignore[no-any-return]
+    return forward_linear  # type: ignore[no-any-return]
