@@ -76,7 +76,9 @@ def test_the_python_lines_print_what_their_comments_say(seed: Path) -> None:
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 if isinstance(statement, ast.Expr):
-                    value = eval(compile(ast.Expression(statement.value), "README", "eval"), namespace)
+                    value = eval(
+                        compile(ast.Expression(statement.value), "README", "eval"), namespace
+                    )
                 else:
                     exec(compile(ast.Module([statement], []), "README", "exec"), namespace)
                     value = None
