@@ -12,6 +12,9 @@ from layerc import driver
 
 _count = itertools.count()
 
+# The lesson sample's source, for tests that want the canonical program as text.
+LESSON = (Path(__file__).resolve().parents[1] / "samples" / "seed.lyr").read_text(encoding="utf-8")
+
 
 def compile_text(text: str, folder: Path, name: str | None = None):
     """Write `text` as a .lyr file in `folder`, compile it beside itself, import the module."""

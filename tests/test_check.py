@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LESSON
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,22 +43,6 @@ def model(program: ir.Program, name: str) -> ir.Model:
 
 
 # --------------------------------------------------------------------------- valid programs
-
-LESSON = """\
-# seed.lyr: the 4 -> 3 linear layer without bias
-model Seed {
-    fc = Linear(in_features=4, out_features=3, bias=false) {
-        weight = [[1, 2, 3, 4],
-                  [2, 3, 4, 5],
-                  [3, 4, 5, 6]]
-    }
-}
-
-test Seed {
-    input  = [1, 2, 3, 4]
-    expect = [30, 40, 50]
-}
-"""
 
 
 def test_lesson_checks_into_the_expected_ir() -> None:

@@ -16,25 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LESSON
 
 import layerc
 from layerc import cli
-
-LESSON = """\
-# seed.lyr: the 4 -> 3 linear layer without bias
-model Seed {
-    fc = Linear(in_features=4, out_features=3, bias=false) {
-        weight = [[1, 2, 3, 4],
-                  [2, 3, 4, 5],
-                  [3, 4, 5, 6]]
-    }
-}
-
-test Seed {
-    input  = [1, 2, 3, 4]
-    expect = [30, 40, 50]
-}
-"""
 
 LESSON_WEIGHT = np.array([[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], dtype=np.float64)
 
