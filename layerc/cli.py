@@ -386,7 +386,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _graph(args: argparse.Namespace) -> int:
     from .driver import check_file
-    from .tools import atomic_write, pick_model
+    from .files import WriteFailed, write_atomically
+    from .tools import pick_model
     from .tools.graph import output_format, render, to_dot
 
     out: Path | None = args.output
@@ -398,9 +399,9 @@ def _graph(args: argparse.Namespace) -> int:
         return EXIT_OK
     if fmt == "dot":
         try:
-            atomic_write(out, dot.encode("utf-8"))
-        except OSError as exc:
-            raise LayercError(f"cannot write {out}: {exc.strerror}", file=str(out)) from None
+            write_atomically([(out, dot.encode("utf-8"))])
+        except WriteFailed as exc:
+            raise LayercError(f"cannot write {out}: {exc.reason}", file=str(out)) from None
     else:
         render(dot, fmt, out)
     print(f"wrote {out}")
@@ -408,8 +409,8 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _fmt(files: list[Path], check: bool) -> int:
+    from .files import WriteFailed, write_atomically
     from .syntax import decode_source
-    from .tools import atomic_write
     from .tools.fmt import format_source
 
     changed = unchanged = errors = 0
@@ -434,9 +435,9 @@ def _fmt(files: list[Path], check: bool) -> int:
                 print(f"would reformat {file}")
                 continue
             try:
-                atomic_write(file, formatted.encode("utf-8"))
-            except OSError as exc:
-                message = f"cannot write the file: {exc.strerror}"
+                write_atomically([(file, formatted.encode("utf-8"))])
+            except WriteFailed as exc:
+                message = f"cannot write the file: {exc.reason}"
                 raise LayercError(message, file=str(file)) from None
             print(f"reformatted {file}")
         except LayercError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 from . import codegen, ir, syntax
 from .check import check
 from .errors import LayercError
+from .files import WriteFailed, forget_numba_source_hashes, unlink_quietly, write_atomically
 
 
 def check_file(path: Path) -> tuple[ir.Program, str]:
@@ -73,105 +74,28 @@ def generate(program: ir.Program, out: Path) -> codegen.Output:
 
 
 def write_output(out: Path, output: codegen.Output) -> list[Path]:
-    """Write the module (and its weights file) so that a failure at any point leaves earlier
-    output intact: each file goes to a temporary name in the target folder and is renamed into
-    place, the weights file (named by its content hash) before the module that refers to it.
-    A failure is a `LayercError` naming the file; a weights file this call created for a module
-    it then could not write is removed again. Return the paths written."""
+    """Write the module and its weights file (if any) atomically, the weights file (named by
+    its content hash) renamed into place before the module that refers to it. A failure is a
+    `LayercError` naming the file, and leaves earlier output intact: a weights file this call
+    created for a module it then could not write is removed again. Return the paths written."""
     folder = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise LayercError(f"cannot write {out}: it is a directory", file=str(out))
-    written = []
-    created = False
+    files = [(out, output.source.encode("utf-8"))]
+    created = None
     if output.data is not None and output.data_name is not None:
-        target = folder / output.data_name
-        created = not target.exists()
-        _write_or_report(target, output.data, out, f"its weights file {target.name}")
-        written.append(target)
+        weights = folder / output.data_name
+        created = None if weights.exists() else weights
+        files.insert(0, (weights, output.data))
     try:
-        _write_or_report(out, output.source.encode("utf-8"), out, "the module")
-    except LayercError:
-        if written and created:
-            _unlink_quietly(written[0])
-        raise
-    written.append(out)
-    _forget_numba_source_hashes()
+        write_atomically(files)
+    except WriteFailed as exc:
+        if created is not None and exc.target == out:
+            unlink_quietly(created)
+        what = "the module" if exc.target == out else f"its weights file {exc.target.name}"
+        raise LayercError(f"cannot write {what}: {exc.reason}", file=str(out)) from None
     _remove_stale_weights(out, output.data_name)
-    return written
-
-
-def _write_or_report(target: Path, data: bytes, out: Path, what: str) -> None:
-    try:
-        _atomic_write(target, data)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise LayercError(f"cannot write {what}: {reason}", file=str(out)) from None
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `target`, flush it to disk, rename it over
-    `target`: readers see the old file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        _distinct_stamp(Path(tmp), target)
-        os.replace(tmp, target)
-    except BaseException:
-        _unlink_quietly(Path(tmp))
-        raise
-    _sync_folder(target.parent)
-
-
-def _distinct_stamp(new: Path, old: Path) -> None:
-    """Give `new` a modification time other than `old`'s when both have the same size.
-
-    numba remembers the hash of a source file by (path, mtime, size) for the life of a process;
-    a module rewritten within one tick of a coarse filesystem clock would otherwise be taken
-    for the old one, and the old machine code run."""
-    try:
-        before, after = os.stat(old), os.stat(new)
-    except OSError:
-        return
-    if after.st_size != before.st_size:
-        return
-    for step in (1_000_000, 1_000_000_000, 2_000_000_000):  # 1 ms, then coarse clocks
-        if os.stat(new).st_mtime != before.st_mtime:
-            return
-        os.utime(new, ns=(after.st_atime_ns, before.st_mtime_ns + step))
-
-
-def _forget_numba_source_hashes() -> None:
-    """Drop numba's in-process memo of source hashes (if numba is loaded), so a module
-    rewritten in this process is hashed afresh when it is imported again."""
-    caching = sys.modules.get("numba.core.caching")
-    clear = getattr(getattr(caching, "_hash_source_file", None), "cache_clear", None)
-    if clear is not None:
-        clear()
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+    return [target for target, _ in files]
 
 
 def _remove_stale_weights(out: Path, keep: str | None) -> None:
@@ -183,10 +107,7 @@ def _remove_stale_weights(out: Path, keep: str | None) -> None:
         return
     for entry in entries:
         if entry.name != keep and pattern.fullmatch(entry.name):
-            try:
-                entry.unlink()
-            except OSError:
-                pass
+            unlink_quietly(entry)
 
 
 def compile_file(path: Path, out: Path | None = None) -> tuple[ir.Program, list[Path]]:
@@ -210,7 +131,7 @@ def import_module(path: Path, name: str | None = None) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
-    _forget_numba_source_hashes()  # the file may have been rewritten since numba last read it
+    forget_numba_source_hashes()  # the file may have been rewritten since numba last read it
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from . import __version__, ir
 from . import weights as W
 from .errors import LayercError
+from .files import WriteFailed, write_atomically
 
 MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
 EXPORT_OPSET = 17
@@ -675,32 +675,12 @@ def _activation_node(layer: ir.Activation, value: str, out: str, path: str):  # 
 
 
 def write_files(files: list[tuple[Path, bytes]]) -> None:
-    """Write every (path, bytes) so that a failure changes none of them: each goes to a
-    temporary file in its folder first; only when all are written are they renamed into place,
-    in order (so a .lyr never names a weights file that is not there yet). Errors are reported
-    at the file that could not be written."""
-    temps: list[tuple[str, Path]] = []
-    target = files[0][0]
+    """Write every (path, bytes) atomically, in order (so a .lyr never names a weights file that
+    is not there yet); an error is reported at the file that could not be written."""
+    for target, _ in files:
+        if target.is_dir():
+            raise LayercError("cannot write here: it is a folder", file=str(target))
     try:
-        for target, data in files:
-            if target.is_dir():
-                raise LayercError("cannot write here: it is a folder", file=str(target))
-            folder = target.parent if str(target.parent) else Path(".")
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-            temps.append((tmp, target))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-        for tmp, target in temps:
-            os.replace(tmp, target)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise LayercError(f"cannot write the file: {reason}", file=str(target)) from None
-    finally:
-        for tmp, _ in temps:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        write_atomically(files)
+    except WriteFailed as exc:
+        raise LayercError(f"cannot write the file: {exc.reason}", file=str(exc.target)) from None

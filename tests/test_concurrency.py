@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerc import driver
+from layerc import driver, files
 
 W1 = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.5], [-2.0, 0.75, 1.0], [0.125, -0.25, 0.5]])
 B1 = np.array([0.1, -0.2, 0.3, -0.4])
@@ -269,11 +269,11 @@ def test_a_rewrite_gets_a_modification_time_of_its_own(tmp_path):
     new.write_text("x = 2\n")
     stamp = os.stat(old).st_mtime_ns
     os.utime(new, ns=(stamp, stamp))
-    driver._distinct_stamp(new, old)
+    files._distinct_stamp(new, old)
     assert os.stat(new).st_mtime != os.stat(old).st_mtime
     new.write_text("x = 22\n")  # another size: left alone
     os.utime(new, ns=(stamp, stamp))
-    driver._distinct_stamp(new, old)
+    files._distinct_stamp(new, old)
     assert os.stat(new).st_mtime_ns == stamp
 
 

@@ -251,12 +251,12 @@ class Module:
             # The common case (plain forward hooks on this module only), with the same
             # semantics as the general path below: hooks run in order from a snapshot taken
             # after forward, and an exception simply propagates (no always_call hook to run).
-            result = self.forward(*args)
+            output = self.forward(*args)
             for hook in tuple(self._forward_hooks.values()):
-                hook_result = hook(self, args, result)
-                if hook_result is not None:
-                    result = hook_result
-            return result
+                replaced = hook(self, args, output)
+                if replaced is not None:
+                    output = replaced
+            return output
         result = None
         called_always: set[int] = set()
         try:

@@ -1,15 +1,11 @@
 """The tools around the compiler: `layerc run` (inference from the shell), `layerc summary` (a
 table of layers, parameters and FLOPs), `layerc graph` (a diagram of the layers) and `layerc fmt`
 (canonical formatting). Each takes a checked `ir.Program` or .lyr text and gives back data or
-text; the CLI prints it. This module holds what they share: choosing the model a command is for,
-and writing files atomically."""
+text; the CLI prints it. This module holds what they share: choosing the model a command is for."""
 
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
-from pathlib import Path
 
 from .. import ir
 from ..errors import UsageError
@@ -46,35 +42,3 @@ def pick_model(program: ir.Program, name: str | None, file: str) -> ir.Model:
         f"{file} defines several models that no other model uses ({names}): "
         "choose one with --model NAME"
     )
-
-
-def atomic_write(target: Path, data: bytes) -> None:
-    """Write `data` to `target` through a temporary file in the same folder and a rename, so
-    readers see the old file or the new one, never half of one. An existing file keeps its
-    permission bits."""
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            mode = target.stat().st_mode & 0o7777
-        except OSError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import ir
 from ..errors import LayercError, UsageError
-from . import _umask
+from ..files import mode_for
 from .summary import kind_text
 
 RENDERED = ("svg", "png", "pdf")
@@ -131,7 +131,7 @@ def render(dot_text: str, fmt: str, target: Path) -> None:
         if result.returncode != 0:
             detail = result.stderr.decode("utf-8", errors="replace").strip()
             raise LayercError(f"graphviz's dot failed: {detail}", file=str(target))
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode_for(target))
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import codegen, driver, ir
 from ..errors import LayercError, Loc, UsageError
-from . import _umask
+from ..files import mode_for
 from .term import Progress
 
 INPUT_FORMATS = ("npy", "csv", "jsonl")
@@ -383,7 +383,7 @@ class _TextWriter:
         if self.target is not None and self.tmp is not None:
             os.fsync(self.stream.fileno())
             self.stream.close()
-            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.chmod(self.tmp, mode_for(self.target))
             os.replace(self.tmp, self.target)
 
     def abort(self) -> None:
@@ -418,7 +418,7 @@ class _NpyWriter:
         self.stream.flush()
         os.fsync(self.stream.fileno())
         self.stream.close()
-        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.chmod(self.tmp, mode_for(self.target))
         os.replace(self.tmp, self.target)
 
     def abort(self) -> None:
