@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import LayercError, render
+from .errors import LayercError, UsageError, render
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except LayercError as exc:
         _report(exc)
         return EXIT_ERROR
+    except UsageError as exc:
+        print(f"layerc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("layerc: interrupted", file=sys.stderr)
         return 130
@@ -203,9 +206,7 @@ def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--onnx", type=Path, metavar="OUT", required=True, help="where to write the .onnx file"
     )
-    p.add_argument(
-        "--model", metavar="NAME", help="the model to export (needed when the file defines several)"
-    )
+    p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
 
 
 def _interop(args: argparse.Namespace) -> int:
@@ -321,19 +322,13 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _tool(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-
-    try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "summary":
-            return _summary(args)
-        if args.command == "graph":
-            return _graph(args)
-        return _fmt(args.files, args.check)
-    except UsageError as exc:
-        print(f"layerc {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.command == "run":
+        return _run(args)
+    if args.command == "summary":
+        return _summary(args)
+    if args.command == "graph":
+        return _graph(args)
+    return _fmt(args.files, args.check)
 
 
 def _run(args: argparse.Namespace) -> int:

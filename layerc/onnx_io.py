@@ -580,28 +580,14 @@ def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: 
     `source`) to `out` as an ONNX graph (opset 17, dynamic batch), validated by onnx.checker;
     return the path written."""
     _require_onnx(source)
-    model = _choose_model(program, model_name, source)
+    from .tools import pick_model
+
+    model = pick_model(program, model_name, source)
     if out.resolve() == Path(source).resolve():
         raise LayercError("the ONNX output would overwrite the .lyr source", file=source)
     proto = build_onnx(model, program.source)
     write_files([(out, proto.SerializeToString(deterministic=True))])
     return out
-
-
-def _choose_model(program: ir.Program, name: str | None, display: str) -> ir.Model:
-    models = {m.name: m for m in program.models}
-    if name is None:
-        if len(models) == 1:
-            return program.models[0]
-        raise LayercError(
-            f"the file defines several models ({', '.join(models)}); choose one with --model",
-            file=display,
-        )
-    if name not in models:
-        raise LayercError(
-            f"the file defines no model {name!r} (models: {', '.join(models)})", file=display
-        )
-    return models[name]
 
 
 def _layers(model: ir.Model, prefix: str = "") -> Iterator[tuple[str, ir.Linear | ir.Activation]]:

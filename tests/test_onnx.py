@@ -349,21 +349,42 @@ def test_export_is_deterministic_and_round_trips_through_import(exported, tmp_pa
             np.testing.assert_array_equal(layer.bias, state[f"{key}.bias"])
 
 
+def test_export_picks_the_model_no_other_model_uses(
+    exported, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """As `layerc run` does: without --model, the one top-level model (Net, not Block); with two
+    top-level models, a usage error that names them."""
+    src, out, _, _ = exported
+    default = tmp_path / "default.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(default)]) == 0
+    assert default.read_bytes() == out.read_bytes()
+    two = tmp_path / "two.lyr"
+    two.write_text(src.read_text() + "model Other { Linear(2, 2) { init = zeros() } }\n")
+    assert cli.main(["export", str(two), "--onnx", str(tmp_path / "two.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "several models that no other model uses (Net, Other): choose one with --model" in err
+    assert not (tmp_path / "two.onnx").exists()
+
+
 def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = tmp_path / "two.lyr"
     src.write_text(EXPORT_SOURCE.format(opt=""))
     out = tmp_path / "two.onnx"
     cases = [
-        (["export", str(src), "--onnx", str(out)], "several models (Block, Net); choose one"),
-        (["export", str(src), "--onnx", str(out), "--model", "Nett"], "no model 'Nett'"),
-        (["export", str(src), "--onnx", str(src), "--model", "Net"], "overwrite the .lyr"),
+        (
+            ["export", str(src), "--onnx", str(out), "--model", "Nett"],
+            2,
+            "no model 'Nett'; did you mean 'Net'?",
+        ),
+        (["export", str(src), "--onnx", str(src), "--model", "Net"], 1, "overwrite the .lyr"),
         (
             ["export", str(src), "--onnx", str(tmp_path / "no" / "x.onnx"), "--model", "Net"],
+            1,
             "cannot write",
         ),
     ]
-    for argv, needle in cases:
-        assert cli.main(argv) == 1
+    for argv, code, needle in cases:
+        assert cli.main(argv) == code
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.lyr"]
