@@ -323,3 +323,23 @@ def test_block_reader(tmp_path: Path) -> None:
         ("text", (), True),
     ]
     assert lyr_name(blocks[0]) == "bad.lyr"
+
+
+def test_language_reference_states_the_checkers_limits() -> None:
+    """The Limits table gives the values the front end enforces."""
+    from layerc import weights
+
+    text = (DOCS / "language.md").read_text(encoding="utf-8")
+    section = text[text.index("## Limits") : text.index("## The generated module")]
+    rows = dict(re.findall(r"^\| (.+?) \| at most (\d+)", section, flags=re.M))
+    assert {
+        "`in_features`, `out_features`": checker.MAX_FEATURES,
+        "weights in one Linear": checker.MAX_WEIGHTS,
+        "weights in one source, and in one model with its nested models expanded": (
+            checker.MAX_WEIGHTS
+        ),
+        "layers in one model, nested models expanded": checker.MAX_LAYERS,
+        "models nested inside each other": checker.MAX_MODEL_DEPTH,
+        "brackets nested in a literal": syntax.MAX_NESTING,
+        "a weights file": weights.MAX_FILE_BYTES,
+    } == {name: int(value) for name, value in rows.items()}
