@@ -79,6 +79,23 @@ def test_version_from_the_installed_script(work: Path) -> None:
     )
 
 
+def test_python_dash_m_runs_the_same_command_line(work: Path) -> None:
+    lesson = work / "seed.lyr"
+    lesson.write_text(LESSON, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "layerc", "test", str(lesson)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"PASS {lesson}:10 test Seed: max abs error 0")
+    usage = subprocess.run(
+        [sys.executable, "-m", "layerc", "frobnicate"], capture_output=True, text=True, timeout=120
+    )
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: layerc ")
+
+
 @pytest.mark.parametrize(
     ("command", "words"),
     [
