@@ -24,6 +24,7 @@ __all__ = ["Module"]
 
 _ndarray = np.ndarray
 _empty = np.empty
+_NO_FAST_PATH: tuple = (-1, None, (), None, None)
 
 
 def drop_stale_cache(module_name: str) -> bool:
@@ -131,9 +132,10 @@ class Module:
     _forward_hooks_always_called: OrderedDict[int, bool]
     _forward_pre_hooks: OrderedDict[int, Callable[..., Any]]
     _forward_pre_hooks_with_kwargs: OrderedDict[int, bool]
-    _fast_version: int
+    # (hook version, kernel, kernel arguments, output tail, dtype) of the fused fast path,
+    # valid while the first item equals `hooks.state.version`: one lookup per call
+    _fast: tuple[int, Any, tuple[np.ndarray, ...], tuple[int] | None, np.dtype]
     _fast_checked: int
-    _fast_args: tuple[np.ndarray, ...]
     _params_tuple: tuple[np.ndarray, ...]
     _out_tail: tuple[int] | None = None  # (out_features,), or None when output shape = input shape
 
@@ -151,9 +153,8 @@ class Module:
         d["_forward_hooks_always_called"] = OrderedDict()
         d["_forward_pre_hooks"] = OrderedDict()
         d["_forward_pre_hooks_with_kwargs"] = OrderedDict()
-        d["_fast_version"] = -1
+        d["_fast"] = _NO_FAST_PATH
         d["_fast_checked"] = -1
-        d["_fast_args"] = ()
         d["_params_tuple"] = ()
 
     # ------------------------------------------------------------------ calling
@@ -189,23 +190,24 @@ class Module:
         # The fast path: no hooks anywhere (cached against the hook version) and one ndarray:
         # one allocation and one native call. The kernel converts dtype and layout itself and
         # checks the width; if it raises, the checked path below reports the error in full.
-        if self._fast_version == state.version and len(args) == 1 and not kwargs:
+        fast = self._fast
+        if fast[0] == state.version and len(args) == 1 and not kwargs:
             x = args[0]
             if type(x) is _ndarray:
+                _, kernel, params, tail, dtype = fast
                 shape = x.shape
-                tail = self._out_tail
                 if tail is None:
-                    y = _empty(shape, self.dtype)
+                    y = _empty(shape, dtype)
                 elif len(shape) == 1:
-                    y = _empty(tail, self.dtype)
+                    y = _empty(tail, dtype)
                 else:
-                    y = _empty(shape[:-1] + tail, self.dtype)
+                    y = _empty(shape[:-1] + tail, dtype)
                 try:
-                    self._kernel(x, y, *self._fast_args)  # type: ignore[misc]
+                    kernel(x, y, *params)
                     return y
                 except Exception:
                     pass
-            return self._run(x, None, self._fast_args)
+            return self._run(x, None, fast[2])
         # _call_impl, inlined: this runs once per module per call whenever any hook is set.
         if (
             self._forward_hooks
@@ -219,7 +221,7 @@ class Module:
             and len(args) == 1
             and (not kwargs or kwargs.keys() == {"out"})
         ):
-            return self._run(args[0], kwargs.get("out"), self._fast_args)
+            return self._run(args[0], kwargs.get("out"), self._fast[2])
         return self.forward(*args, **kwargs)
 
     def _call_impl(self, *args: Any, **kwargs: Any) -> Any:
@@ -234,7 +236,7 @@ class Module:
                 and len(args) == 1
                 and (not kwargs or kwargs.keys() == {"out"})
             ):
-                return self._run(args[0], kwargs.get("out"), self._fast_args)
+                return self._run(args[0], kwargs.get("out"), self._fast[2])
             return self.forward(*args, **kwargs)
         return self._call_with_hooks(args, kwargs)
 
@@ -340,7 +342,7 @@ class Module:
         arguments) is cached until `hooks.state.version` changes."""
         version = state.version
         if self._fast_checked == version:
-            return self._fast_version == version
+            return self._fast[0] == version
         self.__dict__["_fast_checked"] = version
         if self._kernel is None or H.global_forward_hooks or H.global_forward_pre_hooks:
             return False
@@ -353,8 +355,7 @@ class Module:
             if array is None or array.shape != shape or array.dtype != self.dtype:
                 return False
             args.append(array)
-        self.__dict__["_fast_args"] = tuple(args)
-        self.__dict__["_fast_version"] = version
+        self.__dict__["_fast"] = (version, self._kernel, tuple(args), self._out_tail, self.dtype)
         return True
 
     def _lookup_param(self, key: str) -> np.ndarray | None:
@@ -764,9 +765,8 @@ class Module:
 
     def __getstate__(self) -> dict:
         st = self.__dict__.copy()
-        st["_fast_version"] = -1
+        st["_fast"] = _NO_FAST_PATH
         st["_fast_checked"] = -1
-        st["_fast_args"] = ()
         return st
 
     def __setstate__(self, st: dict) -> None:
