@@ -1,9 +1,11 @@
 """Writing output files so that a failure at any point leaves what was there before.
 
-Every command that writes (`compile`, `import`, `export`, `graph`, `fmt`) goes through
-`write_atomically`: each file is written to a temporary name in its own folder and flushed to
+Every command that writes (`compile`, `import`, `export`, `fmt`, and `graph` for DOT output)
+goes through `write_atomically`: each file is written to a temporary name in its own folder and flushed to
 disk; only when all of them are written are they renamed over their targets, in the order given,
 and the folders synced. Readers see an old file or a new one, never a part of one.
+(`layerc run`'s streamed output and graphviz's rendered diagrams also land through a
+temporary file and a rename, and take their permission bits from `mode_for`.)
 """
 
 from __future__ import annotations
