@@ -2,26 +2,30 @@
 
 Every user error is found here (unknown names, bad arguments, shapes that do not chain, weights
 that do not fit, tests that do not match their model) and raised as a located `LayercError`.
-Weights are read or drawn here, so code generation only sees arrays of the model's dtype.
+What each layer kind takes and gives comes from the table in `kinds`; arguments are bound by
+`binder.bind`. Weights are read or drawn here, so later stages only see arrays of the model's
+dtype.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import ir
+from . import binder, ir
 from . import syntax as S
 from . import weights as W
-from .errors import LayercError, Loc
+from .errors import LayercError, Loc, suggest
+from .kinds import KINDS, MAX_FEATURES, Kind, Shape, ShapeError, fmt_shape
 from .runtime.layers import reserved_names
 
-MAX_FEATURES = 1 << 24  # 16,777,216: far beyond any model this compiler is for
-MAX_WEIGHTS = 1 << 30  # values per Linear (4 GiB of float32)
+__all__ = ["check", "MAX_FEATURES"]
+
+MAX_WEIGHTS = 1 << 30  # values in one layer's largest weight (4 GiB of float32)
 MAX_LAYERS = 100_000
 # Nested models: how deep they may nest, and what one model may hold once they are expanded
 # (layers, weights); each source also gets MAX_WEIGHTS weights in all. These keep a small
@@ -30,14 +34,6 @@ MAX_MODEL_DEPTH = 32
 
 # Names a layer may not take: they would hide the module API the generated class offers.
 RESERVED_LAYER_NAMES = reserved_names()
-
-
-def _suggest(name: str, options: list[str]) -> str:
-    """ "; did you mean 'X'?" for the option closest to `name`, ignoring case (so that `Relu`
-    finds `ReLU`), or "" when none is close."""
-    by_lower = {option.lower(): option for option in options}
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
-    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def _cycle(start: str, target: str, models: dict[str, S.ModelDef]) -> list[str] | None:
@@ -66,30 +62,17 @@ def _element_loc(value: S.Value | None, index: tuple[int, ...]) -> Loc | None:
     return value.loc if isinstance(value, S.Number) else None
 
 
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    default: object  # `_REQUIRED` when the argument must be given
+def _load_string(value: S.Value, name: str, callee: str) -> str:
+    if not isinstance(value, S.String):
+        raise LayercError('load() takes strings: load("file.npz", "key")', value.loc)
+    return value.value
 
 
-_REQUIRED = object()
-
-# kind -> its arguments in PyTorch's positional order
-LAYER_PARAMS: dict[str, tuple[_Param, ...]] = {
-    "Linear": (
-        _Param("in_features", _REQUIRED),
-        _Param("out_features", _REQUIRED),
-        _Param("bias", True),
-    ),
-    "ReLU": (),
-    "Sigmoid": (),
-    "Tanh": (),
-    "Identity": (),
-    "LeakyReLU": (_Param("negative_slope", 0.01),),
-    "Softmax": (_Param("dim", -1),),
-}
-
-LINEAR_ENTRIES = ("weight", "bias", "init")
+# load(path[, key]): a .npy file, or the array `key` of a .npz or .safetensors file
+LOAD_PARAMS = (
+    binder.Param("path", _load_string, type="str"),
+    binder.Param("key", _load_string, None, type="str"),
+)
 TEST_ENTRIES = ("input", "expect", "atol", "rtol")
 MODEL_OPTIONS = ("dtype", "allow_nonfinite")
 
@@ -104,6 +87,31 @@ def check(program: S.Program, base_dir: Path) -> ir.Program:
     return _Checker(program, base_dir).run()
 
 
+@dataclass(frozen=True)
+class _Built:
+    """A layer of a kind, checked but not yet placed: its shapes come from the model."""
+
+    spec: Kind
+    args: binder.Bound
+    tensors: tuple[tuple[str, np.ndarray | None], ...]
+
+
+def _weights_count(spec: Kind, args: binder.Bound) -> int:
+    """What a layer counts against the weight limits: the values of its largest tensor."""
+    sizes = [math.prod(t.shape(args.values)) for t in spec.tensors if t.present(args.values)]
+    return max(sizes, default=0)
+
+
+def _describe_call(spec: Kind, args: binder.Bound) -> str:
+    """`Linear(4, 3)`: the kind with its required arguments, for messages."""
+    shown = ", ".join(str(args[p.name]) for p in spec.params if p.default is binder.REQUIRED)
+    return f"{spec.name}({shown})"
+
+
+def _gives(shape: Shape) -> str:
+    return str(shape[0]) if len(shape) == 1 else f"shape {fmt_shape(shape)}"
+
+
 class _Checker:
     def __init__(self, program: S.Program, base_dir: Path):
         self.program = program
@@ -112,7 +120,7 @@ class _Checker:
         self.defined: dict[str, S.ModelDef] = {}
         # model name -> (nesting depth, layers, weights) with nested models expanded
         self.expanded: dict[str, tuple[int, int, int]] = {}
-        self.weights = 0  # in all Linear layers of the source
+        self.weights = 0  # in all layers of the source
 
     def run(self) -> ir.Program:
         all_models = {
@@ -127,7 +135,7 @@ class _Checker:
                         f"model {item.name!r} is defined twice (first at line {first.line})",
                         item.name_loc,
                     )
-                if item.name in LAYER_PARAMS:
+                if item.name in KINDS:
                     raise LayercError(
                         f"a model cannot be named {item.name!r}: that is a layer kind",
                         item.name_loc,
@@ -155,12 +163,15 @@ class _Checker:
             raise LayercError(
                 f"model {node.name!r} has more than {MAX_LAYERS} layers", node.name_loc
             )
-        layers: list[ir.Layer] = []
+        layers: list[ir.Child] = []
         totals = (1, 0, 0)  # see expand()
         names: dict[str, S.LayerDef] = {}
-        size: int | None = None
-        previous: tuple[str, S.LayerDef] | None = None
-        in_features: int | None = None
+        # The per-sample shape flowing between layers: None until a layer (or the `input`
+        # option) fixes it; the shape-preserving layers before that one wait in `pending`.
+        in_shape: Shape | None = options.get("input")
+        shape = in_shape
+        pending: list[int] = []
+        shaper: tuple[str, S.LayerDef] | None = None  # the layer that last set the shape
         for position, layer_node in enumerate(node.layers):
             name = layer_node.name if layer_node.name is not None else str(position)
             if layer_node.name is not None:
@@ -173,36 +184,109 @@ class _Checker:
                     layer_node.loc,
                 )
             names[name] = layer_node
-            layer = self.layer(layer_node, name, node, dtype, allow_nonfinite, all_models)
-            sizes = ir.layer_sizes(layer)
-            if sizes is not None:
-                if size is not None and sizes[0] != size:
-                    assert previous is not None
-                    prev_name, prev_node = previous
-                    raise LayercError(
-                        f"shape mismatch in model {node.name!r}: layer {name!r} expects "
-                        f"{sizes[0]} input features, but the previous layer {prev_name!r} "
-                        f"(line {prev_node.loc.line}) gives {size}",
-                        layer_node.loc,
-                    )
-                if in_features is None:
-                    in_features = sizes[0]
-                size = sizes[1]
-                previous = (name, layer_node)
+            built = self.layer(layer_node, name, node, dtype, allow_nonfinite, all_models)
+            if shape is None:
+                shape = self.first_shape(built, layer_node, node)
+                if shape is not None:
+                    in_shape = shape
+                    for index in pending:
+                        waiting = layers[index]
+                        assert isinstance(waiting, ir.Layer)
+                        layers[index] = dataclasses.replace(
+                            waiting, in_shape=shape, out_shape=shape
+                        )
+            if shape is None:
+                pending.append(len(layers))
+                out: Shape = ()
+            else:
+                out = self.out_shape(built, shape, name, layer_node, node, shaper)
+            if isinstance(built, ir.Submodel):
+                layer: ir.Child = built
+                shaper = (name, layer_node)
+            else:
+                layer = ir.Layer(
+                    name,
+                    built.spec.name,
+                    tuple(built.args.values.items()),
+                    built.tensors,
+                    shape if shape is not None else (),
+                    out,
+                    layer_node.loc,
+                )
+                if not built.spec.preserves_shape:
+                    shaper = (name, layer_node)
+            shape = out if shape is not None else None
             layers.append(layer)
             totals = self.expand(totals, layer, layer_node, node.name)
-        if in_features is None or size is None:
+        if in_shape is None or shape is None:
             raise LayercError(
                 f"model {node.name!r} has no Linear layer, so its input size is unknown",
                 node.name_loc,
             )
         self.expanded[node.name] = totals
-        return ir.Model(
-            node.name, dtype, tuple(layers), in_features, size, node.loc, allow_nonfinite
+        return ir.Model(node.name, dtype, tuple(layers), in_shape, shape, node.loc, allow_nonfinite)
+
+    def first_shape(
+        self, built: ir.Submodel | _Built, node: S.LayerDef, model: S.ModelDef
+    ) -> Shape | None:
+        """The model's per-sample input shape if this layer, the first that is not
+        shape-preserving, fixes it; None for a shape-preserving layer (the shape is not known
+        yet). A layer that needs the shape but cannot fix it is an error."""
+        if isinstance(built, ir.Submodel):
+            return built.model.in_shape
+        fixed = built.spec.fixes(built.args.values)
+        if fixed is None and not built.spec.preserves_shape:
+            raise LayercError(
+                f"model {model.name!r} starts with {built.spec.name}, which cannot tell the shape "
+                "of its input: give it as the model option input=[...], such as "
+                "input=[1, 28, 28]",
+                node.kind_loc,
+            )
+        return fixed
+
+    def out_shape(
+        self,
+        built: ir.Submodel | _Built,
+        shape: Shape,
+        name: str,
+        node: S.LayerDef,
+        model: S.ModelDef,
+        shaper: tuple[str, S.LayerDef] | None,
+    ) -> Shape:
+        """The layer's per-sample output for input `shape`, or the located error saying why
+        it cannot take that input."""
+        if isinstance(built, ir.Submodel):
+            wanted = built.model.in_shape
+            if wanted == shape:
+                return built.model.out_shape
+            expects = (
+                f"expects {wanted[0]} input features"
+                if len(wanted) == 1
+                else f"expects input of shape {fmt_shape(wanted)}"
+            )
+            error = ShapeError(expects)
+        else:
+            try:
+                return built.spec.shape(built.args.values, shape)
+            except ShapeError as exc:
+                error = exc
+        loc = node.loc
+        if error.arg is not None and not isinstance(built, ir.Submodel):
+            loc = built.args.loc(error.arg) if error.arg in built.args.given else node.loc
+        if not error.mismatch:
+            raise LayercError(error.message, loc)
+        if shaper is None:
+            source = f"the model's input gives {_gives(shape)}"
+        else:
+            prev_name, prev_node = shaper
+            source = f"the previous layer {prev_name!r} (line {prev_node.loc.line}) gives {_gives(shape)}"
+        raise LayercError(
+            f"shape mismatch in model {model.name!r}: layer {name!r} {error.message}, but {source}",
+            loc,
         )
 
     def expand(
-        self, totals: tuple[int, int, int], layer: ir.Layer, node: S.LayerDef, model: str
+        self, totals: tuple[int, int, int], layer: ir.Child, node: S.LayerDef, model: str
     ) -> tuple[int, int, int]:
         """(depth, layers, weights) of a model so far, with `layer` added: a nested
         model counts with everything it holds. Limits are reported at the layer that crosses."""
@@ -220,8 +304,7 @@ class _Checker:
                 )
         else:
             count += 1
-            if isinstance(layer, ir.Linear):
-                values += layer.weight.size
+            values += max((v.size for _, v in layer.tensors if v is not None), default=0)
         if count > MAX_LAYERS:
             raise LayercError(
                 f"model {model!r} has more than {MAX_LAYERS} layers once its nested models are "
@@ -251,14 +334,14 @@ class _Checker:
                 value = arg.value
                 text = value.value if isinstance(value, (S.Name, S.String)) else None
                 if text not in ir.DTYPES:
-                    hint = _suggest(text, list(ir.DTYPES)) if isinstance(text, str) else ""
+                    hint = suggest(text, list(ir.DTYPES)) if isinstance(text, str) else ""
                     raise LayercError(f"dtype must be float32 or float64{hint}", value.loc)
                 result["dtype"] = ir.DTYPES[text]
             elif arg.name == "allow_nonfinite":
-                result["allow_nonfinite"] = self.boolean(arg.value, "allow_nonfinite")
+                result["allow_nonfinite"] = binder.boolean(arg.value, "allow_nonfinite", "model")
             else:
                 raise LayercError(
-                    f"unknown model option {arg.name!r}{_suggest(arg.name, list(MODEL_OPTIONS))} "
+                    f"unknown model option {arg.name!r}{suggest(arg.name, list(MODEL_OPTIONS))} "
                     f"(options: {', '.join(MODEL_OPTIONS)})",
                     arg.loc,
                 )
@@ -287,29 +370,10 @@ class _Checker:
         dtype: np.dtype,
         allow_nonfinite: bool,
         all_models: dict[str, S.ModelDef],
-    ) -> ir.Layer:
+    ) -> ir.Submodel | _Built:
         kind = node.kind
-        if kind == "Linear":
-            return self.linear(node, name, dtype, allow_nonfinite)
-        if kind in LAYER_PARAMS:
-            args = self.bind_args(node, LAYER_PARAMS[kind])
-            self.no_block(node)
-            params: list[tuple[str, float | int]] = []
-            if kind == "LeakyReLU":
-                slope = self.real(node, args, "negative_slope")
-                params.append(("negative_slope", slope))
-            elif kind == "Softmax":
-                dim = args["dim"]
-                dim_value = dim.value if isinstance(dim, S.Number) else dim
-                if dim_value != -1:
-                    loc = dim.loc if isinstance(dim, S.Number) else node.kind_loc
-                    raise LayercError(
-                        "Softmax supports dim=-1 only (the feature axis, which is the last axis "
-                        "of every input a layerc model takes)",
-                        loc,
-                    )
-                params.append(("dim", -1))
-            return ir.Activation(name, kind, tuple(params), node.loc)
+        if kind in KINDS:
+            return self.kind_layer(node, name, KINDS[kind], dtype, allow_nonfinite)
         if kind in self.models:
             if node.args:
                 raise LayercError(
@@ -339,9 +403,9 @@ class _Checker:
                 f"{all_models[kind].name_loc.line}); define it earlier in the file",
                 node.kind_loc,
             )
-        options = sorted(LAYER_PARAMS) + sorted(self.models)
+        options = sorted(KINDS) + sorted(self.models)
         raise LayercError(
-            f"unknown layer kind {kind!r}{_suggest(kind, options)}",
+            f"unknown layer kind {kind!r}{suggest(kind, options)}",
             node.kind_loc,
         )
 
@@ -349,131 +413,124 @@ class _Checker:
         if node.entries is not None:
             raise LayercError(f"{node.kind} takes no {{ ... }} block", node.loc)
 
-    def bind_args(self, node: S.LayerDef, params: tuple[_Param, ...]) -> dict[str, object]:
-        """Match positional and keyword arguments to parameters as Python does."""
-        bound: dict[str, object] = {}
-        names = [p.name for p in params]
-        for i, arg in enumerate(node.args):
-            if arg.name is None:
-                if any(a.name is not None for a in node.args[:i]):
-                    raise LayercError("positional argument after a keyword argument", arg.loc)
-                if i >= len(params):
-                    given = sum(1 for a in node.args if a.name is None)
-                    raise LayercError(
-                        f"{node.kind} takes {len(params)} positional argument"
-                        f"{'' if len(params) == 1 else 's'} but {given} "
-                        f"{'was' if given == 1 else 'were'} given",
-                        arg.loc,
-                    )
-                bound[names[i]] = arg.value
-            else:
-                if arg.name not in names:
-                    hint = _suggest(arg.name, names)
-                    allowed = ", ".join(names) if names else "none"
-                    raise LayercError(
-                        f"{node.kind} has no argument {arg.name!r}{hint} (arguments: {allowed})",
-                        arg.loc,
-                    )
-                if arg.name in bound:
-                    raise LayercError(f"argument {arg.name!r} is given twice", arg.loc)
-                bound[arg.name] = arg.value
-        for p in params:
-            if p.name not in bound:
-                if p.default is _REQUIRED:
-                    raise LayercError(f"{node.kind} needs the argument {p.name!r}", node.kind_loc)
-                bound[p.name] = p.default
-        return bound
+    # ------------------------------------------------------------------ layers of a kind
 
-    # ------------------------------------------------------------------ Linear
-
-    def linear(
-        self, node: S.LayerDef, name: str, dtype: np.dtype, allow_nonfinite: bool
-    ) -> ir.Linear:
-        args = self.bind_args(node, LAYER_PARAMS["Linear"])
-        in_features = self.features(args["in_features"], "in_features", node)
-        out_features = self.features(args["out_features"], "out_features", node)
-        has_bias = args["bias"]
-        if not isinstance(has_bias, bool):
-            has_bias = self.boolean(has_bias, "bias")  # type: ignore[arg-type]
-        if in_features * out_features > MAX_WEIGHTS:
+    def kind_layer(
+        self, node: S.LayerDef, name: str, spec: Kind, dtype: np.dtype, allow_nonfinite: bool
+    ) -> _Built:
+        """Bind the arguments, then read, draw or default every weight and buffer the kind
+        declares; the shapes are checked by the model, which knows the layer's input."""
+        args = binder.bind(spec.name, spec.params, node.args, node.kind_loc)
+        spec.validate(args)
+        if not spec.entries():
+            self.no_block(node)
+        count = _weights_count(spec, args)
+        if count > MAX_WEIGHTS:
             raise LayercError(
-                f"Linear({in_features}, {out_features}) has more than {MAX_WEIGHTS} weights",
-                node.kind_loc,
+                f"{_describe_call(spec, args)} has more than {MAX_WEIGHTS} weights", node.kind_loc
             )
         # Counted before any value is read or drawn, so the memory asked for stays bounded.
-        self.weights += in_features * out_features
+        self.weights += count
         if self.weights > MAX_WEIGHTS:
             raise LayercError(
                 f"the models of this file have more than {MAX_WEIGHTS} weights in all",
                 node.kind_loc,
             )
+        entries = self.entries(node, spec)
+        values = args.values
+        for t in spec.tensors:
+            if t.name in entries and not t.present(values):
+                off = next(flag for flag in t.flags if not values[flag])
+                noun = f"a {t.name}" if t.name in ("weight", "bias") else repr(t.name)
+                raise LayercError(
+                    f"layer {name!r} is declared with {off}=false but gives {noun}",
+                    entries[t.name].loc,
+                )
+        drawn = self.draw(node, name, spec, args, entries)
+        tensors: list[tuple[str, np.ndarray | None]] = []
+        for t in spec.tensors:
+            if not t.present(values):
+                tensors.append((t.name, None))
+                continue
+            shape = t.shape(values)
+            tensor_dtype = np.dtype(t.dtype) if t.dtype is not None else dtype
+            entry = entries.get(t.name)
+            if entry is not None:
+                array = self.array(entry, shape, t.name, tensor_dtype)
+                array = self.convert(
+                    array, tensor_dtype, allow_nonfinite, t.name, entry.loc, entry.value
+                )
+            elif t.name in drawn:
+                source = entries.get("init")
+                assert source is not None
+                array = self.convert(
+                    drawn[t.name], tensor_dtype, allow_nonfinite, t.name, source.loc, source.value
+                )
+            elif t.initial is not None:
+                initial = np.full(shape, t.initial_value(values), dtype=np.float64)
+                array = self.convert(initial, tensor_dtype, allow_nonfinite, t.name, node.kind_loc)
+            else:
+                raise self.missing(node, name, spec, t.name, entries)
+            tensors.append((t.name, array))
+        return _Built(spec, args, tuple(tensors))
+
+    def entries(self, node: S.LayerDef, spec: Kind) -> dict[str, S.Entry]:
+        allowed = spec.entries()
         entries: dict[str, S.Entry] = {}
         for entry in node.entries or ():
-            if entry.name not in LINEAR_ENTRIES:
+            if entry.name not in allowed:
                 raise LayercError(
-                    f"unknown Linear entry {entry.name!r}{_suggest(entry.name, list(LINEAR_ENTRIES))} "
-                    f"(entries: {', '.join(LINEAR_ENTRIES)})",
+                    f"unknown {spec.name} entry {entry.name!r}"
+                    f"{suggest(entry.name, list(allowed))} (entries: {', '.join(allowed)})",
                     entry.loc,
                 )
             if entry.name in entries:
                 raise LayercError(f"{entry.name!r} is given twice", entry.loc)
             entries[entry.name] = entry
-        if "bias" in entries and not has_bias:
-            raise LayercError(
-                f"layer {name!r} is declared with bias=false but gives a bias", entries["bias"].loc
-            )
-        weight_shape = (out_features, in_features)
-        weight: np.ndarray | None = None
-        bias: np.ndarray | None = None
-        if "init" in entries:
-            if "weight" in entries:
-                raise LayercError("give either 'weight' or 'init', not both", entries["init"].loc)
-            weight, bias = self.init(entries["init"], in_features, out_features, has_bias)
-        elif "weight" in entries:
-            weight = self.array(entries["weight"], weight_shape, "weight", dtype)
-        else:
-            raise LayercError(
-                f"layer {name!r} has no weights: give 'weight = ...' or 'init = uniform(seed=0)' "
-                "in a { ... } block",
-                node.loc,
-            )
-        if "bias" in entries:
-            bias = self.array(entries["bias"], (out_features,), "bias", dtype)
-        elif has_bias and bias is None:
-            raise LayercError(
-                f"layer {name!r} has a bias (bias=true) but no values for it: give 'bias = [...]', "
-                "or declare bias=false",
-                entries["weight"].loc,
-            )
-        source = entries.get("weight") or entries["init"]
-        weight = self.convert(weight, dtype, allow_nonfinite, "weight", source.loc, source.value)
-        if bias is not None:
-            source = entries.get("bias") or entries.get("init") or entries["weight"]
-            bias = self.convert(bias, dtype, allow_nonfinite, "bias", source.loc, source.value)
-        return ir.Linear(name, in_features, out_features, weight, bias, node.loc)
+        return entries
 
-    def features(self, value: object, what: str, node: S.LayerDef) -> int:
-        if not isinstance(value, S.Number) or not value.is_int:
-            loc = getattr(value, "loc", node.kind_loc)
-            raise LayercError(f"{what} must be a positive integer", loc)
-        if len(value.text.lstrip("+-")) > 12 or value.value > MAX_FEATURES:
-            raise LayercError(
-                f"{what} = {value.text} is too large (at most {MAX_FEATURES})", value.loc
-            )
-        number = int(value.value)
-        if number <= 0:
-            raise LayercError(f"{what} must be a positive integer, not {value.text}", value.loc)
-        return number
-
-    def init(
-        self, entry: S.Entry, in_features: int, out_features: int, bias: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """`init = NAME(args)`: the drawn weight and bias (float64); weights.initialise checks
-        the initialiser's name and arguments."""
-        value = entry.value
+    def draw(
+        self,
+        node: S.LayerDef,
+        name: str,
+        spec: Kind,
+        args: binder.Bound,
+        entries: dict[str, S.Entry],
+    ) -> dict[str, np.ndarray]:
+        """The tensors `init = NAME(...)` draws (float64), or {} without an `init` entry. The
+        first tensor cannot be given next to `init`; the others replace the drawn ones."""
+        if "init" not in entries:
+            return {}
+        first = spec.tensors[0].name
+        if first in entries:
+            raise LayercError(f"give either {first!r} or 'init', not both", entries["init"].loc)
+        value = entries["init"].value
         if not isinstance(value, S.Call):
             raise LayercError("init must be an initialiser call such as uniform(seed=0)", value.loc)
-        return W.initialise(value, out_features, in_features, bias)
+        assert spec.initialiser is not None
+        drawn = spec.initialiser(value, args.values)
+        return {key: array for key, array in drawn.items() if array is not None}
+
+    def missing(
+        self, node: S.LayerDef, name: str, spec: Kind, tensor: str, entries: dict[str, S.Entry]
+    ) -> LayercError:
+        """The error for a tensor that has no initial value and was not given."""
+        t = next(t for t in spec.tensors if t.name == tensor)
+        if tensor == spec.tensors[0].name or not entries:
+            how = "'init = uniform(seed=0)'" if spec.initialiser is not None else "its values"
+            return LayercError(
+                f"layer {name!r} has no weights: give '{tensor} = ...' or {how} in a {{ ... }} "
+                "block",
+                node.loc,
+            )
+        flags = ", ".join(f"{flag}=true" for flag in t.flags)
+        undo = " or ".join(f"declare {flag}=false" for flag in t.flags)
+        first_given = next(iter(entries.values()))
+        return LayercError(
+            f"layer {name!r} has a {tensor} ({flags}) but no values for it: give "
+            f"'{tensor} = [...]', or {undo}",
+            first_given.loc,
+        )
 
     # ------------------------------------------------------------------ values
 
@@ -504,35 +561,13 @@ class _Checker:
         if call.func != "load":
             raise LayercError(
                 f'unknown function {call.func!r}: values are literals or load("file", "key")'
-                f"{_suggest(call.func, ['load'])}",
+                f"{suggest(call.func, ['load'])}",
                 call.loc,
             )
-        positional = []
-        for i, arg in enumerate(call.args):
-            if arg.name is None and any(a.name is not None for a in call.args[:i]):
-                raise LayercError("positional argument after a keyword argument", arg.loc)
-            if arg.name not in (None, "path", "key"):
-                raise LayercError(
-                    f"load() has no argument {arg.name!r} (arguments: path, key)", arg.loc
-                )
-            if not isinstance(arg.value, S.String):
-                raise LayercError('load() takes strings: load("file.npz", "key")', arg.value.loc)
-            positional.append(arg)
-        by_name: dict[str, str] = {}
-        order = ["path", "key"]
-        for i, arg in enumerate(positional):
-            key = arg.name or (order[i] if i < 2 else None)
-            if key is None:
-                raise LayercError("load() takes at most two arguments: a path and a key", arg.loc)
-            if key in by_name:
-                raise LayercError(f"load() got {key!r} twice", arg.loc)
-            assert isinstance(arg.value, S.String)
-            by_name[key] = arg.value.value
-        if "path" not in by_name:
-            raise LayercError("load() needs a file path", call.loc)
-        return W.load_array(
-            by_name["path"], by_name.get("key"), self.base_dir, call.loc, dtype=dtype, shape=shape
-        )
+        args = binder.bind("load()", LOAD_PARAMS, call.args, call.loc)
+        path, key = args["path"], args["key"]
+        assert isinstance(path, str) and (key is None or isinstance(key, str))
+        return W.load_array(path, key, self.base_dir, call.loc, dtype=dtype, shape=shape)
 
     def convert(
         self,
@@ -566,28 +601,12 @@ class _Checker:
             )
         return np.ascontiguousarray(converted)
 
-    def boolean(self, value: S.Value, what: str) -> bool:
-        if not isinstance(value, S.Bool):
-            # Python's True/False are the usual slip: suggest the .lyr spelling.
-            hint = _suggest(value.value, ["true", "false"]) if isinstance(value, S.Name) else ""
-            raise LayercError(f"{what} must be true or false{hint}", value.loc)
-        return value.value
-
-    def real(self, node: S.LayerDef, args: dict[str, object], key: str) -> float:
-        value = args[key]
-        if isinstance(value, float):
-            return value
-        if not isinstance(value, S.Number) or not math.isfinite(value.value):
-            loc = getattr(value, "loc", node.kind_loc)
-            raise LayercError(f"{key} must be a finite number", loc)
-        return value.value
-
     # ------------------------------------------------------------------ tests
 
     def test(self, node: S.TestDef) -> ir.TestCase:
         if node.model not in self.models:
             raise LayercError(
-                f"test names unknown model {node.model!r}{_suggest(node.model, list(self.models))}",
+                f"test names unknown model {node.model!r}{suggest(node.model, list(self.models))}",
                 node.model_loc,
             )
         model = self.models[node.model]
@@ -595,7 +614,7 @@ class _Checker:
         for entry in node.entries:
             if entry.name not in TEST_ENTRIES:
                 raise LayercError(
-                    f"unknown test entry {entry.name!r}{_suggest(entry.name, list(TEST_ENTRIES))} "
+                    f"unknown test entry {entry.name!r}{suggest(entry.name, list(TEST_ENTRIES))} "
                     f"(entries: {', '.join(TEST_ENTRIES)})",
                     entry.loc,
                 )
@@ -607,9 +626,11 @@ class _Checker:
                 raise LayercError(f"test of {node.model!r} has no {needed!r}", node.loc)
         inputs = self.array(entries["input"], None, "input")
         expect = self.array(entries["expect"], None, "expect")
-        self.test_shape(inputs, model.in_features, "input", entries["input"].value.loc)
-        self.test_shape(expect, model.out_features, "expect", entries["expect"].value.loc)
-        if inputs.shape[:-1] != expect.shape[:-1]:
+        self.test_shape(inputs, model.in_shape, "input", entries["input"].value.loc)
+        self.test_shape(expect, model.out_shape, "expect", entries["expect"].value.loc)
+        in_batch = inputs.shape[: inputs.ndim - len(model.in_shape)]
+        out_batch = expect.shape[: expect.ndim - len(model.out_shape)]
+        if in_batch != out_batch:
             raise LayercError(
                 f"input has {W.fmt_shape(inputs.shape)} but expect has {W.fmt_shape(expect.shape)}: "
                 "they must hold the same number of samples",
@@ -625,16 +646,16 @@ class _Checker:
         inputs = self.convert(inputs, model.dtype, True, "input", source.loc, source)
         return ir.TestCase(model, inputs, expect, atol, rtol, node.loc)
 
-    def test_shape(self, array: np.ndarray, width: int, what: str, loc: Loc) -> None:
-        if array.ndim not in (1, 2) or array.shape[-1] != width:
-            raise LayercError(
-                f"{what} has shape {W.fmt_shape(array.shape)} but the model takes ({width},) "
-                f"or (N, {width})"
-                if what == "input"
-                else f"{what} has shape {W.fmt_shape(array.shape)} but the model gives ({width},) "
-                f"or (N, {width})",
-                loc,
-            )
+    def test_shape(self, array: np.ndarray, shape: Shape, what: str, loc: Loc) -> None:
+        """One sample (`shape`) or a batch of them (N, *shape)."""
+        if array.shape == shape or (array.ndim == len(shape) + 1 and array.shape[1:] == shape):
+            return
+        verb = "takes" if what == "input" else "gives"
+        raise LayercError(
+            f"{what} has shape {W.fmt_shape(array.shape)} but the model {verb} "
+            f"{fmt_shape(shape)} or (N, {', '.join(map(str, shape))})",
+            loc,
+        )
 
     def tolerance(self, entry: S.Entry) -> float:
         value = entry.value

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__, ir
+from . import __version__, ir, kinds
 from .runtime import ABI
 from .runtime import data as weights_data
 from .runtime.layers import reserved_names
@@ -36,37 +36,13 @@ FASTMATH = '{"reassoc", "contract"}'
 BLAS_GEMM_MIN = 4096
 BLAS_GEMV_MIN = 16384
 
-_ACTIVATION_BASE = {
-    "ReLU": "relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "Identity": "identity",
-    "LeakyReLU": "leaky_relu",
-    "Softmax": "softmax",
-}
-_ACTIVATION_DOC = {
-    "ReLU": "ReLU: max(x, 0) elementwise; NaN stays NaN.",
-    "Sigmoid": "Sigmoid: 1 / (1 + exp(-x)) elementwise.",
-    "Tanh": "Tanh: tanh(x) elementwise.",
-    "Identity": "Identity: a copy of x.",
-    "LeakyReLU": "LeakyReLU: x if x > 0 else negative_slope * x, elementwise.",
-}
 
-
-def _elementwise(layer: ir.Activation, t: str) -> str:
-    """The expression an elementwise activation computes from `v` (numba code, dtype `t`)."""
-    kind = layer.kind
-    if kind == "ReLU":
-        return f"{t}(0.0) if v <= 0 else v"
-    if kind == "LeakyReLU":
-        return f"v if v > 0 else v * {t}({_py_float(layer.param('negative_slope'))})"
-    if kind == "Sigmoid":
-        return f"{t}(1.0) / ({t}(1.0) + _np.exp(-v))"
-    if kind == "Tanh":
-        return "_np.tanh(v)"
-    if kind == "Identity":
-        return "v"
-    raise CodegenError(f"failed to render activation {kind!r} of layer {layer.name!r} elementwise")
+def _elementwise(layer: ir.Layer, t: str) -> str:
+    """The expression an elementwise layer computes from `v` (numba code, dtype `t`)."""
+    native = layer.spec.native
+    if not isinstance(native, kinds.Elementwise):
+        raise CodegenError(f"failed to render {layer.kind!r} of layer {layer.name!r} elementwise")
+    return native.expr(layer.argdict, t)
 
 
 def _emit_input_check(e: Emitter, dtype: np.dtype, width: int | None) -> None:
@@ -86,14 +62,14 @@ class _Op:
     activation, with the indices of its parameters among the fused kernel's arguments."""
 
     path: str
-    layer: ir.Linear | ir.Activation
+    layer: ir.Layer
     params: tuple[int, ...]
     width: int  # features of the step's output
-    epilogue: ir.Activation | None = None
+    epilogue: ir.Layer | None = None
     epilogue_path: str = ""
 
     def describe(self) -> str:
-        if isinstance(self.layer, ir.Linear):
+        if self.layer.kind == "Linear":
             text = f"({self.path}) Linear {self.layer.in_features} -> {self.layer.out_features}"
         else:
             text = f"({self.path}) {self.layer.kind}"
@@ -102,25 +78,17 @@ class _Op:
         return text
 
 
-def _flatten(model: ir.Model, prefix: str = "", first_param: int = 0, width: int = 0) -> list[_Op]:
+def _flatten(model: ir.Model) -> list[_Op]:
     """The model's layers in execution order, nested models expanded, Identity dropped."""
     ops: list[_Op] = []
-    index = first_param
-    width = width or model.in_features
-    for layer in model.layers:
-        path = prefix + layer.name
-        if isinstance(layer, ir.Linear):
-            count = 2 if layer.bias is not None else 1
-            ops.append(_Op(path, layer, tuple(range(index, index + count)), layer.out_features))
+    index = 0
+    for path, layer in ir.layers(model):
+        count = sum(1 for _, value in layer.tensors if value is not None)
+        if layer.spec.dropped:
             index += count
-            width = layer.out_features
-        elif isinstance(layer, ir.Submodel):
-            inner = _flatten(layer.model, path + ".", index, width)
-            ops.extend(inner)
-            index += sum(len(op.params) for op in inner)
-            width = layer.model.out_features
-        elif layer.kind != "Identity":
-            ops.append(_Op(path, layer, (), width))
+            continue
+        ops.append(_Op(path, layer, tuple(range(index, index + count)), layer.out_features))
+        index += count
     return ops
 
 
@@ -131,10 +99,9 @@ def _fuse(ops: list[_Op]) -> list[_Op]:
         prev = out[-1] if out else None
         if (
             prev is not None
-            and isinstance(prev.layer, ir.Linear)
+            and prev.layer.kind == "Linear"
             and prev.epilogue is None
-            and isinstance(op.layer, ir.Activation)
-            and op.layer.kind != "Softmax"
+            and op.layer.spec.fuse == "activation"
         ):
             out[-1] = _Op(prev.path, prev.layer, prev.params, prev.width, op.layer, op.path)
         else:
@@ -173,6 +140,22 @@ def _py_float(value: float) -> str:
     if text in ("nan", "inf", "-inf"):
         raise CodegenError(f"non-finite value {text} cannot be a literal")
     return text
+
+
+def _py_value(value: object) -> str:
+    """An argument's value as Python source: numbers from their parsed values, strings and
+    tuples through repr()."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return _py_float(value)
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, tuple) and all(type(v) is int for v in value):
+        return repr(tuple(int(v) for v in value))
+    raise CodegenError(f"failed to render the value {value!r}")
 
 
 def _doc_repr(text: str) -> str:
@@ -331,14 +314,14 @@ class _Generator:
             e.line()
         return self.kernel_names[key]
 
-    def linear_core(self, layer: ir.Linear, dtype: np.dtype, epilogue: ir.Activation | None) -> str:
+    def linear_core(self, layer: ir.Layer, dtype: np.dtype, epilogue: ir.Layer | None) -> str:
         n_out, n_in = layer.out_features, layer.in_features
         has_bias = layer.bias is not None
         t = f"_np.{dtype.name}"
-        act_key = None if epilogue is None else (epilogue.kind, epilogue.params)
+        act_key = None if epilogue is None else (epilogue.kind, epilogue.args)
         wanted = f"_linear_{n_out}x{n_in}_{_dtype_tag(dtype)}" + ("" if has_bias else "_nobias")
         if epilogue is not None:
-            wanted += "_" + _ACTIVATION_BASE[epilogue.kind]
+            wanted += "_" + epilogue.spec.base
         expr = "v" if epilogue is None else _elementwise(epilogue, t)
         gemm = n_in * n_out >= BLAS_GEMM_MIN
         gemv = n_in * n_out >= BLAS_GEMV_MIN
@@ -391,7 +374,7 @@ class _Generator:
 
     @staticmethod
     def epilogue_loop(
-        e: Emitter, n_out: int, has_bias: bool, epilogue: ir.Activation | None, expr: str
+        e: Emitter, n_out: int, has_bias: bool, epilogue: ir.Layer | None, expr: str
     ) -> None:
         """After BLAS: add the bias and apply the folded activation, in place."""
         if not has_bias and epilogue is None:
@@ -403,37 +386,20 @@ class _Generator:
                 e.line("v = ys[s, o] + bias[o]" if has_bias else "v = ys[s, o]")
                 e.line(f"ys[s, o] = {expr}")
 
-    def activation_core(self, layer: ir.Activation, dtype: np.dtype) -> str:
+    def activation_core(self, layer: ir.Layer, dtype: np.dtype) -> str:
         t = f"_np.{dtype.name}"
-        wanted = f"_{_ACTIVATION_BASE[layer.kind]}_{_dtype_tag(dtype)}"
+        spec = layer.spec
+        wanted = f"_{spec.base}_{_dtype_tag(dtype)}"
 
         def emit(e: Emitter, name: str) -> None:
             e.line(f"def {name}(xs, ys):")
             with e.indent():
-                if layer.kind == "Softmax":
-                    e.line(
-                        '"""Softmax of each row: exp(x - max) / sum(exp(x - max)); ys may be xs."""'
-                    )
-                    e.line("n, f = xs.shape")
-                    e.line("for s in range(n):")
-                    with e.indent():
-                        e.line(f"m = {t}(-_np.inf)")
-                        e.line("for i in range(f):")
-                        with e.indent():
-                            e.line("if xs[s, i] > m:")
-                            with e.indent():
-                                e.line("m = xs[s, i]")
-                        e.line(f"total = {t}(0.0)")
-                        e.line("for i in range(f):")
-                        with e.indent():
-                            e.line("v = _np.exp(xs[s, i] - m)")
-                            e.line("ys[s, i] = v")
-                            e.line("total += v")
-                        e.line("for i in range(f):")
-                        with e.indent():
-                            e.line("ys[s, i] = ys[s, i] / total")
+                native = spec.native
+                if isinstance(native, kinds.Rowwise):
+                    e.line(f'"""{spec.doc}"""')
+                    native.emit(e, layer.argdict, t)
                 else:
-                    e.line(f'"""{_ACTIVATION_DOC[layer.kind]} ys may be xs."""')
+                    e.line(f'"""{spec.doc} ys may be xs."""')
                     e.line("xf = xs.reshape(xs.size)")
                     e.line("yf = ys.reshape(ys.size)")
                     e.line("for i in range(xf.size):")
@@ -441,11 +407,11 @@ class _Generator:
                         e.line("v = xf[i]")
                         e.line(f"yf[i] = {_elementwise(layer, t)}")
 
-        return self.kernel(("act", layer.kind, layer.params, dtype.name), wanted, emit)
+        return self.kernel(("act", layer.kind, layer.args, dtype.name), wanted, emit)
 
-    def module_kernel(self, layer: ir.Linear | ir.Activation, dtype: np.dtype) -> str:
+    def module_kernel(self, layer: ir.Layer, dtype: np.dtype) -> str:
         """`kernel(x, y, *params)` for one layer's own class: any (*, features) input."""
-        if isinstance(layer, ir.Linear):
+        if layer.kind == "Linear":
             core = self.linear_core(layer, dtype, None)
             n_in, n_out = layer.in_features, layer.out_features
             params = "weight, bias" if layer.bias is not None else "weight"
@@ -487,7 +453,7 @@ class _Generator:
     def model_kernel(self, model: ir.Model) -> str:
         """The fused forward: every layer of the model (nested models flattened) in one call."""
         for layer in model.layers:
-            if isinstance(layer, (ir.Linear, ir.Activation)):
+            if isinstance(layer, ir.Layer):
                 self.layer_class(layer, model.dtype)
         ops = _fuse(_flatten(model))
         args = self.kernel_args(model)
@@ -496,7 +462,7 @@ class _Generator:
         # Resolve every core first, so the cores are emitted before the fused kernel.
         cores = [
             self.linear_core(op.layer, model.dtype, op.epilogue)
-            if isinstance(op.layer, ir.Linear)
+            if op.layer.kind == "Linear"
             else self.activation_core(op.layer, model.dtype)
             for op in ops
         ]
@@ -525,7 +491,7 @@ class _Generator:
                     last = index == len(ops) - 1
                     if last:
                         target = "out"
-                    elif isinstance(op.layer, ir.Linear) or is_input:
+                    elif op.layer.kind == "Linear" or is_input:
                         buffers += 1
                         target = f"h{buffers}"
                         e.line(f"{target} = _np.empty((n, {op.width}), dtype={t})")
@@ -538,17 +504,17 @@ class _Generator:
 
         return self.kernel(("model", model.name), f"_forward_{model.name}", emit)
 
-    def layer_class(self, layer: ir.Linear | ir.Activation, dtype: np.dtype) -> str:
+    def layer_class(self, layer: ir.Layer, dtype: np.dtype) -> str:
         """A runtime layer subclass fixed to one shape and dtype, carrying its kernel."""
         tag = _dtype_tag(dtype)
-        if isinstance(layer, ir.Linear):
+        if layer.kind == "Linear":
             has_bias = layer.bias is not None
             key: tuple = ("Linear", layer.out_features, layer.in_features, dtype.name, has_bias)
             wanted = f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + (
                 "" if has_bias else "_nobias"
             )
         else:
-            key = ("act", layer.kind, layer.params, dtype.name)
+            key = ("act", layer.kind, layer.args, dtype.name)
             wanted = f"_{layer.kind}_{tag}"
         if key in self.layer_class_names:
             return self.layer_class_names[key]
@@ -556,7 +522,7 @@ class _Generator:
         name = self.names.claim(wanted)
         self.layer_class_names[key] = name
         e = self.layer_classes
-        if isinstance(layer, ir.Linear):
+        if layer.kind == "Linear":
             e.line(f"class {name}(_rt.Linear):")
             with e.indent():
                 e.line(
@@ -578,9 +544,8 @@ class _Generator:
             e.line(f"class {name}(_rt.{layer.kind}):")
             with e.indent():
                 e.line(f"dtype = _np.dtype({dtype.name!r})")
-                for pname, value in layer.params:
-                    text = _py_float(value) if isinstance(value, float) else str(int(value))
-                    e.line(f"{pname} = {text}")
+                for pname, value in layer.args:
+                    e.line(f"{pname} = {_py_value(value)}")
                 e.line(f"_kernel = staticmethod({kernel})")
         e.line()
         e.line()
@@ -638,29 +603,30 @@ class _Generator:
             out.append((alias, name))
         return out
 
-    def construct(self, model: ir.Model, layer: ir.Layer) -> str:
-        if isinstance(layer, ir.Linear):
+    def construct(self, model: ir.Model, layer: ir.Child) -> str:
+        if isinstance(layer, ir.Layer) and layer.kind == "Linear":
             cls = self.layer_class(layer, model.dtype)
             key = f"{model.name}/{layer.name}"
+            assert layer.weight is not None
             self.weights.append((f"{key}.weight", layer.weight))
             args = f"_WEIGHTS[{key + '.weight'!r}]"
             if layer.bias is not None:
                 self.weights.append((f"{key}.bias", layer.bias))
                 args += f", _WEIGHTS[{key + '.bias'!r}]"
             return f"{cls}({args})"
-        if isinstance(layer, ir.Activation):
+        if isinstance(layer, ir.Layer):
             return f"{self.layer_class(layer, model.dtype)}()"
         if isinstance(layer, ir.Submodel):
             return f"{self.class_names[layer.model.name]}()"
         raise CodegenError(f"failed to render layer {layer!r}")
 
 
-def _describe(layer: ir.Layer) -> str:
-    if isinstance(layer, ir.Linear):
+def _describe(layer: ir.Child) -> str:
+    if isinstance(layer, ir.Layer) and layer.kind == "Linear":
         return f"Linear(in_features={layer.in_features}, out_features={layer.out_features}, bias={layer.bias is not None})"
     if isinstance(layer, ir.Submodel):
         return f"{layer.model.name}, {layer.model.in_features} -> {layer.model.out_features}"
-    args = ", ".join(f"{k}={v!r}" for k, v in layer.params)
+    args = ", ".join(f"{k}={v!r}" for k, v in layer.args)
     return f"{layer.kind}({args})"
 
 

@@ -4,6 +4,7 @@ the source line and a caret, the only form in which users see compile errors."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -31,6 +32,14 @@ class LayercError(Exception):
     def __str__(self) -> str:
         where = str(self.loc) if self.loc is not None else (self.file or "layerc")
         return f"{where}: {self.message}"
+
+
+def suggest(name: str, options: list[str]) -> str:
+    """ "; did you mean 'X'?" for the option closest to `name`, ignoring case (so that `Relu`
+    finds `ReLU`), or "" when none is close."""
+    by_lower = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 class UsageError(Exception):

@@ -1,45 +1,72 @@
-"""The resolved model: what the checker produces and the only thing code generation reads.
+"""The resolved model: what the checker produces and what the lowering stage reads.
 
-Names are bound, sizes known and weights are NumPy arrays of the model's dtype. `verify`
-re-checks the invariants code generation relies on; tests call it after checking.
+Names are bound, per-sample shapes known and weights are NumPy arrays of the model's dtype. Every
+layer is a `Layer` of a kind in `kinds.KINDS` (its bound arguments, its weights and buffers in
+state_dict order), or a `Submodel`. `walk` is the one walk over nested models; `verify` re-checks
+the invariants the later stages rely on, and tests call it after checking.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import Loc
+from .kinds import KINDS, Kind, ShapeError
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
-ACTIVATIONS = ("ReLU", "Sigmoid", "Tanh", "Identity", "LeakyReLU", "Softmax")
+Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True, eq=False)
-class Linear:
-    """y = x W^T + b, with W of shape (out_features, in_features)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    weight: np.ndarray
-    bias: np.ndarray | None
-    loc: Loc
-
-
-@dataclass(frozen=True, eq=False)
-class Activation:
-    """An elementwise (or, for Softmax, last-axis) function; `params` holds its arguments."""
+class Layer:
+    """A layer of kind `kind`: every argument of the kind (defaults filled in) in the kind's
+    order, every weight and buffer it declares in state_dict order (None where torch registers
+    None, as `bias` with bias=false), and its per-sample input and output shapes."""
 
     name: str
     kind: str
-    params: tuple[tuple[str, float | int], ...]
+    args: tuple[tuple[str, object], ...]
+    tensors: tuple[tuple[str, np.ndarray | None], ...]
+    in_shape: Shape
+    out_shape: Shape
     loc: Loc
 
-    def param(self, key: str) -> float | int:
-        return dict(self.params)[key]
+    @property
+    def spec(self) -> Kind:
+        return KINDS[self.kind]
+
+    @property
+    def argdict(self) -> dict[str, object]:
+        return dict(self.args)
+
+    def arg(self, key: str) -> object:
+        return self.argdict[key]
+
+    def tensor(self, key: str) -> np.ndarray | None:
+        """The weight or buffer `key`, or None when the layer has none by that name."""
+        return dict(self.tensors).get(key)
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        return self.tensor("weight")
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.tensor("bias")
+
+    @property
+    def in_features(self) -> int:
+        """Values along the last axis of the input (a Linear's `in_features`)."""
+        return self.in_shape[-1]
+
+    @property
+    def out_features(self) -> int:
+        return self.out_shape[-1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,19 +77,36 @@ class Submodel:
     model: Model
     loc: Loc
 
+    @property
+    def in_shape(self) -> Shape:
+        return self.model.in_shape
 
-Layer = Linear | Activation | Submodel
+    @property
+    def out_shape(self) -> Shape:
+        return self.model.out_shape
+
+
+Child = Layer | Submodel
 
 
 @dataclass(frozen=True, eq=False)
 class Model:
     name: str
     dtype: np.dtype
-    layers: tuple[Layer, ...]
-    in_features: int
-    out_features: int
+    layers: tuple[Child, ...]
+    in_shape: Shape  # per sample: the model takes (*in_shape) or (*, *in_shape)
+    out_shape: Shape
     loc: Loc
     allow_nonfinite: bool = False
+
+    @property
+    def in_features(self) -> int:
+        """Values per input sample (the feature count when the input is 1-D)."""
+        return math.prod(self.in_shape)
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.out_shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,24 +126,55 @@ class Program:
     tests: tuple[TestCase, ...] = field(default=())
 
 
-def layer_sizes(layer: Layer) -> tuple[int, int] | None:
-    """(in, out) of a layer, or None for a size-preserving activation."""
-    if isinstance(layer, Linear):
-        return layer.in_features, layer.out_features
-    if isinstance(layer, Submodel):
-        return layer.model.in_features, layer.model.out_features
-    return None
+# --------------------------------------------------------------------------- the walker
 
 
-def linears(model: Model) -> list[tuple[str, Linear]]:
+def walk(model: Model, prefix: str = "", *, submodels: bool = False) -> Iterator[tuple[str, Child]]:
+    """Every layer of `model` in execution order, with its path from the model ("enc.fc", the
+    prefix of its state_dict keys): nested models are expanded in place and, with `submodels`,
+    yielded themselves just before their layers."""
+    for child in model.layers:
+        path = prefix + child.name
+        if isinstance(child, Submodel):
+            if submodels:
+                yield path, child
+            yield from walk(child.model, path + ".", submodels=submodels)
+        else:
+            yield path, child
+
+
+def layers(model: Model) -> Iterator[tuple[str, Layer]]:
+    """The layers `walk` gives, nested models expanded (the models themselves left out)."""
+    for path, child in walk(model):
+        assert isinstance(child, Layer)
+        yield path, child
+
+
+def linears(model: Model) -> list[tuple[str, Layer]]:
     """Every Linear in the model, nested ones included, with its state_dict prefix."""
-    out: list[tuple[str, Linear]] = []
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            out.append((layer.name, layer))
-        elif isinstance(layer, Submodel):
-            out.extend((f"{layer.name}.{path}", lin) for path, lin in linears(layer.model))
-    return out
+    return [(path, layer) for path, layer in layers(model) if layer.kind == "Linear"]
+
+
+def tensors(model: Model) -> Iterator[tuple[str, np.ndarray]]:
+    """Every weight and buffer the model holds, under its state_dict key, in state_dict order
+    (each layer's parameters, then its buffers)."""
+    for path, layer in layers(model):
+        spec = layer.spec
+        for buffers in (False, True):
+            for t in spec.tensors:
+                value = layer.tensor(t.name)
+                if t.buffer == buffers and value is not None:
+                    yield f"{path}.{t.name}", value
+
+
+def layer_sizes(layer: Child) -> tuple[int, int] | None:
+    """(in, out) features of a layer that changes the shape, or None for a shape-preserving one."""
+    if isinstance(layer, Layer) and layer.spec.preserves_shape:
+        return None
+    return math.prod(layer.in_shape), math.prod(layer.out_shape)
+
+
+# --------------------------------------------------------------------------- the verifier
 
 
 class IRError(AssertionError):
@@ -107,7 +182,7 @@ class IRError(AssertionError):
 
 
 def verify(program: Program) -> None:
-    """Check the invariants code generation relies on; raise IRError naming the first broken."""
+    """Check the invariants the later stages rely on; raise IRError naming the first broken."""
     seen: set[str] = set()
     for model in program.models:
         if model.name in seen:
@@ -117,8 +192,9 @@ def verify(program: Program) -> None:
     for test in program.tests:
         if test.model.name not in seen:
             raise IRError(f"test refers to unknown model {test.model.name!r}")
-        if test.input.shape[-1] != test.model.in_features:
-            raise IRError(f"test input width {test.input.shape} for {test.model.name}")
+        rank = len(test.model.in_shape)
+        if test.input.shape[test.input.ndim - rank :] != test.model.in_shape:
+            raise IRError(f"test input shape {test.input.shape} for {test.model.name}")
 
 
 def _verify_model(model: Model, defined: set[str]) -> None:
@@ -127,29 +203,46 @@ def _verify_model(model: Model, defined: set[str]) -> None:
     names = [layer.name for layer in model.layers]
     if len(set(names)) != len(names):
         raise IRError(f"{model.name}: duplicate layer names {names}")
-    size: int | None = None
+    shape = model.in_shape
     for layer in model.layers:
-        if isinstance(layer, Linear):
-            shape = (layer.out_features, layer.in_features)
-            if layer.weight.shape != shape or layer.weight.dtype != model.dtype:
-                raise IRError(f"{model.name}.{layer.name}: weight {layer.weight.shape}")
-            if layer.bias is not None and (
-                layer.bias.shape != (layer.out_features,) or layer.bias.dtype != model.dtype
-            ):
-                raise IRError(f"{model.name}.{layer.name}: bias {layer.bias.shape}")
-            if not model.allow_nonfinite and not np.isfinite(layer.weight).all():
-                raise IRError(f"{model.name}.{layer.name}: non-finite weight")
-        elif isinstance(layer, Submodel):
+        where = f"{model.name}.{layer.name}"
+        if layer.in_shape != shape:
+            raise IRError(f"{where}: takes {layer.in_shape}, gets {shape}")
+        if isinstance(layer, Submodel):
             if layer.model.name not in defined or layer.model.dtype != model.dtype:
-                raise IRError(f"{model.name}.{layer.name}: submodel {layer.model.name}")
-        elif layer.kind not in ACTIVATIONS:
-            raise IRError(f"{model.name}.{layer.name}: activation {layer.kind}")
-        sizes = layer_sizes(layer)
-        if sizes is not None:
-            if size is not None and sizes[0] != size:
-                raise IRError(f"{model.name}.{layer.name}: takes {sizes[0]}, gets {size}")
-            if size is None and sizes[0] != model.in_features:
-                raise IRError(f"{model.name}: in_features {model.in_features} != {sizes[0]}")
-            size = sizes[1]
-    if size != model.out_features:
-        raise IRError(f"{model.name}: out_features {model.out_features} != {size}")
+                raise IRError(f"{where}: submodel {layer.model.name}")
+        else:
+            _verify_layer(layer, model, where)
+        shape = layer.out_shape
+    if shape != model.out_shape:
+        raise IRError(f"{model.name}: out_shape {model.out_shape} != {shape}")
+
+
+def _verify_layer(layer: Layer, model: Model, where: str) -> None:
+    spec = KINDS.get(layer.kind)
+    if spec is None:
+        raise IRError(f"{where}: unknown kind {layer.kind}")
+    args = layer.argdict
+    if [name for name, _ in layer.args] != [p.name for p in spec.params]:
+        raise IRError(f"{where}: arguments {list(args)}")
+    try:
+        out = spec.shape(args, layer.in_shape)
+    except ShapeError as exc:
+        raise IRError(f"{where}: shape rule: {exc.message}") from None
+    if out != layer.out_shape:
+        raise IRError(f"{where}: out_shape {layer.out_shape} != {out}")
+    if [name for name, _ in layer.tensors] != [t.name for t in spec.tensors]:
+        raise IRError(f"{where}: tensors {[name for name, _ in layer.tensors]}")
+    for t in spec.tensors:
+        value = layer.tensor(t.name)
+        if (value is not None) != t.present(args):
+            raise IRError(f"{where}: {t.name} present={value is not None}")
+        if value is None:
+            continue
+        dtype = np.dtype(t.dtype) if t.dtype is not None else model.dtype
+        if value.shape != t.shape(args) or value.dtype != dtype:
+            raise IRError(f"{where}: {t.name} {value.shape} {value.dtype}")
+        if not value.flags.c_contiguous:
+            raise IRError(f"{where}: {t.name} is not C-contiguous")
+        if dtype.kind == "f" and not model.allow_nonfinite and not np.isfinite(value).all():
+            raise IRError(f"{where}: non-finite {t.name}")

@@ -590,17 +590,6 @@ def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: 
     return out
 
 
-def _layers(model: ir.Model, prefix: str = "") -> Iterator[tuple[str, ir.Linear | ir.Activation]]:
-    """Every Linear and activation in execution order, nested models flattened, with the
-    state_dict prefix of each ("enc.fc")."""
-    for layer in model.layers:
-        path = f"{prefix}{layer.name}"
-        if isinstance(layer, ir.Submodel):
-            yield from _layers(layer.model, f"{path}.")
-        else:
-            yield path, layer
-
-
 def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     """The ModelProto of `model`: Gemm (transB=1) per Linear with its state_dict keys as
     initializer names, one ONNX op per activation; input 'input' and output 'output' of shape
@@ -611,10 +600,11 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
     nodes, initializers = [], []
     value = "input"
-    layers = list(_layers(model))
+    layers = list(ir.layers(model))
     for index, (path, layer) in enumerate(layers):
         out = "output" if index == len(layers) - 1 else f"/{path}/output"
-        if isinstance(layer, ir.Linear):
+        if layer.kind == "Linear":
+            assert layer.weight is not None
             inputs = [value, f"{path}.weight"]
             initializers.append(numpy_helper.from_array(layer.weight, f"{path}.weight"))
             if layer.bias is not None:
@@ -643,7 +633,7 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     return proto
 
 
-def _activation_node(layer: ir.Activation, value: str, out: str, path: str):  # type: ignore[no-untyped-def]
+def _activation_node(layer: ir.Layer, value: str, out: str, path: str):  # type: ignore[no-untyped-def]
     from onnx import helper
 
     op = _EXPORT_OPS.get(layer.kind)
@@ -651,7 +641,9 @@ def _activation_node(layer: ir.Activation, value: str, out: str, path: str):  # 
         raise AssertionError(f"no ONNX op for activation {layer.kind!r} ({path})")
     node = helper.make_node(op, [value], [out], name=f"/{path}/{op}")
     if op == "LeakyRelu":
-        node.attribute.append(helper.make_attribute("alpha", float(layer.param("negative_slope"))))
+        slope = layer.arg("negative_slope")
+        assert isinstance(slope, float)
+        node.attribute.append(helper.make_attribute("alpha", slope))
     elif op == "Softmax":
         node.attribute.append(helper.make_attribute("axis", -1))
     return node

@@ -18,12 +18,14 @@ import os
 import stat
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from . import binder
 from . import syntax as S
 from .errors import LayercError, Loc
 
@@ -448,31 +450,27 @@ def _read_bfloat16(fd: int, src: _Source, shape: tuple[int, ...]) -> np.ndarray:
 # --------------------------------------------------------------------------- initialisers
 
 
-@dataclass(frozen=True)
-class _InitParam:
-    name: str
-    kind: str  # "seed", "real", "nonneg" (a real >= 0) or "choice"
-    default: object = None  # None: required
-    choices: tuple[str, ...] = ()
+_SEED = binder.Param("seed", binder.seed, type="int")
 
 
-_SEED = _InitParam("seed", "seed")
+def _real(name: str, default: float, minimum: float | None = None) -> binder.Param:
+    return binder.Param(name, binder.real(minimum=minimum, prefix=True), default, type="float")
+
 
 # name -> parameters in positional order, with torch.nn.init's names and defaults.
-INITIALISER_PARAMS: dict[str, tuple[_InitParam, ...]] = {
+INITIALISER_PARAMS: dict[str, tuple[binder.Param, ...]] = {
     "uniform": (_SEED,),
     "zeros": (),
-    "normal": (_InitParam("mean", "real", 0.0), _InitParam("std", "nonneg", 1.0), _SEED),
-    "xavier_uniform": (_SEED, _InitParam("gain", "nonneg", 1.0)),
+    "normal": (_real("mean", 0.0), _real("std", 1.0, minimum=0), _SEED),
+    "xavier_uniform": (_SEED, _real("gain", 1.0, minimum=0)),
     "kaiming_uniform": (
         _SEED,
-        _InitParam("a", "real", 0.0),
-        _InitParam("mode", "choice", "fan_in", ("fan_in", "fan_out")),
-        _InitParam(
+        _real("a", 0.0),
+        binder.Param("mode", binder.choice(("fan_in", "fan_out"), prefix=True), "fan_in"),
+        binder.Param(
             "nonlinearity",
-            "choice",
+            binder.choice(("leaky_relu", "relu", "linear", "sigmoid", "tanh", "selu"), prefix=True),
             "leaky_relu",
-            ("leaky_relu", "relu", "linear", "sigmoid", "tanh", "selu"),
         ),
     ),
 }
@@ -493,7 +491,10 @@ def initialise(call: S.Call, out_features: int, in_features: int, bias: bool) ->
             f"unknown initialiser {call.func!r}{hint} (initialisers: {', '.join(INITIALISERS)})",
             call.loc,
         )
-    args = _bind_init_args(call, INITIALISER_PARAMS[call.func])
+    func = f"{call.func}()"
+    args = binder.bind(
+        func, INITIALISER_PARAMS[call.func], call.args, call.loc, missing_hint=_example(call.func)
+    )
     if call.func == "zeros":
         return np.zeros((out_features, in_features)), (np.zeros(out_features) if bias else None)
     seed = args["seed"]
@@ -515,58 +516,13 @@ def initialise(call: S.Call, out_features: int, in_features: int, bias: bool) ->
     return weight, _default_bias(rng, in_features, out_features) if bias else None
 
 
-def _bind_init_args(call: S.Call, params: tuple[_InitParam, ...]) -> dict[str, object]:
-    """Positional and keyword arguments matched to `params`, each checked for its kind."""
-    names = [p.name for p in params]
-    given: dict[str, S.Arg] = {}
-    for i, arg in enumerate(call.args):
-        if arg.name is None and any(a.name is not None for a in call.args[:i]):
-            raise LayercError("positional argument after a keyword argument", arg.loc)
-        name = arg.name if arg.name is not None else (names[i] if i < len(names) else None)
-        if name is None:
-            raise LayercError(
-                f"{call.func}() takes at most {len(names)} argument{'s' * (len(names) != 1)}",
-                arg.loc,
-            )
-        if name not in names:
-            allowed = ", ".join(names) if names else "none"
-            raise LayercError(
-                f"{call.func}() has no argument {name!r} (arguments: {allowed})", arg.loc
-            )
-        if name in given:
-            raise LayercError(f"{name!r} is given twice", arg.loc)
-        given[name] = arg
-    out: dict[str, object] = {}
-    for p in params:
-        if p.name in given:
-            out[p.name] = _init_value(p, given[p.name].value, call.func)
-        elif p.default is None:
-            example = f"{call.func}(seed=0)" if p.kind == "seed" else f"{call.func}({p.name}=...)"
-            raise LayercError(f"{call.func}() needs {p.name!r}, e.g. {example}", call.loc)
-        else:
-            out[p.name] = p.default
-    return out
+def _example(func: str) -> Callable[[binder.Param], str]:
+    """The hint for a missing initialiser argument: `, e.g. normal(seed=0)`."""
 
+    def hint(p: binder.Param) -> str:
+        return f", e.g. {func}({p.name}={'0' if p.name == 'seed' else '...'})"
 
-def _init_value(p: _InitParam, v: S.Value, func: str) -> object:
-    if p.kind == "seed":
-        if not isinstance(v, S.Number) or not v.is_int or v.value < 0 or len(v.text) > 21:
-            raise LayercError("seed must be a non-negative integer below 2**64", v.loc)
-        seed = int(v.text.lstrip("+"))
-        if seed >= 2**64:
-            raise LayercError("seed must be a non-negative integer below 2**64", v.loc)
-        return seed
-    if p.kind == "choice":
-        text = v.value if isinstance(v, (S.String, S.Name)) else None
-        if text not in p.choices:
-            options = ", ".join(repr(c) for c in p.choices)
-            raise LayercError(f"{func}(): {p.name} must be one of {options}", v.loc)
-        return text
-    if not isinstance(v, S.Number) or not math.isfinite(v.value):
-        raise LayercError(f"{func}(): {p.name} must be a finite number", v.loc)
-    if p.kind == "nonneg" and v.value < 0:
-        raise LayercError(f"{func}(): {p.name} must be >= 0, not {v.text}", v.loc)
-    return float(v.value)
+    return hint
 
 
 def uniform_bound(in_features: int) -> float:

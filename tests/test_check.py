@@ -4,6 +4,7 @@ message, line and column."""
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def test_lesson_checks_into_the_expected_ir() -> None:
         3,
     )
     (fc,) = seed.layers
-    assert isinstance(fc, ir.Linear) and fc.name == "fc" and fc.bias is None
+    assert isinstance(fc, ir.Layer) and fc.kind == "Linear" and fc.name == "fc" and fc.bias is None
+    assert fc.args == (("in_features", 4), ("out_features", 3), ("bias", False))
+    assert (fc.in_shape, fc.out_shape) == ((4,), (3,))
     assert fc.weight.dtype == np.float32 and fc.weight.flags.c_contiguous
     np.testing.assert_array_equal(fc.weight, [[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]])
     (test,) = program.tests
@@ -135,7 +138,7 @@ def test_every_activation_and_unnamed_layers_named_by_position() -> None:
         "9",
         "10",
     ]
-    assert [type(layer).__name__ for layer in layers[1:]] == ["Activation"] * 10
+    assert all(isinstance(layer, ir.Layer) for layer in layers)
     assert [layer.kind for layer in layers[1:]] == [
         "ReLU",
         "Sigmoid",
@@ -148,8 +151,8 @@ def test_every_activation_and_unnamed_layers_named_by_position() -> None:
         "Softmax",
         "Softmax",
     ]
-    assert [layer.param("negative_slope") for layer in layers[5:8]] == [0.01, 0.2, -3]
-    assert [layer.param("dim") for layer in layers[8:]] == [-1, -1, -1]
+    assert [layer.arg("negative_slope") for layer in layers[5:8]] == [0.01, 0.2, -3]
+    assert [layer.arg("dim") for layer in layers[8:]] == [-1, -1, -1]
 
 
 def test_nested_models_keep_their_own_weights() -> None:
@@ -599,20 +602,29 @@ def test_verifier_rejects_broken_ir() -> None:
     m = good.models[0]
     a, b = m.layers
     loc = m.loc
-    wrong_shape = ir.Linear("b", 3, 1, np.zeros((3, 1), np.float32), None, loc)
-    wrong_dtype = ir.Linear("b", 3, 1, np.zeros((1, 3), np.float64), None, loc)
-    wrong_chain = ir.Linear("b", 2, 1, np.zeros((1, 2), np.float32), None, loc)
-    nonfinite = ir.Linear("b", 3, 1, np.full((1, 3), np.nan, np.float32), None, loc)
+    wrong_shape = dataclasses.replace(
+        b, tensors=(("weight", np.zeros((3, 1), np.float32)),) + b.tensors[1:]
+    )
+    wrong_dtype = dataclasses.replace(
+        b, tensors=(("weight", np.zeros((1, 3), np.float64)),) + b.tensors[1:]
+    )
+    wrong_chain = dataclasses.replace(b, in_shape=(2,))
+    nonfinite = dataclasses.replace(
+        b, tensors=(("weight", np.full((1, 3), np.nan, np.float32)),) + b.tensors[1:]
+    )
+    no_bias = dataclasses.replace(b, tensors=(("weight", b.weight), ("bias", None)))
+    unknown = dataclasses.replace(b, kind="GELU", args=(), tensors=(), out_shape=(3,))
     for layers, out in [
         ((a, wrong_shape), 1),
         ((a, wrong_dtype), 1),
         ((a, wrong_chain), 1),
         ((a, nonfinite), 1),
+        ((a, no_bias), 1),
         ((a, b), 2),
         ((a, a), 3),
-        ((a, ir.Activation("r", "GELU", (), loc), b), 1),
+        ((a, unknown, b), 1),
     ]:
-        broken = ir.Model("M", m.dtype, layers, 2, out, loc)
+        broken = ir.Model("M", m.dtype, layers, (2,), (out,), loc)
         with pytest.raises(ir.IRError):
             ir.verify(ir.Program(FILE, (broken,)))
     with pytest.raises(ir.IRError):

@@ -282,13 +282,15 @@ def test_language_reference_matches_the_grammar() -> None:
 
 
 def test_language_reference_covers_the_checker() -> None:
-    """Every layer kind, argument, model option, Linear entry, test entry and initialiser the
-    checker accepts is documented."""
+    """Every layer kind, argument and block entry of the kinds table, and every model option,
+    test entry and initialiser the checker accepts, is documented."""
+    from layerc.kinds import KINDS
+
     text = (DOCS / "language.md").read_text(encoding="utf-8")
-    names = set(checker.LAYER_PARAMS) | set(checker.MODEL_OPTIONS) | set(checker.LINEAR_ENTRIES)
+    names = set(KINDS) | set(checker.MODEL_OPTIONS)
     names |= set(checker.TEST_ENTRIES) | set(INITIALISERS) | {"load"}
-    for params in checker.LAYER_PARAMS.values():
-        names |= {p.name for p in params}
+    for spec in KINDS.values():
+        names |= {p.name for p in spec.params} | set(spec.entries())
     for name in sorted(names):
         assert f"`{name}" in text, f"docs/language.md does not document {name!r}"
 

@@ -70,15 +70,15 @@ def assert_same_model(a: ir.Model, b: ir.Model) -> None:
     assert len(a.layers) == len(b.layers)
     for la, lb in zip(a.layers, b.layers, strict=True):
         assert type(la) is type(lb) and la.name == lb.name
-        if isinstance(la, ir.Linear):
-            assert isinstance(lb, ir.Linear)
-            assert_same_array(la.weight, lb.weight)
-            assert (la.bias is None) == (lb.bias is None)
-            if la.bias is not None:
-                assert_same_array(la.bias, lb.bias)
-        elif isinstance(la, ir.Activation):
-            assert isinstance(lb, ir.Activation)
-            assert (la.kind, la.params) == (lb.kind, lb.params)
+        if isinstance(la, ir.Layer):
+            assert isinstance(lb, ir.Layer)
+            assert (la.kind, la.args) == (lb.kind, lb.args)
+            assert (la.in_shape, la.out_shape) == (lb.in_shape, lb.out_shape)
+            assert [key for key, _ in la.tensors] == [key for key, _ in lb.tensors]
+            for (_, ta), (_, tb) in zip(la.tensors, lb.tensors, strict=True):
+                assert (ta is None) == (tb is None)
+                if ta is not None:
+                    assert_same_array(ta, tb)
         else:
             assert isinstance(la, ir.Submodel) and isinstance(lb, ir.Submodel)
             assert la.model.name == lb.model.name

@@ -83,7 +83,7 @@ def imported_forward(lyr: Path, x: np.ndarray) -> np.ndarray:
     program, _ = driver.check_file(lyr)
     h = x.astype(np.float64)
     for layer in program.models[0].layers:
-        if hasattr(layer, "weight"):
+        if getattr(layer, "kind", None) == "Linear":
             h = h @ layer.weight.astype(np.float64).T
             if layer.bias is not None:
                 h = h + layer.bias
@@ -341,7 +341,9 @@ def test_export_is_deterministic_and_round_trips_through_import(exported, tmp_pa
     assert again.read_bytes() == out.read_bytes()
     lyr = import_onnx(out, tmp_path / "back.lyr")[-1]
     program, _ = driver.check_file(lyr)
-    linears = [layer for layer in program.models[0].layers if hasattr(layer, "weight")]
+    linears = [
+        layer for layer in program.models[0].layers if getattr(layer, "kind", None) == "Linear"
+    ]
     state = module.Net().state_dict()
     for layer, key in zip(linears, ["enc.fc", "mid", "head"], strict=True):
         np.testing.assert_array_equal(layer.weight, state[f"{key}.weight"])
@@ -392,21 +394,17 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_build_onnx_rejects_nothing_it_can_express() -> None:
     """Every activation kind of the language has an ONNX op (a new kind would fail loudly)."""
-    from layerc import ir
+    from layerc import syntax
+    from layerc.check import check
+    from layerc.kinds import KINDS
 
-    for kind in ir.ACTIVATIONS:
-        params = {"LeakyReLU": (("negative_slope", 0.3),), "Softmax": (("dim", -1),)}.get(kind, ())
-        weight = np.eye(2, dtype=np.float32)
-        loc = None
-        model = ir.Model(
-            "M",
-            np.dtype(np.float32),
-            (ir.Linear("fc", 2, 2, weight, None, loc), ir.Activation("a", kind, params, loc)),
-            2,
-            2,
-            loc,
-        )
-        build_onnx(model, "m.lyr")
+    for kind in KINDS:
+        if kind == "Linear":
+            continue
+        args = {"LeakyReLU": "(0.3)"}.get(kind, "()")
+        text = f"model M {{ fc = Linear(2, 2, bias=false) {{ init = zeros() }}; a = {kind}{args} }}"
+        program = check(syntax.parse(text, "m.lyr"), Path("."))
+        build_onnx(program.models[0], "m.lyr")
 
 
 # --------------------------------------------------------------------------- refusals

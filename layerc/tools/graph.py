@@ -62,7 +62,8 @@ class _Graph:
             out = ir.layer_sizes(layer)
             new_width = out[1] if out is not None else width
             label = f"{path}\n{kind_text(layer)}"
-            if isinstance(layer, ir.Linear):
+            if layer.kind == "Linear":
+                assert layer.weight is not None
                 count = layer.weight.size + (layer.bias.size if layer.bias is not None else 0)
                 label += f"\n{count:,} parameters"
                 name = self.node(label, indent, fillcolor="#dbe8f7")

@@ -27,23 +27,32 @@ class Row:
     flops: int
 
 
-def kind_text(layer: ir.Layer) -> str:
+def kind_text(layer: ir.Child) -> str:
     """The layer as the source would write it: `Linear(4, 3, bias=false)`, `ReLU()`, a model's
     name."""
-    if isinstance(layer, ir.Linear):
-        bias = "" if layer.bias is not None else ", bias=false"
-        return f"Linear({layer.in_features}, {layer.out_features}{bias})"
     if isinstance(layer, ir.Submodel):
         return layer.model.name
-    args = ", ".join(f"{key}={_number(value)}" for key, value in layer.params)
+    if layer.kind == "Linear":
+        bias = "" if layer.bias is not None else ", bias=false"
+        return f"Linear({layer.in_features}, {layer.out_features}{bias})"
+    args = ", ".join(f"{key}={_value(value)}" for key, value in layer.args)
     return f"{layer.kind}({args})"
 
 
-def _number(value: float | int) -> str:
-    return str(int(value)) if isinstance(value, int) else repr(float(value))
+def _value(value: object) -> str:
+    """An argument as the source would write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def linear_flops(layer: ir.Linear) -> int:
+def linear_flops(layer: ir.Layer) -> int:
     """2*in*out for the products and sums, plus out for the bias adds when there is a bias."""
     flops = 2 * layer.in_features * layer.out_features
     if layer.bias is not None:
@@ -58,7 +67,8 @@ def rows(model: ir.Model, prefix: str = "", depth: int = 0) -> list[Row]:
     itemsize = model.dtype.itemsize
     for layer in model.layers:
         path = prefix + layer.name
-        if isinstance(layer, ir.Linear):
+        if isinstance(layer, ir.Layer) and layer.kind == "Linear":
+            assert layer.weight is not None
             count = layer.weight.size + (layer.bias.size if layer.bias is not None else 0)
             width = layer.out_features
             out.append(
@@ -140,7 +150,7 @@ def summary(model: ir.Model) -> str:
     params = sum(r.params for r in leaves)
     nbytes = sum(r.bytes for r in leaves)
     flops = sum(r.flops for r in leaves)
-    weights = sum(lin.weight.size for _, lin in ir.linears(model))
+    weights = sum(lin.weight.size for _, lin in ir.linears(model) if lin.weight is not None)
     biases = params - weights
     lines = [
         f"Model {model.name} ({model.dtype.name}): input (*, {model.in_features}) -> "
