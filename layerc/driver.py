@@ -1,6 +1,6 @@
 """The compiler driver: a .lyr path in, a checked program, a generated module written atomically,
-or test results out. It strings the stages together (syntax -> check -> codegen) and owns every
-file the compiler writes; it never prints (the CLI does)."""
+or test results out. It strings the stages together (syntax -> check -> lower -> codegen) and
+owns every file the compiler writes; it never prints (the CLI does)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from types import ModuleType
 
 import numpy as np
 
-from . import codegen, ir, syntax
+from . import codegen, ir, lower, syntax
 from .check import check
 from .errors import LayercError
 from .files import WriteFailed, forget_numba_source_hashes, unlink_quietly, write_atomically
@@ -68,6 +68,12 @@ def module_name_for(out: Path) -> str:
 
 def generate(program: ir.Program, out: Path) -> codegen.Output:
     return codegen.generate(program, module_name_for(out))
+
+
+def plan_text(program: ir.Program) -> str:
+    """The lowering stage's plan for `program`, as text: what the generated module will run,
+    and why (which layers fuse, which BLAS path, which buffers)."""
+    return lower.lower(program, codegen.MODULE_GLOBALS).text()
 
 
 # --------------------------------------------------------------------------- writing

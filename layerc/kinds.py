@@ -70,13 +70,13 @@ class Elementwise:
 @dataclass(frozen=True)
 class Channelwise:
     """y = f(v, c) for each value v of channel c, a sample being (C, L) (C channels of L values;
-    a 1-D sample is (C, 1)). `prepare` emits lines that compute per-channel arrays (named by
-    `ref`) from the layer's tensors before the loop; `expr(args, t, ref)` is the expression of
-    `v` and `c`. Folded into a Linear's epilogue, c is the Linear's output feature."""
+    a 1-D sample is (C, 1)). `prepare(e, args, t, ref, C)` emits lines that compute per-channel
+    arrays of length C from the layer's tensors before the loop; `expr(args, t, ref, c)` is the
+    expression of `v` in channel `c`. `ref(name)` is the local name of a tensor or prepared
+    array. Folded into a Linear's epilogue, the channel is the Linear's output feature."""
 
-    expr: Callable[[Args, str, Ref], str]
+    expr: Callable[[Args, str, Ref, str], str]
     prepare: Callable[[Lines, Args, str, Ref, str], None] | None = None
-    prepared: tuple[str, ...] = ()  # names of the arrays `prepare` makes
 
 
 @dataclass(frozen=True)

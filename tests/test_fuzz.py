@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from test_security import assert_inert, time_limit
 
-from layerc import codegen, driver, syntax
+from layerc import driver, lower, syntax
 from layerc.check import MAX_LAYERS, MAX_MODEL_DEPTH, RESERVED_LAYER_NAMES
 from layerc.errors import LayercError, render
 
@@ -723,7 +723,7 @@ def test_cli_never_prints_a_traceback_for_garbage(tmp_path):
 
 def test_name_claims_never_loop_or_collide():
     """Every wanted name gets a fresh, safe identifier, however many times it is asked for."""
-    names = codegen._Names({"_np", "_rt"})
+    names = lower.Names({"_np", "_rt"})
     wanted = ["_", "__", "___", "_np", "np", "import", "print", "__x", "_x", "x"] * 5
     got = [names.claim(w) for w in wanted]
     assert len(set(got)) == len(got)

@@ -1,8 +1,10 @@
-"""Generated-code golden files: the module layerc writes for each `tests/golden/NAME.lyr` must
-equal `tests/golden/NAME.py.golden` byte for byte, so a refactor that changes the generated
-code shows up as a diff to read.
+"""Golden files: the module layerc writes for each `tests/golden/NAME.lyr` must equal
+`tests/golden/NAME.py.golden` byte for byte, so a refactor that changes the generated code shows
+up as a diff to read; and the lowering stage's plan for it (which layers fuse, which BLAS path
+each step takes, which buffers) must equal `tests/golden/NAME.plan`, which shows why the code
+looks as it does.
 
-After an intended change to code generation, rewrite the golden files with
+After an intended change to lowering or code generation, rewrite the golden files with
 
     python -m pytest tests/test_golden.py --update-golden
 
@@ -72,6 +74,33 @@ def test_generated_module_matches_golden(name: str, tmp_path: Path, update_golde
         )
         pytest.fail(
             f"generated code for {name}.lyr differs from {golden.name}; if intended, run "
+            f"`python -m pytest tests/test_golden.py --update-golden` and review the diff:\n{diff}"
+        )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plan_matches_golden(name: str, update_golden: bool):
+    """Source in, plan text out."""
+    program, _ = driver.check_file(GOLDEN / f"{name}.lyr")
+    plan = driver.plan_text(program)
+    golden = GOLDEN / f"{name}.plan"
+    if update_golden:
+        golden.write_text(plan, encoding="utf-8", newline="\n")
+        return
+    assert golden.exists(), f"no {golden.name}: run pytest {__file__} --update-golden"
+    expected = golden.read_text(encoding="utf-8")
+    if plan != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                plan.splitlines(keepends=True),
+                f"golden/{golden.name}",
+                "lowered",
+                n=2,
+            )
+        )
+        pytest.fail(
+            f"the plan for {name}.lyr differs from {golden.name}; if intended, run "
             f"`python -m pytest tests/test_golden.py --update-golden` and review the diff:\n{diff}"
         )
 

@@ -1,0 +1,496 @@
+"""The lowering stage: a checked `ir.Program` in, a `Plan` out.
+
+The plan is everything code generation needs to decide nothing: every numba kernel the module
+holds, in emission order, with the choices behind it (which layers fuse into a Linear's
+epilogue, which BLAS path a matrix product takes at which batch size), every layer class and the
+kernel it runs when hooks are registered, and for each model the steps of its fused forward, the
+buffers they write and the weights the module stores. `Plan.text()` is its readable form, which
+golden tests check (tests/golden/*.plan); `codegen` only renders the plan.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ir
+from .kinds import Channelwise, Elementwise, MatMul, Rowwise, Shape
+
+# Shapes decide the kernels: a Linear with at least this many weights multiplies a batch with
+# BLAS gemm (numba's np.dot, through SciPy's BLAS), and a single sample with BLAS gemv from
+# BLAS_GEMV_MIN on; smaller layers use plain loops, which beat a BLAS call's fixed cost there.
+BLAS_GEMM_MIN = 4096
+BLAS_GEMV_MIN = 16384
+
+# Models with at most this many weight values, all finite, embed them as readable literals.
+INLINE_LIMIT = 4096
+
+LOOPS, GEMM, GEMV = "loops", "gemm n>=2, loops n=1", "gemv n=1, gemm n>=2"
+
+
+class LoweringError(AssertionError):
+    """The lowering stage met IR it does not handle: a bug in layerc."""
+
+
+# --------------------------------------------------------------------------- names
+
+
+@dataclass
+class Names:
+    """Python names for everything generated, unique and safe: identifiers are checked, and a
+    name that would clash (with a keyword, a builtin, the module's own globals or an earlier
+    name) gets underscores appended."""
+
+    taken: set[str] = field(default_factory=set)
+
+    def claim(self, wanted: str) -> str:
+        if not (wanted.isascii() and wanted.isidentifier()):
+            raise LoweringError(f"failed to name {wanted!r}: not an ASCII identifier")
+        name = wanted
+        if name.startswith("__"):
+            # Inside a class body `__x` is mangled (`_B__x`), and at module level a dunder such
+            # as `__getattr__` or `__file__` changes how the module itself behaves.
+            name = "_" + name.lstrip("_")
+        while keyword.iskeyword(name) or hasattr(builtins, name) or name in self.taken:
+            name += "_" if name.strip("_") else "x"  # "_" + "_" would be a "__" name again
+        self.taken.add(name)
+        return name
+
+
+def dtype_tag(dtype: np.dtype) -> str:
+    return {"float32": "f32", "float64": "f64"}[dtype.name]
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A layer folded into a Linear's epilogue: applied to each output before it is stored."""
+
+    path: str
+    layer: ir.Layer
+
+
+@dataclass(frozen=True)
+class LinearKernel:
+    """y = x W^T (+ b) over (n, in) rows, then the folded layers; BLAS path by size."""
+
+    name: str
+    layer: ir.Layer
+    dtype: np.dtype
+    folds: tuple[Fold, ...]
+    blas: str  # LOOPS, GEMM or GEMV
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Argument names after (xs, ys): the Linear's tensors, then each fold's."""
+        names = [name for name, value in self.layer.tensors if value is not None]
+        for index, fold in enumerate(self.folds, 1):
+            names += [f"e{index}_{name}" for name in kernel_tensors(fold.layer)]
+        return tuple(names)
+
+
+@dataclass(frozen=True)
+class LayerKernel:
+    """The kernel of one layer of another kind (elementwise, channelwise or rowwise), over
+    C-contiguous (m, w) arrays; `ys` may be `xs`."""
+
+    name: str
+    layer: ir.Layer  # its arguments decide the code; its shapes do not
+    dtype: np.dtype
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return kernel_tensors(self.layer)
+
+
+@dataclass(frozen=True)
+class ModuleKernel:
+    """What a layer's own class calls: any input (*, *accepts) (any shape when `accepts` is
+    None), converted and checked, viewed as rows for `core`."""
+
+    name: str
+    core: str
+    dtype: np.dtype
+    accepts: Shape | None
+    out_shape: Shape | None  # trailing output shape; None: the input's
+    rows: int  # rows per accepted sample
+    params: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call of the fused forward: `target = kernel(source; args)`, on (n*rows, width) views
+    of buffers that hold (n, values per sample)."""
+
+    kernel: str
+    source: str  # "x", "h1", ...
+    target: str  # "h2", ..., or "y"
+    args: tuple[int, ...]  # indices into the forward's arguments
+    layers: tuple[tuple[str, ir.Layer], ...]  # what it computes: the layer, then its folds
+    rows: int
+    in_width: int
+    out_width: int
+    blas: str | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return self.source == self.target
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    size: int  # values per sample
+
+
+@dataclass(frozen=True)
+class ForwardKernel:
+    """A model's fused forward: every layer (nested models flattened) in one native call."""
+
+    name: str
+    model: ir.Model
+    args: tuple[tuple[str, Shape], ...]  # (state_dict key, shape) in call order
+    steps: tuple[Step, ...]
+    buffers: tuple[Buffer, ...]
+    dropped: tuple[tuple[str, ir.Layer], ...]  # left out: identity at inference, or a reshape
+
+
+Kernel = LinearKernel | LayerKernel | ModuleKernel | ForwardKernel
+
+
+@dataclass(frozen=True)
+class LayerClass:
+    """A runtime layer subclass fixed to one kind, arguments, shape and dtype."""
+
+    name: str
+    layer: ir.Layer
+    dtype: np.dtype
+    kernel: str  # its ModuleKernel
+    accepts: Shape | None
+    out_shape: Shape | None
+
+
+@dataclass(frozen=True)
+class ModelClass:
+    name: str  # the Python class name (the model's own unless it would clash)
+    model: ir.Model
+    forward: str
+    children: tuple[tuple[str, str], ...]  # (child name, class name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    kernels: tuple[Kernel, ...]  # in emission order: each after the kernels it calls
+    layer_classes: tuple[LayerClass, ...]
+    models: tuple[ModelClass, ...]
+    weights: tuple[tuple[str, np.ndarray], ...]  # (key, array) the classes are built from
+    inline: bool  # weights as literals in the module, or in a weights file beside it
+    abi: int  # the oldest runtime ABI that can run the module
+
+    def kernel(self, name: str) -> Kernel:
+        return next(k for k in self.kernels if k.name == name)
+
+    def text(self) -> str:
+        return render_text(self)
+
+
+def kernel_tensors(layer: ir.Layer) -> tuple[str, ...]:
+    """The names of the tensors a layer's kernel takes, in order."""
+    return tuple(
+        t.name for t in layer.spec.tensors if t.kernel and layer.tensor(t.name) is not None
+    )
+
+
+def blas_path(layer: ir.Layer) -> str:
+    weights = layer.in_features * layer.out_features
+    if weights >= BLAS_GEMV_MIN:
+        return GEMV
+    if weights >= BLAS_GEMM_MIN:
+        return GEMM
+    return LOOPS
+
+
+# --------------------------------------------------------------------------- lowering
+
+
+def lower(program: ir.Program, reserved: Iterable[str] = ()) -> Plan:
+    """The plan for `program`; `reserved` are names the generated module uses itself."""
+    return _Lowering(program, set(reserved)).run()
+
+
+class _Lowering:
+    def __init__(self, program: ir.Program, reserved: set[str]):
+        self.program = program
+        self.names = Names(reserved)
+        self.kernels: dict[tuple, Kernel] = {}
+        self.classes: dict[tuple, LayerClass] = {}
+        self.class_names: dict[str, str] = {}
+
+    def run(self) -> Plan:
+        for model in self.program.models:
+            self.class_names[model.name] = self.names.claim(model.name)
+        models = []
+        weights: list[tuple[str, np.ndarray]] = []
+        for model in self.program.models:
+            children = []
+            for child in model.layers:
+                if isinstance(child, ir.Submodel):
+                    children.append((child.name, self.class_names[child.model.name]))
+                else:
+                    children.append((child.name, self.layer_class(child, model.dtype).name))
+            forward = self.forward(model)
+            models.append(
+                ModelClass(self.class_names[model.name], model, forward.name, tuple(children))
+            )
+            for child in model.layers:
+                if isinstance(child, ir.Layer):
+                    for t in child.spec.tensors:
+                        value = child.tensor(t.name)
+                        if value is not None and t.entry:
+                            weights.append((f"{model.name}/{child.name}.{t.name}", value))
+        inline = sum(a.size for _, a in weights) <= INLINE_LIMIT and all(
+            np.isfinite(a).all() for _, a in weights
+        )
+        classes = tuple(self.classes.values())
+        # ABI 2 added the generic layer class (weights and buffers from the table) and
+        # per-sample shapes of more than one axis; modules that use neither run on ABI 1.
+        new = any(c.layer.spec.runtime == "Layer" for c in classes) or any(
+            len(m.in_shape) != 1 or len(m.out_shape) != 1 for m in self.program.models
+        )
+        return Plan(
+            self.program.source,
+            tuple(self.kernels.values()),
+            classes,
+            tuple(models),
+            tuple(weights),
+            inline,
+            2 if new else 1,
+        )
+
+    def kernel(self, key: tuple, wanted: str, make: Callable[[str], Kernel]) -> Kernel:
+        """The kernel for `key`, made (under a fresh name based on `wanted`) the first time it
+        is asked for; kernels it calls are made first, so they come first."""
+        if key not in self.kernels:
+            self.kernels[key] = make(self.names.claim(wanted))
+        return self.kernels[key]
+
+    # ------------------------------------------------------------------ cores
+
+    def core(self, layer: ir.Layer, dtype: np.dtype, folds: tuple[Fold, ...] = ()) -> Kernel:
+        native = layer.spec.native
+        if isinstance(native, MatMul):
+            n_out, n_in = layer.out_features, layer.in_features
+            has_bias = layer.bias is not None
+            wanted = f"_linear_{n_out}x{n_in}_{dtype_tag(dtype)}" + ("" if has_bias else "_nobias")
+            for fold in folds:
+                wanted += "_" + fold.layer.spec.base
+            key: tuple = ("linear", n_out, n_in, dtype.name, has_bias)
+            key += tuple((f.layer.kind, f.layer.args, kernel_tensors(f.layer)) for f in folds)
+            blas = blas_path(layer)
+            return self.kernel(
+                key, wanted, lambda name: LinearKernel(name, layer, dtype, folds, blas)
+            )
+        if isinstance(native, (Elementwise, Channelwise, Rowwise)):
+            key = ("act", layer.kind, layer.args, kernel_tensors(layer), dtype.name)
+            wanted = f"_{layer.spec.base}_{dtype_tag(dtype)}"
+            return self.kernel(key, wanted, lambda name: LayerKernel(name, layer, dtype))
+        raise LoweringError(f"failed to lower {layer.kind!r} of layer {layer.name!r}")
+
+    # ------------------------------------------------------------------ layers on their own
+
+    def layer_class(self, layer: ir.Layer, dtype: np.dtype) -> LayerClass:
+        spec = layer.spec
+        accepts = spec.accepts(layer.argdict, layer.in_shape)
+        out = None if accepts is None else spec.shape(layer.argdict, accepts)
+        tag = dtype_tag(dtype)
+        if spec.name == "Linear":
+            has_bias = layer.bias is not None
+            key: tuple = ("Linear", layer.out_features, layer.in_features, dtype.name, has_bias)
+            wanted = f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + (
+                "" if has_bias else "_nobias"
+            )
+        else:
+            key = ("act", layer.kind, layer.args, accepts, kernel_tensors(layer), dtype.name)
+            wanted = f"_{layer.kind}_{tag}"
+        if key not in self.classes:
+            kernel = self.module_kernel(layer, dtype, accepts, out)
+            name = self.names.claim(wanted)
+            self.classes[key] = LayerClass(name, layer, dtype, kernel.name, accepts, out)
+        return self.classes[key]
+
+    def module_kernel(
+        self, layer: ir.Layer, dtype: np.dtype, accepts: Shape | None, out: Shape | None
+    ) -> Kernel:
+        core = self.core(layer, dtype)
+        rows = 1 if accepts is None else layer.spec.rows(layer.argdict, accepts)[0]
+        params = core.params  # type: ignore[union-attr]
+        return self.kernel(
+            ("module", core.name),
+            f"{core.name}_any",
+            lambda name: ModuleKernel(name, core.name, dtype, accepts, out, rows, params),
+        )
+
+    # ------------------------------------------------------------------ the fused forward
+
+    def forward(self, model: ir.Model) -> Kernel:
+        args: list[tuple[str, Shape]] = []
+        ops: list[tuple[str, ir.Layer, tuple[int, ...]]] = []
+        dropped: list[tuple[str, ir.Layer]] = []
+        for path, layer in ir.layers(model):
+            indices = []
+            for name in kernel_tensors(layer):
+                value = layer.tensor(name)
+                assert value is not None
+                indices.append(len(args))
+                args.append((f"{path}.{name}", value.shape))
+            if layer.spec.dropped:
+                dropped.append((path, layer))
+            else:
+                ops.append((path, layer, tuple(indices)))
+        groups = _fuse(ops)
+        if not groups:  # every layer is dropped: the forward copies its input
+            copy = ir.Layer("copy", "Identity", (), (), model.in_shape, model.in_shape, model.loc)
+            groups = [[("", copy, ())]]
+        steps: list[Step] = []
+        buffers: list[Buffer] = []
+        current = "x"
+        for index, group in enumerate(groups):
+            head = group[0][1]
+            folds = tuple(Fold(p, layer) for p, layer, _ in group[1:])
+            core = self.core(head, model.dtype, folds)
+            if index == len(groups) - 1:
+                target = "y"
+            elif isinstance(core, LinearKernel) or current == "x":
+                target = f"h{len(buffers) + 1}"
+                buffers.append(Buffer(target, math.prod(group[-1][1].out_shape)))
+            else:
+                target = current  # an elementwise or row kernel works in place
+            rows, in_width = head.spec.rows(head.argdict, head.in_shape)
+            out_width = math.prod(head.out_shape) // rows
+            all_args = tuple(i for _, _, idx in group for i in idx)
+            blas = core.blas if isinstance(core, LinearKernel) else None
+            layers = tuple((p, layer) for p, layer, _ in group)
+            steps.append(
+                Step(core.name, current, target, all_args, layers, rows, in_width, out_width, blas)
+            )
+            current = target
+        return self.kernel(
+            ("model", model.name),
+            f"_forward_{model.name}",
+            lambda name: ForwardKernel(
+                name, model, tuple(args), tuple(steps), tuple(buffers), tuple(dropped)
+            ),
+        )
+
+
+def _fuse(
+    ops: list[tuple[str, ir.Layer, tuple[int, ...]]],
+) -> list[list[tuple[str, ir.Layer, tuple[int, ...]]]]:
+    """Group the steps: a Linear takes the layers right after it into its epilogue while they
+    can join it: first a "norm" (a BatchNorm1d over its output features), then one
+    "activation" (elementwise, or per output feature)."""
+    groups: list[list[tuple[str, ir.Layer, tuple[int, ...]]]] = []
+    for op in ops:
+        group = groups[-1] if groups else None
+        if group is not None and _joins(group, op[1]):
+            group.append(op)
+        else:
+            groups.append([op])
+    return groups
+
+
+def _joins(group: list[tuple[str, ir.Layer, tuple[int, ...]]], layer: ir.Layer) -> bool:
+    head = group[0][1]
+    if head.spec.name != "Linear" or layer.spec.fuse is None:
+        return False
+    roles = [folded.spec.fuse for _, folded, _ in group[1:]]
+    if "activation" in roles or (layer.spec.fuse == "norm" and roles):
+        return False
+    if isinstance(layer.spec.native, Channelwise):
+        # per output feature: the Linear's output must be one row of features, its channels
+        return len(head.in_shape) == 1 and layer.in_shape == head.out_shape
+    return isinstance(layer.spec.native, Elementwise)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def describe(path: str, layer: ir.Layer) -> str:
+    """`(fc1) Linear 3 -> 4`, `(1) ReLU`: a layer as comments and docstrings name it."""
+    if layer.kind == "Linear":
+        return f"({path}) Linear {layer.in_features} -> {layer.out_features}"
+    return f"({path}) {layer.kind}"
+
+
+def _shape_text(shape: Shape) -> str:
+    return "(*, " + ", ".join(map(str, shape)) + ")"
+
+
+def render_text(plan: Plan) -> str:
+    """The plan as text: per model, its layers' own classes and kernels (the path taken when
+    hooks are registered), then the fused forward step by step with its buffers; then where
+    the weights go."""
+    out = [f"plan for {plan.source!r}"]
+    by_name = {k.name: k for k in plan.kernels}
+    classes = {c.name: c for c in plan.layer_classes}
+    for model_class in plan.models:
+        model = model_class.model
+        forward = by_name[model_class.forward]
+        assert isinstance(forward, ForwardKernel)
+        out.append("")
+        out.append(
+            f"model {model.name}: x {_shape_text(model.in_shape)} -> y "
+            f"{_shape_text(model.out_shape)}, {model.dtype.name}"
+            + (f" (class {model_class.name})" if model_class.name != model.name else "")
+        )
+        out.append("  layers, each on its own when hooks are registered:")
+        width = max(len(child) for child, _ in model_class.children)
+        for child, cls_name in model_class.children:
+            cls = classes.get(cls_name)
+            if cls is None:
+                out.append(f"    {child:<{width}}  model {cls_name}")
+                continue
+            module = by_name[cls.kernel]
+            assert isinstance(module, ModuleKernel)
+            core = by_name[module.core]
+            line = f"    {child:<{width}}  {cls_name}: {module.name} -> {core.name}"
+            if isinstance(core, LinearKernel):
+                line += f"  # {core.blas}"
+            out.append(line)
+        out.append(f"  fused forward {forward.name}, with no hook anywhere:")
+        for step in forward.steps:
+            source = step.source
+            if step.rows != 1:
+                source += f".view(n*{step.rows}, {step.in_width})"
+            args = ", ".join(forward.args[i][0] for i in step.args)
+            call = f"{step.kernel}({source}{'; ' + args if args else ''})"
+            notes = [", ".join(describe(p, layer) for p, layer in step.layers if p)]
+            if step.blas is not None:
+                notes.append(step.blas)
+            if step.in_place:
+                notes.append("in place")
+            comment = "; ".join(n for n in notes if n)
+            out.append(f"    {step.target} = {call}" + (f"  # {comment}" if comment else ""))
+        if forward.dropped:
+            dropped = ", ".join(describe(p, layer) for p, layer in forward.dropped)
+            out.append(f"  left out of the fused forward: {dropped}")
+        buffers = ", ".join(f"{b.name} (n, {b.size})" for b in forward.buffers)
+        out.append(f"  buffers: {buffers or 'none'}")
+    count = sum(a.size for _, a in plan.weights)
+    where = (
+        f"inline (at most {INLINE_LIMIT} values, all finite)"
+        if plan.inline
+        else "in a weights file beside the module"
+    )
+    out.append("")
+    arrays = f"{len(plan.weights)} array{'' if len(plan.weights) == 1 else 's'}"
+    out.append(f"weights: {arrays}, {count} values, {where}")
+    return "\n".join(out) + "\n"
