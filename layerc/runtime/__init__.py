@@ -7,17 +7,30 @@ from .hooks import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
 )
-from .layers import Identity, LeakyReLU, Linear, Model, ReLU, Sigmoid, Softmax, Tanh, child
+from .layers import (
+    Identity,
+    Layer,
+    LeakyReLU,
+    Linear,
+    Model,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    child,
+)
 from .module import Module
 from .threads import get_num_threads, set_num_threads
 
-# Generated modules call `check_abi(ABI)`: a module generated for another runtime ABI must be
-# recompiled rather than misbehave.
-ABI = 1
+# Generated modules call `check_abi(N)` with the oldest runtime ABI that runs them: a module
+# this runtime cannot run must be recompiled rather than misbehave. ABI 2 added the generic
+# `Layer` class, buffers and per-sample shapes of more than one axis; it runs ABI 1 modules too.
+ABI = 2
+SUPPORTED_ABIS = (1, 2)
 
 
 def check_abi(abi: int) -> None:
-    if abi != ABI:
+    if abi not in SUPPORTED_ABIS:
         raise ImportError(
             f"this module was generated for layerc runtime ABI {abi}, but the installed layerc "
             f"has ABI {ABI}: recompile the .lyr source"
@@ -27,6 +40,7 @@ def check_abi(abi: int) -> None:
 __all__ = [
     "ABI",
     "Identity",
+    "Layer",
     "LeakyReLU",
     "Linear",
     "Model",

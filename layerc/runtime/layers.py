@@ -1,7 +1,10 @@
-"""The layer classes generated modules build on: `Linear`, the activations and `Model` (an ordered
-pipeline, as torch.nn.Sequential). Generated code subclasses each one per shape and dtype and
-supplies the numba kernel as a class attribute, so instances pickle by reference and the kernel
-lives in the generated file (where numba's cache can see when it changes)."""
+"""The layer classes generated modules build on: `Layer` (a layer of any kind of the compiler's
+kinds table, whose weights and buffers its generated subclass declares), `Linear` and the first
+activations (with classes of their own, which modules generated for runtime ABI 1 use), and
+`Model` (an ordered pipeline, as torch.nn.Sequential). Generated code subclasses each one per
+kind, arguments, shape and dtype and supplies the numba kernel as a class attribute, so
+instances pickle by reference and the kernel lives in the generated file (where numba's cache
+can see when it changes)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,48 @@ import numpy as np
 from .module import Module, to_numpy
 
 
-class Linear(Module):
+class Layer(Module):
+    """A layer of one kind. The generated subclass sets torch's class name (`_layer_name`), its
+    `extra_repr()` text, the arguments as attributes (`eps`, `num_features`), the shapes, dtype
+    and kernel, and `_tensors`: each weight and buffer in torch's registration order as
+    (name, shape or None where torch registers None, dtype name or "" for the module's dtype,
+    whether it is a buffer, fill value or None when the constructor is given its values).
+    The constructor takes the given values in that order."""
+
+    _layer_name = "Layer"
+    _extra_repr = ""
+    _tensors: tuple[tuple[str, tuple[int, ...] | None, str, bool, float | None], ...] = ()
+
+    def __init__(self, *values: Any) -> None:
+        super().__init__()
+        given = list(values)
+        wanted = [t for t in self._tensors if t[1] is not None and t[4] is None]
+        if len(given) != len(wanted):
+            names = ", ".join(t[0] for t in wanted) or "nothing"
+            raise TypeError(f"{self._layer_name}() takes {names}, got {len(given)} arrays")
+        for name, shape, dtype_name, buffer, fill in self._tensors:
+            value = None
+            if shape is not None:
+                dtype = np.dtype(dtype_name) if dtype_name else self.dtype
+                if fill is None:
+                    value = np.array(to_numpy(given.pop(0)), dtype=dtype, order="C", copy=True)
+                    if value.shape != shape:
+                        raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+                else:
+                    value = np.full(shape, fill, dtype=dtype)
+            if buffer:
+                self._register_buffer(name, value)
+            else:
+                self._register_parameter(name, value)
+
+    def _get_name(self) -> str:
+        return self._layer_name
+
+    def extra_repr(self) -> str:
+        return self._extra_repr
+
+
+class Linear(Layer):
     """y = x W^T + b: `weight` has shape (out_features, in_features), as in torch.nn.Linear."""
 
     in_features: int
@@ -20,7 +64,7 @@ class Linear(Module):
     has_bias: bool = True
 
     def __init__(self, weight: Any, bias: Any = None) -> None:
-        super().__init__()
+        Module.__init__(self)
         shape = (self.out_features, self.in_features)
         w = np.array(to_numpy(weight), dtype=self.dtype, order="C", copy=True)
         if w.shape != shape:
@@ -41,7 +85,7 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}"
 
 
-class _Activation(Module):
+class _Activation(Layer):
     """A parameter-free layer; its kernel takes any shape and keeps it."""
 
     name = "Activation"

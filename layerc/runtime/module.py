@@ -1,7 +1,8 @@
 """The `Module` base class of every generated layer and model, with torch.nn.Module's observable
 behaviour: `__call__` runs global then local forward pre-hooks, `forward`, then global then local
-forward hooks (PyTorch 2.x semantics, `always_call` included); parameters and submodules are
-registered by assignment; `state_dict` keys, `repr` and the traversal methods match PyTorch's.
+forward hooks (PyTorch 2.x semantics, `always_call` included); parameters, buffers and submodules
+are registered as torch registers them; `state_dict` keys and order, `repr` and the traversal
+methods match PyTorch's.
 
 Speed: each module class names a numba kernel that computes its whole forward (`_kernel`) and
 the parameters it takes (`_kernel_params`). When no hook is registered anywhere in the tree or
@@ -24,7 +25,7 @@ __all__ = ["Module"]
 
 _ndarray = np.ndarray
 _empty = np.empty
-_NO_FAST_PATH: tuple = (-1, None, (), None, None)
+_NO_FAST_PATH: tuple = (-1, None, (), None, None, 1)
 
 
 def drop_stale_cache(module_name: str) -> bool:
@@ -90,6 +91,13 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _expected(shape: tuple[int, ...] | None) -> str:
+    """`(4,) or (*, 4)`: the inputs a module with per-sample shape `shape` takes."""
+    if shape is None:
+        return "of any shape"
+    return f"{_fmt_shape(shape)} or (*, {', '.join(map(str, shape))})"
+
+
 def _checked_value(key: str, param: np.ndarray, value: Any, errors: list[str]) -> np.ndarray | None:
     """`value` as an array that can be copied into `param` (real numbers of its shape, in its
     dtype, C-contiguous and writeable), or None after appending torch's error for `key`."""
@@ -115,38 +123,54 @@ def _checked_value(key: str, param: np.ndarray, value: Any, errors: list[str]) -
 
 
 class Module:
-    """Base class of generated modules. Subclasses set `_kernel`, `_kernel_params`, `dtype`,
-    `in_features` and `out_features`."""
+    """Base class of generated modules. Subclasses set `_kernel`, `_kernel_params`, `dtype`, and
+    the per-sample input and output shapes: `in_features` and `out_features` when they are 1-D,
+    `in_shape` and `out_shape` otherwise (None: any shape, the output's being the input's)."""
 
     _kernel: Callable[..., np.ndarray] | None = None
     _kernel_params: tuple[tuple[str, tuple[int, ...]], ...] = ()
     dtype: np.dtype = np.dtype(np.float32)
     in_features: int | None = None
     out_features: int | None = None
+    in_shape: tuple[int, ...] | None = None
+    out_shape: tuple[int, ...] | None = None
     # Set per instance in __init__ (through __dict__, so __setattr__ is not involved).
     training: bool
     _parameters: dict[str, np.ndarray | None]
+    _buffers: dict[str, np.ndarray | None]
     _modules: dict[str, Module | None]
     _forward_hooks: OrderedDict[int, Callable[..., Any]]
     _forward_hooks_with_kwargs: OrderedDict[int, bool]
     _forward_hooks_always_called: OrderedDict[int, bool]
     _forward_pre_hooks: OrderedDict[int, Callable[..., Any]]
     _forward_pre_hooks_with_kwargs: OrderedDict[int, bool]
-    # (hook version, kernel, kernel arguments, output tail, dtype) of the fused fast path,
-    # valid while the first item equals `hooks.state.version`: one lookup per call
-    _fast: tuple[int, Any, tuple[np.ndarray, ...], tuple[int] | None, np.dtype]
+    # (hook version, kernel, kernel arguments, output tail, dtype, input rank) of the fused fast
+    # path, valid while the first item equals `hooks.state.version`: one lookup per call
+    _fast: tuple[int, Any, tuple[np.ndarray, ...], tuple[int, ...] | None, np.dtype, int]
     _fast_checked: int
     _params_tuple: tuple[np.ndarray, ...]
-    _out_tail: tuple[int] | None = None  # (out_features,), or None when output shape = input shape
+    # The output's trailing shape, which replaces the input's last `_in_rank` axes (None: the
+    # output has the input's shape)
+    _out_tail: tuple[int, ...] | None = None
+    _in_rank: int = 1
+    # buffers a state_dict without version metadata may leave out (torch's BatchNorm)
+    _legacy_defaults: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._out_tail = None if cls.out_features is None else (cls.out_features,)
+        d = cls.__dict__
+        if "in_features" in d and "in_shape" not in d:
+            cls.in_shape = None if cls.in_features is None else (cls.in_features,)
+        if "out_features" in d and "out_shape" not in d:
+            cls.out_shape = None if cls.out_features is None else (cls.out_features,)
+        cls._out_tail = cls.out_shape
+        cls._in_rank = len(cls.in_shape) if cls.in_shape is not None else 1
 
     def __init__(self) -> None:
         d = self.__dict__
         d["training"] = False
         d["_parameters"] = {}
+        d["_buffers"] = {}
         d["_modules"] = {}
         d["_forward_hooks"] = OrderedDict()
         d["_forward_hooks_with_kwargs"] = OrderedDict()
@@ -166,7 +190,9 @@ class Module:
             # As in __call__: the kernel converts and checks; on an exception, _run explains.
             shape = x.shape
             tail = self._out_tail
-            y = _empty(shape if tail is None else shape[:-1] + tail, self.dtype)
+            y = _empty(
+                shape if tail is None else shape[: len(shape) - self._in_rank] + tail, self.dtype
+            )
             try:
                 self._kernel(x, y, *self._params_tuple)  # type: ignore[misc]
                 return y
@@ -194,14 +220,14 @@ class Module:
         if fast[0] == state.version and len(args) == 1 and not kwargs:
             x = args[0]
             if type(x) is _ndarray:
-                _, kernel, params, tail, dtype = fast
+                _, kernel, params, tail, dtype, rank = fast
                 shape = x.shape
                 if tail is None:
                     y = _empty(shape, dtype)
-                elif len(shape) == 1:
+                elif len(shape) == rank:
                     y = _empty(tail, dtype)
                 else:
-                    y = _empty(shape[:-1] + tail, dtype)
+                    y = _empty(shape[: len(shape) - rank] + tail, dtype)
                 try:
                     kernel(x, y, *params)
                     return y
@@ -355,7 +381,14 @@ class Module:
             if array is None or array.shape != shape or array.dtype != self.dtype:
                 return False
             args.append(array)
-        self.__dict__["_fast"] = (version, self._kernel, tuple(args), self._out_tail, self.dtype)
+        self.__dict__["_fast"] = (
+            version,
+            self._kernel,
+            tuple(args),
+            self._out_tail,
+            self.dtype,
+            self._in_rank,
+        )
         return True
 
     def _lookup_param(self, key: str) -> np.ndarray | None:
@@ -365,17 +398,24 @@ class Module:
             module = module._modules.get(part) if module is not None else None
         if module is None or type(module)._kernel is None:
             return None
-        return module._parameters.get(name)
+        return module._tensor(name)
+
+    def _tensor(self, name: str) -> np.ndarray | None:
+        """The parameter or buffer `name` of this module, or None."""
+        if name in self._parameters:
+            return self._parameters[name]
+        return self._buffers.get(name)
 
     def _update_params_tuple(self) -> None:
-        """Cache this module's own kernel arguments (leaf modules: weight, bias)."""
+        """Cache this module's own kernel arguments (leaf modules: weight, bias, buffers)."""
         self.__dict__["_params_tuple"] = tuple(
-            self._parameters.get(key) for key, _ in self._kernel_params if "." not in key
+            self._tensor(key) for key, _ in self._kernel_params if "." not in key
         )
 
     def _output_for(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         """A new output array for input `x`, or `out` checked to fit it."""
-        shape = x.shape if self._out_tail is None else x.shape[:-1] + self._out_tail
+        tail = self._out_tail
+        shape = x.shape if tail is None else x.shape[: x.ndim - self._in_rank] + tail
         if out is None:
             return np.empty(shape, self.dtype)
         if (
@@ -394,35 +434,39 @@ class Module:
         return out
 
     def _as_input(self, x: Any) -> np.ndarray:
-        """`x` as a C-contiguous array of this module's dtype with last axis `in_features`,
-        or a clear error naming the expected shape."""
+        """`x` as a C-contiguous array of this module's dtype whose last axes are the
+        per-sample `in_shape`, or a clear error naming the expected shape."""
+        expected = _expected(self.in_shape)
         if not isinstance(x, np.ndarray):
             try:
                 x = to_numpy(x)
             except Exception as exc:
                 raise TypeError(
-                    f"{self._get_name()}: expected a numeric array of shape ({self.in_features},) "
-                    f"or (*, {self.in_features}), got {type(x).__name__}"
+                    f"{self._get_name()}: expected a numeric array of shape {expected}, "
+                    f"got {type(x).__name__}"
                 ) from exc
         if type(x) is not np.ndarray:
             # Kernels take plain arrays; a mask would be silently dropped, so refuse it.
             if isinstance(x, np.ma.MaskedArray):
                 raise TypeError(
-                    f"{self._get_name()}: expected a numeric array of shape ({self.in_features},) "
-                    f"or (*, {self.in_features}), got a masked array (pass x.filled(value))"
+                    f"{self._get_name()}: expected a numeric array of shape {expected}, "
+                    "got a masked array (pass x.filled(value))"
                 )
             x = np.asarray(x)  # np.matrix, np.memmap: the plain array they hold
         if x.dtype != self.dtype:
             if x.dtype.kind not in "biuf":
                 raise TypeError(
-                    f"{self._get_name()}: expected real numbers of shape ({self.in_features},) "
-                    f"or (*, {self.in_features}), got an array of dtype {x.dtype}"
+                    f"{self._get_name()}: expected real numbers of shape {expected}, "
+                    f"got an array of dtype {x.dtype}"
                 )
             x = x.astype(self.dtype)
-        if x.ndim == 0 or (self.in_features is not None and x.shape[-1] != self.in_features):
+        shape = self.in_shape
+        if x.ndim == 0 or (
+            shape is not None and (x.ndim < len(shape) or x.shape[x.ndim - len(shape) :] != shape)
+        ):
             raise ValueError(
-                f"{self._get_name()}: expected input of shape ({self.in_features},) or "
-                f"(*, {self.in_features}), got shape {_fmt_shape(x.shape)}"
+                f"{self._get_name()}: expected input of shape {expected}, "
+                f"got shape {_fmt_shape(x.shape)}"
             )
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
@@ -475,10 +519,10 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         if isinstance(value, Module):
-            if name in d.get("_parameters", ()):
-                raise TypeError(f"cannot assign a module to parameter {name!r}")
+            if name in d.get("_parameters", ()) or name in d.get("_buffers", ()):
+                raise TypeError(f"cannot assign a module to parameter or buffer {name!r}")
             self.add_module(name, value)
-        elif name in d.get("_parameters", ()):
+        elif name in d.get("_parameters", ()) or name in d.get("_buffers", ()):
             self._set_parameter(name, value)
         elif name in d.get("_modules", ()):
             if value is not None:
@@ -496,7 +540,7 @@ class Module:
     # off CPython's attribute caches on the per-call path.
 
     def __delattr__(self, name: str) -> None:
-        if name in self._parameters or name in self._modules:
+        if name in self._parameters or name in self._buffers or name in self._modules:
             raise AttributeError(f"cannot delete {name!r}: the generated forward needs it")
         object.__delattr__(self, name)
 
@@ -506,7 +550,9 @@ class Module:
             raise KeyError(f"module name must be a non-empty string without '.', got {name!r}")
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a layerc Module")
-        if name not in self._modules and (hasattr(type(self), name) or name in self._parameters):
+        if name not in self._modules and (
+            hasattr(type(self), name) or name in self._parameters or name in self._buffers
+        ):
             raise KeyError(f"attribute {name!r} already exists")
         self._modules[name] = module
         self.__dict__[name] = module
@@ -519,13 +565,21 @@ class Module:
         self.__dict__[name] = value
         self._update_params_tuple()
 
+    def _register_buffer(self, name: str, value: np.ndarray | None) -> None:
+        self._buffers[name] = value
+        self.__dict__[name] = value
+        self._update_params_tuple()
+
     def _set_parameter(self, name: str, value: Any) -> None:
-        """Rebind a parameter; shape and dtype must stay what the kernels were built for."""
-        current = self._parameters[name]
+        """Rebind a parameter or buffer; shape and dtype must stay what the kernels were built
+        for."""
+        registry = self._parameters if name in self._parameters else self._buffers
+        current = registry[name]
         if value is None or current is None:
             if value is None and current is None:
                 return
-            raise TypeError(f"cannot add or remove parameter {name!r} of a compiled module")
+            what = "parameter" if registry is self._parameters else "buffer"
+            raise TypeError(f"cannot add or remove {what} {name!r} of a compiled module")
         array = to_numpy(value)
         if array.shape != current.shape:
             raise ValueError(
@@ -534,7 +588,7 @@ class Module:
         if array.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
         array = np.ascontiguousarray(array, dtype=current.dtype)
-        self._parameters[name] = array
+        registry[name] = array
         self.__dict__[name] = array
         self._update_params_tuple()
         H.bump()
@@ -606,12 +660,24 @@ class Module:
                 yield module_prefix + ("." if module_prefix else "") + name, param
 
     def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
-        return iter(())
+        for _, buffer in self.named_buffers(recurse=recurse):
+            yield buffer
 
     def named_buffers(
-        self, prefix: str = "", recurse: bool = True
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, np.ndarray]]:
-        return iter(())
+        modules = (
+            self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+            if recurse
+            else [(prefix, self)]
+        )
+        seen: set[int] = set()
+        for module_prefix, module in modules:
+            for name, buffer in module._buffers.items():
+                if buffer is None or (remove_duplicate and id(buffer) in seen):
+                    continue
+                seen.add(id(buffer))
+                yield module_prefix + ("." if module_prefix else "") + name, buffer
 
     def get_submodule(self, target: str) -> Module:
         module: Module = self
@@ -631,18 +697,27 @@ class Module:
             raise AttributeError(f"{module._get_name()} has no parameter `{name}`")
         return module._parameters[name]  # type: ignore[return-value]
 
+    def get_buffer(self, target: str) -> np.ndarray:
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        if module._buffers.get(name) is None:
+            raise AttributeError(f"{module._get_name()} has no buffer `{name}`")
+        return module._buffers[name]  # type: ignore[return-value]
+
     # ------------------------------------------------------------------ state
 
     def state_dict(
         self, *, destination: dict | None = None, prefix: str = "", keep_vars: bool = False
     ) -> OrderedDict[str, np.ndarray]:
-        """Parameters under PyTorch's keys (`fc.weight`, `0.bias`), in PyTorch's order. The
+        """Parameters and buffers under PyTorch's keys (`fc.weight`, `bn.running_mean`), in
+        PyTorch's order (each module's parameters, then its buffers, then its children's). The
         values are the module's own arrays, as torch returns tensors sharing storage."""
         if destination is None:
             destination = OrderedDict()
-        for name, param in self._parameters.items():
-            if param is not None:
-                destination[prefix + name] = param
+        for registry in (self._parameters, self._buffers):
+            for name, value in registry.items():
+                if value is not None:
+                    destination[prefix + name] = value
         for name, module in self._modules.items():
             if module is not None:
                 module.state_dict(
@@ -664,7 +739,10 @@ class Module:
         unexpected: list[str] = []
         errors: list[str] = []
         updates: list[tuple[Module, str, np.ndarray]] = []
-        self._check_state(dict(state_dict), "", missing, unexpected, errors, updates)
+        metadata = getattr(state_dict, "_metadata", None)
+        self._check_state(
+            dict(state_dict), "", missing, unexpected, errors, updates, metadata or {}
+        )
         if strict:
             if unexpected:
                 keys = ", ".join(f'"{key}"' for key in unexpected)
@@ -682,8 +760,8 @@ class Module:
             if assign:
                 module._set_parameter(name, value)
             else:
-                param = module._parameters[name]
-                assert param is not None  # _check_state passes only present parameters
+                param = module._tensor(name)
+                assert param is not None  # _check_state passes only present tensors
                 np.copyto(param, value, casting="unsafe")
         return _IncompatibleKeys(missing, unexpected)
 
@@ -695,15 +773,26 @@ class Module:
         unexpected: list[str],
         errors: list[str],
         updates: list[tuple[Module, str, np.ndarray]],
+        metadata: Mapping[str, Any],
     ) -> None:
         """torch's `_load_from_state_dict` and its walk over the children, without copying:
         appends this subtree's missing and unexpected keys and errors in torch's order, and
-        the (module, parameter name, checked value) pairs to copy."""
-        local = {name: param for name, param in self._parameters.items() if param is not None}
+        the (module, tensor name, checked value) pairs to copy."""
+        local = {
+            name: value
+            for registry in (self._parameters, self._buffers)
+            for name, value in registry.items()
+            if value is not None
+        }
+        # As torch's BatchNorm: a state_dict saved before a buffer existed (no version in its
+        # metadata) may leave it out, and the module keeps its own value.
+        version = metadata.get(prefix[:-1], {}).get("version")
+        legacy = set(self._legacy_defaults) if version is None or version < 2 else set()
         for name, param in local.items():
             key = prefix + name
             if key not in state:
-                missing.append(key)
+                if name not in legacy:
+                    missing.append(key)
                 continue
             value = _checked_value(key, param, state[key], errors)
             if value is not None:
@@ -718,7 +807,9 @@ class Module:
             if child is not None:
                 child_prefix = prefix + name + "."
                 child_state = {k: v for k, v in state.items() if k.startswith(child_prefix)}
-                child._check_state(child_state, child_prefix, missing, unexpected, errors, updates)
+                child._check_state(
+                    child_state, child_prefix, missing, unexpected, errors, updates, metadata
+                )
 
     # ------------------------------------------------------------------ misc
 
@@ -795,4 +886,4 @@ class Module:
                     f"{_fmt_shape(shape)} the kernel was generated for"
                 )
             arrays.append(np.array(array, dtype=self.dtype, order="C", copy=True))
-        return bind(self._kernel, tuple(arrays), self.dtype, self.out_features)
+        return bind(self._kernel, tuple(arrays), self.dtype, self._out_tail, self._in_rank)

@@ -3,7 +3,7 @@
 The weights are captured by the closure, which numba freezes into the compiled function as
 constants: `f` is a snapshot of the weights at the time `njit()` was called, and calling it from
 a user's `@numba.njit` loop crosses no Python object per call. `x` may have any shape
-(*, in_features) and is converted to the module's dtype (a no-op when it already has it).
+(*, *in_shape) and is converted to the module's dtype (a no-op when it already has it).
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ def bind(
     kernel: Callable[..., object],
     arrays: tuple[np.ndarray, ...],
     dtype: np.dtype,
-    out_features: int | None,
+    tail: tuple[int, ...] | None,
+    rank: int = 1,
 ) -> Callable[[np.ndarray], np.ndarray]:
+    """`f(x) -> y` running `kernel(x, y, *arrays)`: y has x's shape (`tail` None), or x's with
+    the last `rank` axes replaced by `tail`."""
     scalar = dtype.type
-    if out_features is None:  # an activation: the output has the input's shape
+    if tail is None:  # the output has the input's shape
 
         @numba.njit
         def forward(x):  # type: ignore[no-untyped-def]
@@ -32,13 +35,13 @@ def bind(
 
         return forward  # type: ignore[no-any-return]
 
-    tail = (out_features,)
+    cut = -rank  # a closure constant, so numba slices the shape tuple statically
 
     @numba.njit
-    def forward_linear(x):  # type: ignore[no-untyped-def]
+    def forward_shaped(x):  # type: ignore[no-untyped-def]
         xc = np.ascontiguousarray(np.asarray(x, dtype=scalar))
-        y = np.empty(xc.shape[:-1] + tail, dtype=scalar)
+        y = np.empty(xc.shape[:cut] + tail, dtype=scalar)
         kernel(xc, y, *arrays)
         return y
 
-    return forward_linear  # type: ignore[no-any-return]
+    return forward_shaped  # type: ignore[no-any-return]
