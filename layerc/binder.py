@@ -172,16 +172,16 @@ def real(
     nonzero: bool = False,
     prefix: bool = False,
 ) -> Convert:
-    """A finite number, optionally within [minimum, maximum] and not zero. Integers become
-    floats (torch keeps `ELU(alpha=1)` as given, but its repr of the defaults is `1.0`; layerc
-    always holds floats). With `prefix`, messages start with the callee ("normal(): ...")."""
+    """A finite number, optionally within [minimum, maximum] and not zero. An integer literal
+    stays an int, as a Python int passed to torch does (`ELU(alpha=2)` prints `alpha=2` there
+    too). With `prefix`, messages start with the callee ("normal(): ...")."""
 
-    def convert(value: S.Value, name: str, callee: str) -> float:
+    def convert(value: S.Value, name: str, callee: str) -> float | int:
         lead = f"{callee}: " if prefix else ""
         number = _number(value)
         if number is None or not math.isfinite(number.value):
             raise LayercError(f"{lead}{name} must be a finite number", value.loc)
-        x = float(number.value)
+        x = number.value
         if minimum is not None and x < minimum:
             raise LayercError(
                 f"{lead}{name} must be >= {_fmt(minimum)}, not {number.text}", value.loc
@@ -192,9 +192,18 @@ def real(
             )
         if nonzero and x == 0:
             raise LayercError(f"{lead}{name} must not be zero", value.loc)
-        return x
+        return int(number.text) if number.is_int else float(x)
 
     return convert
+
+
+def probability(value: S.Value, name: str, callee: str) -> float | int:
+    """A number from 0 to 1 (a dropout probability)."""
+    number = _number(value)
+    if number is None or not 0 <= number.value <= 1:
+        shown = f", not {number.text}" if number is not None else ""
+        raise LayercError(f"{name} must be a probability between 0 and 1{shown}", value.loc)
+    return int(number.text) if number.is_int else float(number.value)
 
 
 def _fmt(x: float) -> str:
@@ -261,6 +270,7 @@ __all__ = [
     "choice",
     "integer",
     "positive_int",
+    "probability",
     "real",
     "seed",
     "shape",

@@ -20,7 +20,7 @@ from . import binder, ir
 from . import syntax as S
 from . import weights as W
 from .errors import LayercError, Loc, suggest
-from .kinds import KINDS, MAX_FEATURES, Kind, Shape, ShapeError, fmt_shape
+from .kinds import KINDS, MAX_FEATURES, MAX_RANK, Kind, Shape, ShapeError, fmt_shape
 from .runtime.layers import reserved_names
 
 __all__ = ["check", "MAX_FEATURES"]
@@ -73,8 +73,9 @@ LOAD_PARAMS = (
     binder.Param("path", _load_string, type="str"),
     binder.Param("key", _load_string, None, type="str"),
 )
+_INPUT_SHAPE = binder.shape(MAX_FEATURES, MAX_RANK)
 TEST_ENTRIES = ("input", "expect", "atol", "rtol")
-MODEL_OPTIONS = ("dtype", "allow_nonfinite")
+MODEL_OPTIONS = ("dtype", "allow_nonfinite", "input")
 
 DEFAULT_TOLERANCES = {
     np.dtype(np.float32): (1e-5, 1.3e-6),  # (atol, rtol) as torch.testing.assert_close
@@ -170,7 +171,7 @@ class _Checker:
         # option) fixes it; the shape-preserving layers before that one wait in `pending`.
         in_shape: Shape | None = options.get("input")
         shape = in_shape
-        pending: list[int] = []
+        pending: list[tuple[int, ir.Submodel | _Built, S.LayerDef]] = []
         shaper: tuple[str, S.LayerDef] | None = None  # the layer that last set the shape
         for position, layer_node in enumerate(node.layers):
             name = layer_node.name if layer_node.name is not None else str(position)
@@ -189,14 +190,20 @@ class _Checker:
                 shape = self.first_shape(built, layer_node, node)
                 if shape is not None:
                     in_shape = shape
-                    for index in pending:
-                        waiting = layers[index]
-                        assert isinstance(waiting, ir.Layer)
-                        layers[index] = dataclasses.replace(
-                            waiting, in_shape=shape, out_shape=shape
+                    for index, waiting, waiting_node in pending:
+                        self.out_shape(
+                            waiting,
+                            shape,
+                            waiting_node.name or str(index),
+                            waiting_node,
+                            node,
+                            None,
                         )
+                        placed = layers[index]
+                        assert isinstance(placed, ir.Layer)
+                        layers[index] = dataclasses.replace(placed, in_shape=shape, out_shape=shape)
             if shape is None:
-                pending.append(len(layers))
+                pending.append((len(layers), built, layer_node))
                 out: Shape = ()
             else:
                 out = self.out_shape(built, shape, name, layer_node, node, shaper)
@@ -213,14 +220,15 @@ class _Checker:
                     out,
                     layer_node.loc,
                 )
-                if not built.spec.preserves_shape:
+                if not built.spec.keeps_shape:
                     shaper = (name, layer_node)
             shape = out if shape is not None else None
             layers.append(layer)
             totals = self.expand(totals, layer, layer_node, node.name)
         if in_shape is None or shape is None:
             raise LayercError(
-                f"model {node.name!r} has no Linear layer, so its input size is unknown",
+                f"model {node.name!r} has no layer that fixes its input shape (such as a "
+                "Linear): give it as the model option input=[...]",
                 node.name_loc,
             )
         self.expanded[node.name] = totals
@@ -229,13 +237,13 @@ class _Checker:
     def first_shape(
         self, built: ir.Submodel | _Built, node: S.LayerDef, model: S.ModelDef
     ) -> Shape | None:
-        """The model's per-sample input shape if this layer, the first that is not
-        shape-preserving, fixes it; None for a shape-preserving layer (the shape is not known
-        yet). A layer that needs the shape but cannot fix it is an error."""
+        """The model's per-sample input shape if this layer fixes it (a Linear: its
+        in_features); None for a layer that keeps any shape (the shape is not known yet). A
+        layer that changes the shape but cannot fix it is an error."""
         if isinstance(built, ir.Submodel):
             return built.model.in_shape
         fixed = built.spec.fixes(built.args.values)
-        if fixed is None and not built.spec.preserves_shape:
+        if fixed is None and not built.spec.keeps_shape:
             raise LayercError(
                 f"model {model.name!r} starts with {built.spec.name}, which cannot tell the shape "
                 "of its input: give it as the model option input=[...], such as "
@@ -339,6 +347,9 @@ class _Checker:
                 result["dtype"] = ir.DTYPES[text]
             elif arg.name == "allow_nonfinite":
                 result["allow_nonfinite"] = binder.boolean(arg.value, "allow_nonfinite", "model")
+            elif arg.name == "input":
+                # the per-sample input shape, for models whose first layer does not fix it
+                result["input"] = _INPUT_SHAPE(arg.value, "input", "model")
             else:
                 raise LayercError(
                     f"unknown model option {arg.name!r}{suggest(arg.name, list(MODEL_OPTIONS))} "
@@ -590,7 +601,7 @@ class _Checker:
                     _element_loc(value, index) or loc,
                 )
         with np.errstate(over="ignore"):
-            converted = array.astype(dtype)
+            converted = array.astype(dtype, order="C")
         overflow = np.isinf(converted) & np.isfinite(array)
         if overflow.any():
             index = tuple(int(i) for i in np.argwhere(overflow)[0])
@@ -599,7 +610,7 @@ class _Checker:
                 f"{what}{list(index)} = {number!r} overflows {dtype.name}",
                 _element_loc(value, index) or loc,
             )
-        return np.ascontiguousarray(converted)
+        return converted
 
     # ------------------------------------------------------------------ tests
 

@@ -480,6 +480,13 @@ class _Renderer:
                 tensors.append((t.name, shape, t.dtype or "", t.buffer, fill))
             if tensors:
                 e.line(f"_tensors = {tuple(tensors)!r}")
+            legacy = tuple(
+                t.name
+                for t in spec.tensors
+                if t.legacy_default and layer.tensor(t.name) is not None
+            )
+            if legacy:
+                e.line(f"_legacy_defaults = {legacy!r}")
             e.line(f"_kernel = staticmethod({module.name})")
             self.kernel_params(e, layer)
 

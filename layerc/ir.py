@@ -169,7 +169,7 @@ def tensors(model: Model) -> Iterator[tuple[str, np.ndarray]]:
 
 def layer_sizes(layer: Child) -> tuple[int, int] | None:
     """(in, out) features of a layer that changes the shape, or None for a shape-preserving one."""
-    if isinstance(layer, Layer) and layer.spec.preserves_shape:
+    if isinstance(layer, Layer) and layer.spec.keeps_shape:
         return None
     return math.prod(layer.in_shape), math.prod(layer.out_shape)
 

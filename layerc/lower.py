@@ -333,7 +333,7 @@ class _Lowering:
         rows = 1 if accepts is None else layer.spec.rows(layer.argdict, accepts)[0]
         params = core.params  # type: ignore[union-attr]
         return self.kernel(
-            ("module", core.name),
+            ("module", core.name, accepts, out, rows),
             f"{core.name}_any",
             lambda name: ModuleKernel(name, core.name, dtype, accepts, out, rows, params),
         )

@@ -23,6 +23,7 @@ from . import __version__, ir
 from . import weights as W
 from .errors import LayercError
 from .files import WriteFailed, write_atomically
+from .kinds import KINDS
 
 MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
 EXPORT_OPSET = 17
@@ -60,7 +61,6 @@ _EXPORT_OPS = {
     "LeakyReLU": "LeakyRelu",
     "Softmax": "Softmax",
 }
-_LAYER_KINDS = {"Linear", "ReLU", "Sigmoid", "Tanh", "Identity", "LeakyReLU", "Softmax"}
 
 
 # =========================================================================== import
@@ -518,7 +518,7 @@ def model_name_for(stem: str) -> str:
     name = "".join(p[:1].upper() + p[1:] for p in parts)
     if not name or not name[0].isalpha() or not name.isascii():
         name = "Model" + name
-    if name in _LAYER_KINDS:
+    if name in KINDS:
         name += "Model"
     return name
 
@@ -601,6 +601,19 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     nodes, initializers = [], []
     value = "input"
     layers = list(ir.layers(model))
+    for path, layer in layers:
+        if layer.kind != "Linear" and layer.kind not in _EXPORT_OPS:
+            raise LayercError(
+                f"layerc export cannot write {layer.kind} layers yet (layer {path!r} of model "
+                f"{model.name!r}); it writes Linear, {', '.join(_EXPORT_OPS)}",
+                file=source,
+            )
+    if len(model.in_shape) != 1:
+        raise LayercError(
+            f"layerc export writes models whose input is (batch, features); {model.name!r} "
+            f"takes samples of shape {model.in_shape}",
+            file=source,
+        )
     for index, (path, layer) in enumerate(layers):
         out = "output" if index == len(layers) - 1 else f"/{path}/output"
         if layer.kind == "Linear":

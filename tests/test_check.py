@@ -491,7 +491,8 @@ ERRORS = [
     ("bad-dtype-number", f"model M(dtype=32) {{\n  Linear(2, 3) {INIT}\n}}", 1, 15,
      "dtype must be float32 or float64"),
     ("unknown-option", f"model M(dtpye=float64) {{\n  Linear(2, 3) {INIT}\n}}", 1, 9,
-     "unknown model option 'dtpye'; did you mean 'dtype'? (options: dtype, allow_nonfinite)"),
+     "unknown model option 'dtpye'; did you mean 'dtype'? (options: dtype, allow_nonfinite, "
+     "input)"),
     ("positional-option", f"model M(float64) {{\n  Linear(2, 3) {INIT}\n}}", 1, 9,
      "model options are keywords: write dtype=float32 or dtype=float64"),
     ("option-twice", f"model M(dtype=float64, dtype=float64) {{\n  Linear(2, 3) {INIT}\n}}", 1, 24,
@@ -503,7 +504,8 @@ ERRORS = [
     # --- empty models
     ("no-layers", "model M {\n}", 1, 7, "model 'M' has no layers"),
     ("no-linear", "model M {\n  ReLU\n  Softmax\n}", 1, 7,
-     "model 'M' has no Linear layer, so its input size is unknown"),
+     "model 'M' has no layer that fixes its input shape (such as a Linear): give it as the "
+     "model option input=[...]"),
 ]
 # fmt: on
 

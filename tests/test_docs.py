@@ -295,6 +295,45 @@ def test_language_reference_covers_the_checker() -> None:
         assert f"`{name}" in text, f"docs/language.md does not document {name!r}"
 
 
+def _lyr_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def _signature(kind) -> str:
+    """A kind's arguments as the language reference's table writes them."""
+    from layerc.binder import REQUIRED
+
+    cells = []
+    for param in kind.params:
+        if param.keyword_only and "`*`" not in cells:
+            cells.append("`*`")
+        default = "" if param.default is REQUIRED else f"={_lyr_value(param.default)}"
+        cells.append(f"`{param.name}{default}`")
+    return ", ".join(cells) or "none"
+
+
+def test_language_reference_tables_every_kind() -> None:
+    """The Layers table has one row per kind of layerc.kinds, in the table's order, with the
+    kind's arguments (names, order, defaults) and its block entries."""
+    from layerc.kinds import KINDS
+
+    text = (DOCS / "language.md").read_text(encoding="utf-8")
+    section = text[text.index("## Layers") : text.index("## Weights")]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (.+?) \|$", section, flags=re.M)
+    assert [kind for kind, _, _ in rows] == list(KINDS)
+    for kind, arguments, entries in rows:
+        spec = KINDS[kind]
+        assert arguments == _signature(spec), kind
+        names = re.findall(r"`(\w+)`", entries)
+        assert [n for n in names if n != "init" or spec.initialiser] == [
+            n for n in [*spec.entries(), *(t.name for t in spec.tensors if not t.entry)]
+        ] or (not spec.tensors and entries == "none"), kind
+
+
 def test_block_reader(tmp_path: Path) -> None:
     """The harness itself: fences, info strings and the gap between blocks."""
     page = textwrap.dedent(
@@ -330,13 +369,15 @@ def test_block_reader(tmp_path: Path) -> None:
 def test_language_reference_states_the_checkers_limits() -> None:
     """The Limits table gives the values the front end enforces."""
     from layerc import weights
+    from layerc.kinds import MAX_RANK
 
     text = (DOCS / "language.md").read_text(encoding="utf-8")
     section = text[text.index("## Limits") : text.index("## The generated module")]
     rows = dict(re.findall(r"^\| (.+?) \| at most (\d+)", section, flags=re.M))
     assert {
         "`in_features`, `out_features`": checker.MAX_FEATURES,
-        "weights in one Linear": checker.MAX_WEIGHTS,
+        "axes of a per-sample shape (`input`, `normalized_shape`)": MAX_RANK,
+        "weights in one layer": checker.MAX_WEIGHTS,
         "weights in one source, and in one model with its nested models expanded": (
             checker.MAX_WEIGHTS
         ),
