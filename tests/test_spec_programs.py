@@ -1,10 +1,11 @@
 """Every program of the language spec compiles as written, and section 1's claims about the
-generated module hold.
+generated module hold; section 7's table of layer kinds is the compiler's.
 
 The spec lives outside the repository, so its programs are copied verbatim into
-tests/spec_programs/ (one file per fenced .lyr block, in order). When the spec is reachable
-(LAYERC_SPEC, or ../shared/spec/language.md beside the checkout) the copies are also compared
-with it, so an edited spec shows up here.
+tests/spec_programs/ (one file per fenced .lyr block, in order), and its section 7 (the layer
+kinds, whose one program is inline) into tests/spec_programs/section7.md. When the spec is
+reachable (LAYERC_SPEC, or ../shared/spec/language.md beside the checkout) the copies are also
+compared with it, so an edited spec shows up here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 
 from layerc import cli, driver
+from layerc.binder import REQUIRED
+from layerc.kinds import KINDS
 
 HERE = Path(__file__).resolve().parent
 PROGRAMS = sorted((HERE / "spec_programs").glob("*.lyr"))
@@ -99,3 +102,86 @@ def test_output_option_writes_elsewhere(tmp_path: Path):
         [30, 40, 50],
         [4, 5, 6],
     ]
+
+
+# --------------------------------------------------------------------------- section 7
+
+SECTION7 = HERE / "spec_programs" / "section7.md"
+
+
+def spec_section(markdown: str, number: int) -> str:
+    """Section `number` of the spec, from its heading to the next section's."""
+    start = markdown.index(f"\n## {number}. ") + 1
+    return markdown[start : markdown.index(f"\n## {number + 1}. ") + 1]
+
+
+def test_section_7_copy_is_the_spec():
+    text = SECTION7.read_text(encoding="utf-8")
+    assert text.startswith("## 7. More layer kinds")
+    spec = spec_path()
+    if spec is not None:
+        assert spec_section(spec.read_text(encoding="utf-8"), 7) == text
+
+
+def _lyr_literal(text: str) -> object:
+    """A default as the spec writes it: true, false, a number or a string."""
+    if text in ("true", "false"):
+        return text == "true"
+    if text.startswith('"'):
+        return text.strip('"')
+    return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
+
+
+def section7_rows() -> list[tuple[list[str], list[tuple[str, object]], list[str]]]:
+    """(kinds, [(argument, default or REQUIRED)], [weight and buffer names]) per table row."""
+    out = []
+    for row in re.findall(r"^\| (`.+?) \| (.+?) \| (.+?) \|$", SECTION7.read_text("utf-8"), re.M):
+        kinds = re.findall(r"`(\w+)`", row[0])
+        arguments = []
+        for name, default in re.findall(r"`(\w+)(?:=([^`]+))?`", row[1]):
+            arguments.append((name, _lyr_literal(default) if default else REQUIRED))
+        out.append((kinds, arguments, re.findall(r"`(\w+)`", row[2])))
+    return out
+
+
+def test_section_7_table_is_the_kinds_table():
+    """Each kind of the spec's table has exactly its arguments (names, order, defaults) in
+    layerc.kinds, and the weights and buffers (state_dict keys) the table names. (torch 2.13's
+    BatchNorm1d also takes a keyword-only `bias=True`, which the table does not list.)"""
+    rows = section7_rows()
+    assert len(rows) == 11
+    for kinds, arguments, tensors in rows:
+        for name in kinds:
+            spec = KINDS[name]
+            ours = [(p.name, p.default) for p in spec.params if not p.keyword_only]
+            assert ours == arguments, name
+            extra = [p.name for p in spec.params if p.keyword_only]
+            assert extra == (["bias"] if name == "BatchNorm1d" else []), name
+            assert [t.name for t in spec.tensors] == tensors, name
+
+
+def test_section_7_program(tmp_path: Path):
+    """The section's program (its Linear's block elided as `{...}`, which this test fills with
+    an initialiser) takes (1, 28, 28) and (*, 1, 28, 28), as the torch model of the same layers
+    and weights does."""
+    import torch
+
+    (program,) = re.findall(r"`(model [^`]+)`", SECTION7.read_text(encoding="utf-8"))
+    assert "{...}" in program
+    source = program.replace("{...}", "{ init = uniform(seed=0) }")
+    src = tmp_path / "mnist.lyr"
+    src.write_text(source + "\n", encoding="utf-8")
+    driver.compile_file(src)
+    net = driver.import_module(src.with_suffix(".py")).Mnist()
+    reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    x = np.random.default_rng(7).random((5, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net(x), expected, rtol=1.3e-6, atol=1e-5)
+    np.testing.assert_allclose(net(x[0]), expected[0], rtol=1.3e-6, atol=1e-5)
+    assert net(x.reshape(5, 1, 1, 28, 28)).shape == (5, 1, 10)
+    with pytest.raises(
+        ValueError, match=r"expected input of shape \(1, 28, 28\) or \(\*, 1, 28, 28\)"
+    ):
+        net(np.zeros((5, 784), np.float32))
