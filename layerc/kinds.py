@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import binder as B
+from . import syntax as S
 from .binder import REQUIRED, Param
 
 # Bound arguments by name; each value has the type its parameter's converter gives.
@@ -205,8 +206,7 @@ class Kind:
     runtime: str = "Layer"
     onnx: Onnx | None = None
     # `init = NAME(...)` in the block draws the tensors: (call, args) -> {name: float64 array}
-    initialiser: Callable[..., dict] | None = None
-    noun: str = ""  # how messages name it, when not by its kind name
+    initialiser: Callable[[S.Call, Args], dict] | None = None
 
     def entries(self) -> tuple[str, ...]:
         """The names its { ... } block takes."""
@@ -214,7 +214,7 @@ class Kind:
         return (*names, "init") if self.initialiser is not None else names
 
 
-# --------------------------------------------------------------------------- helpers for entries
+# --------------------------------------------------------------------------- helpers for the table
 
 
 def _const(t: str, value: float) -> str:
@@ -242,15 +242,11 @@ def _linear_shape(args: Args, shape: Shape) -> Shape:
     return (*shape[:-1], args["out_features"])
 
 
-def _linear_init(call: object, args: Args) -> dict:
+def _linear_init(call: S.Call, args: Args) -> dict:
+    """torch.nn.init's initialisers for a Linear's weight and bias (see weights.initialise)."""
     from . import weights as W
 
-    weight, bias = W.initialise(
-        call,  # type: ignore[arg-type]
-        args["out_features"],  # type: ignore[arg-type]
-        args["in_features"],  # type: ignore[arg-type]
-        bool(args["bias"]),
-    )
+    weight, bias = W.initialise(call, args["out_features"], args["in_features"], args["bias"])
     return {"weight": weight, "bias": bias}
 
 
@@ -454,7 +450,7 @@ def _hardtanh_validate(args: B.Bound) -> None:
         )
 
 
-def _inplace(args: Args) -> str:
+def _no_extra_repr(args: Args) -> str:
     """torch's extra_repr of activations whose only argument is `inplace` (always false)."""
     return ""
 
@@ -501,7 +497,7 @@ def _activation(
     doc: str,
     expr: Callable[[Args, str], str],
     params: tuple[Param, ...] = (),
-    extra_repr: Callable[[Args], str] = _inplace,
+    extra_repr: Callable[[Args], str] = _no_extra_repr,
     onnx: Onnx | None = None,
     validate: Callable[[B.Bound], None] = no_check,
 ) -> Kind:

@@ -195,9 +195,6 @@ class Plan:
     inline: bool  # weights as literals in the module, or in a weights file beside it
     abi: int  # the oldest runtime ABI that can run the module
 
-    def kernel(self, name: str) -> Kernel:
-        return next(k for k in self.kernels if k.name == name)
-
     def text(self) -> str:
         return render_text(self)
 
