@@ -348,7 +348,7 @@ class _Renderer:
             elif isinstance(native, kinds.Channelwise):
                 e.line(f'"""{spec.doc} Rows of xs are samples of C channels; ys may be xs."""')
                 e.line("m, w = xs.shape")
-                e.line(f"C = {k.params[0]}.shape[0]")
+                e.line(f"C = {native.channels(layer.argdict)}")
                 e.line("L = w // C")
                 if native.prepare is not None:
                     native.prepare(e, layer.argdict, t, _plain, "C")

@@ -70,13 +70,16 @@ class Elementwise:
 
 @dataclass(frozen=True)
 class Channelwise:
-    """y = f(v, c) for each value v of channel c, a sample being (C, L) (C channels of L values;
-    a 1-D sample is (C, 1)). `prepare(e, args, t, ref, C)` emits lines that compute per-channel
-    arrays of length C from the layer's tensors before the loop; `expr(args, t, ref, c)` is the
-    expression of `v` in channel `c`. `ref(name)` is the local name of a tensor or prepared
-    array. Folded into a Linear's epilogue, the channel is the Linear's output feature."""
+    """y = f(v, c) for each value v of channel c, a sample being (C, L) (`channels(args)`
+    channels of L values; a 1-D sample is (C, 1)). `prepare(e, args, t, ref, C)` emits lines
+    that compute per-channel arrays of length C from the layer's tensors before the loop (in
+    a layer's own kernel it may also read the batch: `xs` of `m` rows of C * L values);
+    `expr(args, t, ref, c)` is the expression of `v` in channel `c`. `ref(name)` is the local
+    name of a tensor or prepared array. Folded into a Linear's epilogue, the channel is the
+    Linear's output feature."""
 
     expr: Callable[[Args, str, Ref, str], str]
+    channels: Callable[[Args], int]
     prepare: Callable[[Lines, Args, str, Ref, str], None] | None = None
 
 
@@ -196,8 +199,10 @@ class Kind:
     rows: Callable[[Args, Shape], tuple[int, int]] = whole_sample
     # checks between arguments, once they are bound (raises LayercError at an argument)
     validate: Callable[[B.Bound], None] = no_check
-    # "norm" or "activation": may join a preceding Linear's epilogue, in that order
+    # "norm" or "activation": may join a preceding Linear's epilogue, in that order (when
+    # `fuses` says so for its arguments)
     fuse: str | None = None
+    fuses: Callable[[Args], bool] = lambda a: True
     # the fused forward leaves it out: identity at inference, or a reshape of contiguous data
     dropped: bool = False
     # torch's `extra_repr()` for these arguments
@@ -337,17 +342,47 @@ def _emit_layer_norm(e: Lines, args: Args, t: str) -> None:
 
 def _bn_prepare(e: Lines, args: Args, t: str, ref: Ref, channels: str) -> None:
     """torch's eval-mode batch norm folded per channel: alpha = 1 / sqrt(var + eps) * weight,
-    beta = bias - mean * alpha; then y = x * alpha + beta."""
+    beta = bias - mean * alpha; then y = x * alpha + beta. The mean and variance are the running
+    statistics, or with track_running_stats=false the batch's own (the mean and biased variance
+    of each channel over every sample of the call, accumulated in float64), as torch computes
+    them even in eval mode when it keeps no running statistics."""
     weight = f"{ref('weight')}[c]" if args["affine"] else f"{t}(1.0)"
     bias = f"{ref('bias')}[c]" if args["affine"] and args["bias"] else f"{t}(0.0)"
     alpha, beta = ref("alpha"), ref("beta")
+    eps = _const(t, args["eps"])
     e.line(f"{alpha} = _np.empty({channels}, dtype={t})")
     e.line(f"{beta} = _np.empty({channels}, dtype={t})")
+    if args["track_running_stats"]:
+        e.line(f"for c in range({channels}):")
+        with e.indent():
+            e.line(f"{alpha}[c] = {t}(1.0) / _np.sqrt({ref('running_var')}[c] + {eps}) * {weight}")
+            e.line(f"{beta}[c] = {bias} - {ref('running_mean')}[c] * {alpha}[c]")
+        return
+    e.line("if m * L == 1:")
+    with e.indent():
+        e.line(
+            'raise ValueError("BatchNorm1d(track_running_stats=False) expected more than 1 '
+            'value per channel")'
+        )
     e.line(f"for c in range({channels}):")
     with e.indent():
-        eps = _const(t, args["eps"])
-        e.line(f"{alpha}[c] = {t}(1.0) / _np.sqrt({ref('running_var')}[c] + {eps}) * {weight}")
-        e.line(f"{beta}[c] = {bias} - {ref('running_mean')}[c] * {alpha}[c]")
+        e.line("mean = 0.0")
+        e.line("for s in range(m):")
+        with e.indent():
+            e.line("for j in range(c * L, c * L + L):")
+            with e.indent():
+                e.line("mean += xs[s, j]")
+        e.line("mean = mean / (m * L)")
+        e.line("var = 0.0")
+        e.line("for s in range(m):")
+        with e.indent():
+            e.line("for j in range(c * L, c * L + L):")
+            with e.indent():
+                e.line("d = xs[s, j] - mean")
+                e.line("var += d * d")
+        e.line("var = var / (m * L)")
+        e.line(f"{alpha}[c] = {t}(1.0 / _np.sqrt(var + {float(args['eps'])!r})) * {weight}")
+        e.line(f"{beta}[c] = {bias} - {t}(mean) * {alpha}[c]")
 
 
 def _bn_shape(args: Args, shape: Shape) -> Shape:
@@ -361,15 +396,6 @@ def _bn_shape(args: Args, shape: Shape) -> Shape:
         what = "input features" if len(shape) == 1 else "channels on each sample's first axis"
         raise ShapeError(f"expects {channels} {what} (num_features)", "num_features")
     return shape
-
-
-def _bn_validate(args: B.Bound) -> None:
-    if not args["track_running_stats"]:
-        raise args.error(
-            "track_running_stats",
-            "BatchNorm1d with track_running_stats=false normalises each batch with its own "
-            "statistics, even in eval mode; layerc supports track_running_stats=true only",
-        )
 
 
 def _layer_norm_shape(args: Args, shape: Shape) -> Shape:
@@ -645,10 +671,15 @@ KINDS: dict[str, Kind] = _kinds(
             Param("bias", B.boolean, True, keyword_only=True, type="bool"),
         ),
         native=Channelwise(
-            lambda a, t, ref, c: f"v * {ref('alpha')}[{c}] + {ref('beta')}[{c}]", _bn_prepare
+            lambda a, t, ref, c: f"v * {ref('alpha')}[{c}] + {ref('beta')}[{c}]",
+            lambda a: a["num_features"],
+            _bn_prepare,
         ),
         base="batch_norm1d",
-        doc="BatchNorm1d in eval mode: (x - running_mean) / sqrt(running_var + eps) * weight + bias per channel.",
+        doc=(
+            "BatchNorm1d as in eval mode: (x - mean) / sqrt(var + eps) * weight + bias per "
+            "channel, with the running statistics (or, without them, the batch's)."
+        ),
         tensors=(
             Tensor("weight", lambda a: (a["num_features"],), 1.0, flags=("affine",)),
             Tensor("bias", lambda a: (a["num_features"],), 0.0, flags=("affine", "bias")),
@@ -681,8 +712,8 @@ KINDS: dict[str, Kind] = _kinds(
         shape=_bn_shape,
         fixes=lambda a: (a["num_features"],),
         accepts=_context,
-        validate=_bn_validate,
         fuse="norm",
+        fuses=lambda a: a["track_running_stats"],  # the batch's statistics need the batch
         extra_repr=lambda a: (
             f"{a['num_features']}, eps={a['eps']}, momentum={a['momentum']}, "
             f"affine={a['affine']}, bias={a['affine'] and a['bias']}, "
@@ -734,7 +765,7 @@ KINDS: dict[str, Kind] = _kinds(
             Param("num_parameters", B.positive_int(MAX_FEATURES), 1, type="int"),
             _float("init", 0.25),
         ),
-        native=Channelwise(_prelu_expr),
+        native=Channelwise(_prelu_expr, lambda a: a["num_parameters"]),
         base="prelu",
         doc="PReLU: x if x > 0 else weight[c] * x, with one weight per channel (or one for all).",
         tensors=(Tensor("weight", lambda a: (a["num_parameters"],), lambda a: a["init"]),),

@@ -392,8 +392,8 @@ def _fuse(
     ops: list[tuple[str, ir.Layer, tuple[int, ...]]],
 ) -> list[list[tuple[str, ir.Layer, tuple[int, ...]]]]:
     """Group the steps: a Linear takes the layers right after it into its epilogue while they
-    can join it: first a "norm" (a BatchNorm1d over its output features), then one
-    "activation" (elementwise, or per output feature)."""
+    can join it: first a "norm" (a BatchNorm1d with running statistics over its output
+    features), then one "activation" (elementwise, or per output feature)."""
     groups: list[list[tuple[str, ir.Layer, tuple[int, ...]]]] = []
     for op in ops:
         group = groups[-1] if groups else None
@@ -407,6 +407,8 @@ def _fuse(
 def _joins(group: list[tuple[str, ir.Layer, tuple[int, ...]]], layer: ir.Layer) -> bool:
     head = group[0][1]
     if head.spec.name != "Linear" or layer.spec.fuse is None:
+        return False
+    if not layer.spec.fuses(layer.argdict):
         return False
     roles = [folded.spec.fuse for _, folded, _ in group[1:]]
     if "activation" in roles or (layer.spec.fuse == "norm" and roles):

@@ -67,10 +67,18 @@ class Case:
     torch: object  # () -> the torch.nn module
     # the torch module is too inaccurate or inconsistent for these inputs to be a reference
     specials: tuple[float, ...] = tuple(FINITE_SPECIALS + NONFINITE)
+    # computes with the statistics of the whole batch (BatchNorm1d without running statistics)
+    batch: bool = False
 
 
 def _no_inf(values: list[float]) -> tuple[float, ...]:
     return tuple(v for v in values if not math.isinf(v))
+
+
+def _moderate(values: list[float]) -> tuple[float, ...]:
+    """torch accumulates the moments of float32 values in float32, which overflows for |x| near
+    1e20: large magnitudes are left out where a layer normalises with computed statistics."""
+    return tuple(v for v in values if not abs(v) >= 1e20)
 
 
 CASES = [
@@ -124,25 +132,37 @@ CASES = [
         lambda: nn.BatchNorm1d(WIDTH, bias=False),
     ),
     Case("BatchNorm1d-defaults", f"BatchNorm1d({WIDTH})", lambda: nn.BatchNorm1d(WIDTH)),
-    # torch accumulates a row's moments in float32, which overflows for |x| near 1e20, so
-    # large magnitudes are left out of LayerNorm's reference.
+    Case(
+        "BatchNorm1d-batch-statistics",
+        f"BatchNorm1d({WIDTH}, track_running_stats=false) {{ {_AFFINE} }}",
+        lambda: nn.BatchNorm1d(WIDTH, track_running_stats=False),
+        _moderate(FINITE_SPECIALS + NONFINITE),
+        batch=True,
+    ),
+    Case(
+        "BatchNorm1d-batch-statistics-no-affine",
+        f"BatchNorm1d({WIDTH}, affine=false, track_running_stats=false)",
+        lambda: nn.BatchNorm1d(WIDTH, affine=False, track_running_stats=False),
+        _moderate(FINITE_SPECIALS + NONFINITE),
+        batch=True,
+    ),
     Case(
         "LayerNorm",
         f"LayerNorm({WIDTH}) {{ {_AFFINE} }}",
         lambda: nn.LayerNorm(WIDTH),
-        tuple(v for v in FINITE_SPECIALS + NONFINITE if not abs(v) >= 1e20),
+        _moderate(FINITE_SPECIALS + NONFINITE),
     ),
     Case(
         "LayerNorm-no-affine",
         f"LayerNorm([{WIDTH}], eps=0.01, elementwise_affine=false)",
         lambda: nn.LayerNorm([WIDTH], eps=0.01, elementwise_affine=False),
-        tuple(v for v in FINITE_SPECIALS + NONFINITE if not abs(v) >= 1e20),
+        _moderate(FINITE_SPECIALS + NONFINITE),
     ),
     Case(
         "LayerNorm-no-bias",
         f"LayerNorm({WIDTH}, bias=false) {{ weight = {_w(_GAMMA)} }}",
         lambda: nn.LayerNorm(WIDTH, bias=False),
-        tuple(v for v in FINITE_SPECIALS + NONFINITE if not abs(v) >= 1e20),
+        _moderate(FINITE_SPECIALS + NONFINITE),
     ),
 ]
 IDS = [case.id for case in CASES]
@@ -217,9 +237,15 @@ def test_kind_computes_what_torch_computes(module, index: int, after: bool) -> N
     with torch.no_grad():
         expected = reference(torch.from_numpy(x))
     assert_matches(net(x), expected, dtype)  # the fused path
-    assert_matches(net(x[3]), expected[3], dtype)  # one sample
-    batched = x[:6].reshape(2, 3, WIDTH)  # more than one batch axis
-    assert_matches(net(batched), expected[:6].reshape(2, 3, WIDTH), dtype)
+    if case.batch:  # one value per channel has no variance: torch refuses it, and so does layerc
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            reference(torch.from_numpy(x[3:4]))
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            net(x[3])
+    else:
+        assert_matches(net(x[3]), expected[3], dtype)  # one sample
+        batched = x[:6].reshape(2, 3, WIDTH)  # more than one batch axis
+        assert_matches(net(batched), expected[:6].reshape(2, 3, WIDTH), dtype)
     with net.register_forward_hook(lambda module, args, output: None):
         assert_matches(net(x), expected, dtype)  # each layer on its own
     assert_matches(net.l(np.asarray(net.fc(x)) if after else x), expected, dtype)
@@ -276,7 +302,9 @@ def test_state_dict_moves_from_torch(module, index: int) -> None:
     assert_matches(net(x), expected, dtype)
     with net.register_forward_hook(lambda module, args, output: None):
         assert_matches(net(x), expected, dtype)
-    if "BatchNorm" in case.id:
+    if "BatchNorm" in case.id and case.batch:
+        assert net.l.num_batches_tracked is None and reference.l.num_batches_tracked is None
+    elif "BatchNorm" in case.id:
         assert net.l.num_batches_tracked.dtype == np.int64 and int(net.l.num_batches_tracked) == 7
 
 
@@ -508,9 +536,9 @@ ERRORS = [
     ("bn-rank", "model M(input=[2, 3, 4]) {\n  BatchNorm1d(2)\n}", 2, 3,
      "shape mismatch in model 'M': layer '0' expects samples of shape (2,) or (2, L) (input "
      "(N, C) or (N, C, L) as torch's BatchNorm1d), but the model's input gives shape (2, 3, 4)"),
-    ("bn-batch-statistics", "model M {\n  " + LIN + "\n  BatchNorm1d(4, track_running_stats=false)\n}",
-     3, 38, "BatchNorm1d with track_running_stats=false normalises each batch with its own "
-     "statistics, even in eval mode; layerc supports track_running_stats=true only"),
+    ("bn-stats-without-tracking",
+     "model M {\n  " + LIN + "\n  bn = BatchNorm1d(4, 1e-5, 0.1, true, false) { running_mean = [0, 0, 0, 0] }\n}",
+     3, 49, "layer 'bn' is declared with track_running_stats=false but gives 'running_mean'"),
     ("bn-entry-shape", "model M {\n  " + LIN + "\n  BatchNorm1d(4) { running_var = [1, 2] }\n}",
      3, 34, "running_var has shape (2,) but must have shape (4,)"),
     ("bn-weight-without-affine",
