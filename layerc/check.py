@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,12 @@ MAX_LAYERS = 100_000
 # (layers, weights); each source also gets MAX_WEIGHTS weights in all. These keep a small
 # hostile source from asking for exponential output or unbounded memory.
 MAX_MODEL_DEPTH = 32
+# Values in a test's input or expect. Checked against a file's declared shape before its data is
+# read, so a small compressed .npz cannot make a test allocate gigabytes.
+MAX_TEST_VALUES = 1 << 24
+# Model and layer names. A model's name is part of its kernel's name, which numba puts in the
+# file name of its on-disk cache (driver.MAX_MODULE_NAME has the arithmetic).
+MAX_NAME_LENGTH = 100
 
 # Names a layer may not take: they would hide the module API the generated class offers.
 RESERVED_LAYER_NAMES = reserved_names()
@@ -38,6 +45,25 @@ def _suggest(name: str, options: list[str]) -> str:
     by_lower = {option.lower(): option for option in options}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def _known_kinds(models: dict[str, ir.Model], shown: int = 10) -> str:
+    """ "layer kinds: Linear, ReLU, ...; models defined above: A, B": what a layer may be, for
+    the unknown-kind message (the kinds from LAYER_PARAMS; at most `shown` model names)."""
+    text = "layer kinds: " + ", ".join(LAYER_PARAMS)
+    if models:
+        names = list(models)
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        text += "; models defined above: " + ", ".join(names[:shown]) + more
+    return text
+
+
+def _check_name_length(name: str, what: str, loc: Loc) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise LayercError(
+            f"this {what} name has {len(name)} characters; names have at most {MAX_NAME_LENGTH}",
+            loc,
+        )
 
 
 def _cycle(start: str, target: str, models: dict[str, S.ModelDef]) -> list[str] | None:
@@ -56,14 +82,7 @@ def _cycle(start: str, target: str, models: dict[str, S.ModelDef]) -> list[str] 
     return None
 
 
-def _element_loc(value: S.Value | None, index: tuple[int, ...]) -> Loc | None:
-    """Where element `index` of a list literal stands in the source (so that an error about
-    one number of a large literal points at that number), or None if `value` is no literal."""
-    for i in index:
-        if not isinstance(value, S.ListLit) or i >= len(value.items):
-            return None
-        value = value.items[i]
-    return value.loc if isinstance(value, S.Number) else None
+_element_loc = W.element_loc
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,7 @@ class _Checker:
         # model name -> (nesting depth, layers, weights) with nested models expanded
         self.expanded: dict[str, tuple[int, int, int]] = {}
         self.weights = 0  # in all Linear layers of the source
+        self.loaded: dict[Path, None] = {}  # the files `load(...)` read, in order
 
     def run(self) -> ir.Program:
         all_models = {
@@ -127,6 +147,7 @@ class _Checker:
                         f"model {item.name!r} is defined twice (first at line {first.line})",
                         item.name_loc,
                     )
+                _check_name_length(item.name, "model", item.name_loc)
                 if item.name in LAYER_PARAMS:
                     raise LayercError(
                         f"a model cannot be named {item.name!r}: that is a layer kind",
@@ -139,7 +160,12 @@ class _Checker:
                 tests.append(self.test(item))
         if not self.models:
             raise LayercError("the file defines no model", file=self.program.file)
-        result = ir.Program(Path(self.program.file).name, tuple(self.models.values()), tuple(tests))
+        result = ir.Program(
+            Path(self.program.file).name,
+            tuple(self.models.values()),
+            tuple(tests),
+            (Path(self.program.file), *self.loaded),
+        )
         ir.verify(result)
         return result
 
@@ -267,6 +293,7 @@ class _Checker:
     def check_layer_name(self, layer: S.LayerDef) -> None:
         name = layer.name
         assert name is not None
+        _check_name_length(name, "layer", layer.loc)
         if name in RESERVED_LAYER_NAMES:
             raise LayercError(
                 f"a layer cannot be named {name!r}: the generated module uses that name for its "
@@ -296,7 +323,7 @@ class _Checker:
             self.no_block(node)
             params: list[tuple[str, float | int]] = []
             if kind == "LeakyReLU":
-                slope = self.real(node, args, "negative_slope")
+                slope = self.real(node, args, "negative_slope", dtype)
                 params.append(("negative_slope", slope))
             elif kind == "Softmax":
                 dim = args["dim"]
@@ -341,7 +368,7 @@ class _Checker:
             )
         options = sorted(LAYER_PARAMS) + sorted(self.models)
         raise LayercError(
-            f"unknown layer kind {kind!r}{_suggest(kind, options)}",
+            f"unknown layer kind {kind!r}{_suggest(kind, options)} ({_known_kinds(self.models)})",
             node.kind_loc,
         )
 
@@ -484,13 +511,15 @@ class _Checker:
         what: str,
         dtype: np.dtype | None = None,
     ) -> np.ndarray:
-        """A literal (float64) or load(...) (converted to `dtype`, default float64, exactly or
-        with a reported error), checked against `shape` when one is given."""
+        """A literal (float64 values that `dtype` holds by the literal rule) or load(...)
+        (converted to `dtype`); `dtype` defaults to float64; either way a number `dtype`
+        cannot hold is a reported error. Checked against `shape` when one is given."""
         value = entry.value
+        dtype = dtype if dtype is not None else np.dtype(np.float64)
         if isinstance(value, S.Call):
-            array = self.load(value, shape, dtype if dtype is not None else np.dtype(np.float64))
+            array = self.load(value, shape, dtype)
         else:
-            array = W.literal_array(value, what)
+            array = W.literal_array(value, what, dtype)
         if shape is not None and array.shape != shape:
             raise LayercError(
                 f"{what} has shape {W.fmt_shape(array.shape)} but must have shape {W.fmt_shape(shape)}",
@@ -498,9 +527,15 @@ class _Checker:
             )
         return array
 
-    def load(self, call: S.Call, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
-        """`load(path[, key])` as `dtype`; a declared shape other than `shape` is reported
-        before the file's data is read."""
+    def load(
+        self,
+        call: S.Call,
+        shape: tuple[int, ...] | None,
+        dtype: np.dtype,
+        accept: Callable[[tuple[int, ...]], None] | None = None,
+    ) -> np.ndarray:
+        """`load(path[, key])` as `dtype`; a declared shape other than `shape`, or one that
+        `accept` refuses (by raising), is reported before the file's data is read."""
         if call.func != "load":
             raise LayercError(
                 f'unknown function {call.func!r}: values are literals or load("file", "key")'
@@ -530,8 +565,15 @@ class _Checker:
             by_name[key] = arg.value.value
         if "path" not in by_name:
             raise LayercError("load() needs a file path", call.loc)
+        self.loaded[self.base_dir / by_name["path"]] = None
         return W.load_array(
-            by_name["path"], by_name.get("key"), self.base_dir, call.loc, dtype=dtype, shape=shape
+            by_name["path"],
+            by_name.get("key"),
+            self.base_dir,
+            call.loc,
+            dtype=dtype,
+            shape=shape,
+            accept=accept,
         )
 
     def convert(
@@ -573,14 +615,16 @@ class _Checker:
             raise LayercError(f"{what} must be true or false{hint}", value.loc)
         return value.value
 
-    def real(self, node: S.LayerDef, args: dict[str, object], key: str) -> float:
+    def real(self, node: S.LayerDef, args: dict[str, object], key: str, dtype: np.dtype) -> float:
+        """A finite number argument, read by the rule for literals in `dtype` (an integer
+        exactly, a decimal that does not overflow)."""
         value = args[key]
         if isinstance(value, float):
             return value
-        if not isinstance(value, S.Number) or not math.isfinite(value.value):
+        if not isinstance(value, S.Number) or S.number_kind(value.text) == S.SPECIAL:
             loc = getattr(value, "loc", node.kind_loc)
             raise LayercError(f"{key} must be a finite number", loc)
-        return value.value
+        return float(W.literal_array(value, key, dtype))
 
     # ------------------------------------------------------------------ tests
 
@@ -605,10 +649,11 @@ class _Checker:
         for needed in ("input", "expect"):
             if needed not in entries:
                 raise LayercError(f"test of {node.model!r} has no {needed!r}", node.loc)
-        inputs = self.array(entries["input"], None, "input")
-        expect = self.array(entries["expect"], None, "expect")
-        self.test_shape(inputs, model.in_features, "input", entries["input"].value.loc)
-        self.test_shape(expect, model.out_features, "expect", entries["expect"].value.loc)
+        # input is read as the model's dtype and expect as float64, the dtype it is compared in.
+        inputs = self.test_array(entries["input"], model.in_features, model.dtype)
+        expect = self.test_array(entries["expect"], model.out_features, np.dtype(np.float64))
+        self.test_shape(inputs.shape, model.in_features, "input", entries["input"].value.loc)
+        self.test_shape(expect.shape, model.out_features, "expect", entries["expect"].value.loc)
         if inputs.shape[:-1] != expect.shape[:-1]:
             raise LayercError(
                 f"input has {W.fmt_shape(inputs.shape)} but expect has {W.fmt_shape(expect.shape)}: "
@@ -625,14 +670,32 @@ class _Checker:
         inputs = self.convert(inputs, model.dtype, True, "input", source.loc, source)
         return ir.TestCase(model, inputs, expect, atol, rtol, node.loc)
 
-    def test_shape(self, array: np.ndarray, width: int, what: str, loc: Loc) -> None:
-        if array.ndim not in (1, 2) or array.shape[-1] != width:
+    def test_array(self, entry: S.Entry, width: int, dtype: np.dtype) -> np.ndarray:
+        """A test's input or expect; a file's declared shape is checked (`test_shape`) before
+        any of its data is read."""
+        value = entry.value
+        if isinstance(value, S.Call):
+
+            def accept(shape: tuple[int, ...]) -> None:
+                self.test_shape(shape, width, entry.name, value.loc)
+
+            return self.load(value, None, dtype, accept)
+        return self.array(entry, None, entry.name, dtype)
+
+    def test_shape(self, shape: tuple[int, ...], width: int, what: str, loc: Loc) -> None:
+        if len(shape) not in (1, 2) or shape[-1] != width:
             raise LayercError(
-                f"{what} has shape {W.fmt_shape(array.shape)} but the model takes ({width},) "
+                f"{what} has shape {W.fmt_shape(shape)} but the model takes ({width},) "
                 f"or (N, {width})"
                 if what == "input"
-                else f"{what} has shape {W.fmt_shape(array.shape)} but the model gives ({width},) "
+                else f"{what} has shape {W.fmt_shape(shape)} but the model gives ({width},) "
                 f"or (N, {width})",
+                loc,
+            )
+        if math.prod(shape) > MAX_TEST_VALUES:
+            raise LayercError(
+                f"{what} has shape {W.fmt_shape(shape)}, {math.prod(shape)} values; a test's "
+                f"{what} holds at most {MAX_TEST_VALUES}",
                 loc,
             )
 

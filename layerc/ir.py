@@ -7,6 +7,7 @@ re-checks the invariants code generation relies on; tests call it after checking
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -80,6 +81,9 @@ class Program:
     source: str  # the source file's name as given to the compiler (basename in generated code)
     models: tuple[Model, ...]
     tests: tuple[TestCase, ...] = field(default=())
+    # The files the program was read from: the source as given, then each file a `load(...)`
+    # names, in order. No command writes its output over one of them.
+    inputs: tuple[Path, ...] = field(default=())
 
 
 def layer_sizes(layer: Layer) -> tuple[int, int] | None:

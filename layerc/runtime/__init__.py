@@ -8,7 +8,7 @@ from .hooks import (
     register_module_forward_pre_hook,
 )
 from .layers import Identity, LeakyReLU, Linear, Model, ReLU, Sigmoid, Softmax, Tanh, child
-from .module import Module
+from .module import Module, ShapeError
 from .threads import get_num_threads, set_num_threads
 
 # Generated modules call `check_abi(ABI)`: a module generated for another runtime ABI must be
@@ -33,6 +33,7 @@ __all__ = [
     "Module",
     "ReLU",
     "RemovableHandle",
+    "ShapeError",
     "Sigmoid",
     "Softmax",
     "Tanh",
