@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,34 @@ MAX_LAYERS = 100_000
 # (layers, weights); each source also gets MAX_WEIGHTS weights in all. These keep a small
 # hostile source from asking for exponential output or unbounded memory.
 MAX_MODEL_DEPTH = 32
+# Values in a test's input or expect. Checked against a file's declared shape before its data is
+# read, so a small compressed .npz cannot make a test allocate gigabytes.
+MAX_TEST_VALUES = 1 << 24
+# Model and layer names. A model's name is part of its kernel's name, which numba puts in the
+# file name of its on-disk cache (driver.MAX_MODULE_NAME has the arithmetic).
+MAX_NAME_LENGTH = 100
 
 # Names a layer may not take: they would hide the module API the generated class offers.
 RESERVED_LAYER_NAMES = reserved_names()
+
+
+def _known_kinds(models: dict[str, ir.Model], shown: int = 10) -> str:
+    """ "layer kinds: Linear, ReLU, ...; models defined above: A, B": what a layer may be, for
+    the unknown-kind message (the kinds from the table; at most `shown` model names)."""
+    text = "layer kinds: " + ", ".join(KINDS)
+    if models:
+        names = list(models)
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        text += "; models defined above: " + ", ".join(names[:shown]) + more
+    return text
+
+
+def _check_name_length(name: str, what: str, loc: Loc) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise LayercError(
+            f"this {what} name has {len(name)} characters; names have at most {MAX_NAME_LENGTH}",
+            loc,
+        )
 
 
 def _cycle(start: str, target: str, models: dict[str, S.ModelDef]) -> list[str] | None:
@@ -52,14 +78,7 @@ def _cycle(start: str, target: str, models: dict[str, S.ModelDef]) -> list[str] 
     return None
 
 
-def _element_loc(value: S.Value | None, index: tuple[int, ...]) -> Loc | None:
-    """Where element `index` of a list literal stands in the source (so that an error about
-    one number of a large literal points at that number), or None if `value` is no literal."""
-    for i in index:
-        if not isinstance(value, S.ListLit) or i >= len(value.items):
-            return None
-        value = value.items[i]
-    return value.loc if isinstance(value, S.Number) else None
+_element_loc = W.element_loc
 
 
 def _load_string(value: S.Value, name: str, callee: str) -> str:
@@ -122,6 +141,7 @@ class _Checker:
         # model name -> (nesting depth, layers, weights) with nested models expanded
         self.expanded: dict[str, tuple[int, int, int]] = {}
         self.weights = 0  # in all layers of the source
+        self.loaded: dict[Path, None] = {}  # the files `load(...)` read, in order
 
     def run(self) -> ir.Program:
         all_models = {
@@ -136,6 +156,7 @@ class _Checker:
                         f"model {item.name!r} is defined twice (first at line {first.line})",
                         item.name_loc,
                     )
+                _check_name_length(item.name, "model", item.name_loc)
                 if item.name in KINDS:
                     raise LayercError(
                         f"a model cannot be named {item.name!r}: that is a layer kind",
@@ -148,7 +169,12 @@ class _Checker:
                 tests.append(self.test(item))
         if not self.models:
             raise LayercError("the file defines no model", file=self.program.file)
-        result = ir.Program(Path(self.program.file).name, tuple(self.models.values()), tuple(tests))
+        result = ir.Program(
+            Path(self.program.file).name,
+            tuple(self.models.values()),
+            tuple(tests),
+            (Path(self.program.file), *self.loaded),
+        )
         ir.verify(result)
         return result
 
@@ -361,6 +387,7 @@ class _Checker:
     def check_layer_name(self, layer: S.LayerDef) -> None:
         name = layer.name
         assert name is not None
+        _check_name_length(name, "layer", layer.loc)
         if name in RESERVED_LAYER_NAMES:
             raise LayercError(
                 f"a layer cannot be named {name!r}: the generated module uses that name for its "
@@ -416,7 +443,7 @@ class _Checker:
             )
         options = sorted(KINDS) + sorted(self.models)
         raise LayercError(
-            f"unknown layer kind {kind!r}{suggest(kind, options)}",
+            f"unknown layer kind {kind!r}{suggest(kind, options)} ({_known_kinds(self.models)})",
             node.kind_loc,
         )
 
@@ -426,12 +453,24 @@ class _Checker:
 
     # ------------------------------------------------------------------ layers of a kind
 
+    def exact_reals(
+        self, node: S.LayerDef, spec: Kind, args: binder.Bound, dtype: np.dtype
+    ) -> None:
+        """Real-number arguments written as literals follow the rule for literals in the
+        model's dtype: an integer the dtype cannot hold exactly is an error, at the number."""
+        written = {arg.value.loc: arg.value for arg in node.args}
+        for param in spec.params:
+            value = written.get(args.loc(param.name)) if param.name in args.given else None
+            if param.type == "float" and isinstance(value, S.Number):
+                W.literal_array(value, param.name, dtype)
+
     def kind_layer(
         self, node: S.LayerDef, name: str, spec: Kind, dtype: np.dtype, allow_nonfinite: bool
     ) -> _Built:
         """Bind the arguments, then read, draw or default every weight and buffer the kind
         declares; the shapes are checked by the model, which knows the layer's input."""
         args = binder.bind(spec.name, spec.params, node.args, node.kind_loc)
+        self.exact_reals(node, spec, args, dtype)
         spec.validate(args)
         if not spec.entries():
             self.no_block(node)
@@ -552,13 +591,15 @@ class _Checker:
         what: str,
         dtype: np.dtype | None = None,
     ) -> np.ndarray:
-        """A literal (float64) or load(...) (converted to `dtype`, default float64, exactly or
-        with a reported error), checked against `shape` when one is given."""
+        """A literal (float64 values that `dtype` holds by the literal rule) or load(...)
+        (converted to `dtype`); `dtype` defaults to float64; either way a number `dtype`
+        cannot hold is a reported error. Checked against `shape` when one is given."""
         value = entry.value
+        dtype = dtype if dtype is not None else np.dtype(np.float64)
         if isinstance(value, S.Call):
-            array = self.load(value, shape, dtype if dtype is not None else np.dtype(np.float64))
+            array = self.load(value, shape, dtype)
         else:
-            array = W.literal_array(value, what)
+            array = W.literal_array(value, what, dtype)
         if shape is not None and array.shape != shape:
             raise LayercError(
                 f"{what} has shape {W.fmt_shape(array.shape)} but must have shape {W.fmt_shape(shape)}",
@@ -566,9 +607,15 @@ class _Checker:
             )
         return array
 
-    def load(self, call: S.Call, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
-        """`load(path[, key])` as `dtype`; a declared shape other than `shape` is reported
-        before the file's data is read."""
+    def load(
+        self,
+        call: S.Call,
+        shape: tuple[int, ...] | None,
+        dtype: np.dtype,
+        accept: Callable[[tuple[int, ...]], None] | None = None,
+    ) -> np.ndarray:
+        """`load(path[, key])` as `dtype`; a declared shape other than `shape`, or one that
+        `accept` refuses (by raising), is reported before the file's data is read."""
         if call.func != "load":
             raise LayercError(
                 f'unknown function {call.func!r}: values are literals or load("file", "key")'
@@ -578,7 +625,10 @@ class _Checker:
         args = binder.bind("load()", LOAD_PARAMS, call.args, call.loc)
         path, key = args["path"], args["key"]
         assert isinstance(path, str) and (key is None or isinstance(key, str))
-        return W.load_array(path, key, self.base_dir, call.loc, dtype=dtype, shape=shape)
+        self.loaded[self.base_dir / path] = None
+        return W.load_array(
+            path, key, self.base_dir, call.loc, dtype=dtype, shape=shape, accept=accept
+        )
 
     def convert(
         self,
@@ -635,10 +685,11 @@ class _Checker:
         for needed in ("input", "expect"):
             if needed not in entries:
                 raise LayercError(f"test of {node.model!r} has no {needed!r}", node.loc)
-        inputs = self.array(entries["input"], None, "input")
-        expect = self.array(entries["expect"], None, "expect")
-        self.test_shape(inputs, model.in_shape, "input", entries["input"].value.loc)
-        self.test_shape(expect, model.out_shape, "expect", entries["expect"].value.loc)
+        # input is read as the model's dtype and expect as float64, the dtype it is compared in.
+        inputs = self.test_array(entries["input"], model.in_shape, model.dtype)
+        expect = self.test_array(entries["expect"], model.out_shape, np.dtype(np.float64))
+        self.test_shape(inputs.shape, model.in_shape, "input", entries["input"].value.loc)
+        self.test_shape(expect.shape, model.out_shape, "expect", entries["expect"].value.loc)
         in_batch = inputs.shape[: inputs.ndim - len(model.in_shape)]
         out_batch = expect.shape[: expect.ndim - len(model.out_shape)]
         if in_batch != out_batch:
@@ -657,16 +708,33 @@ class _Checker:
         inputs = self.convert(inputs, model.dtype, True, "input", source.loc, source)
         return ir.TestCase(model, inputs, expect, atol, rtol, node.loc)
 
-    def test_shape(self, array: np.ndarray, shape: Shape, what: str, loc: Loc) -> None:
-        """One sample (`shape`) or a batch of them (N, *shape)."""
-        if array.shape == shape or (array.ndim == len(shape) + 1 and array.shape[1:] == shape):
-            return
-        verb = "takes" if what == "input" else "gives"
-        raise LayercError(
-            f"{what} has shape {W.fmt_shape(array.shape)} but the model {verb} "
-            f"{fmt_shape(shape)} or (N, {', '.join(map(str, shape))})",
-            loc,
-        )
+    def test_array(self, entry: S.Entry, shape: Shape, dtype: np.dtype) -> np.ndarray:
+        """A test's input or expect; a file's declared shape is checked (`test_shape`) before
+        any of its data is read."""
+        value = entry.value
+        if isinstance(value, S.Call):
+
+            def accept(declared: tuple[int, ...]) -> None:
+                self.test_shape(declared, shape, entry.name, value.loc)
+
+            return self.load(value, None, dtype, accept)
+        return self.array(entry, None, entry.name, dtype)
+
+    def test_shape(self, given: tuple[int, ...], shape: Shape, what: str, loc: Loc) -> None:
+        """One sample (`shape`) or a batch of them (N, *shape), of at most MAX_TEST_VALUES."""
+        if not (given == shape or (len(given) == len(shape) + 1 and given[1:] == shape)):
+            verb = "takes" if what == "input" else "gives"
+            raise LayercError(
+                f"{what} has shape {W.fmt_shape(given)} but the model {verb} "
+                f"{fmt_shape(shape)} or (N, {', '.join(map(str, shape))})",
+                loc,
+            )
+        if math.prod(given) > MAX_TEST_VALUES:
+            raise LayercError(
+                f"{what} has shape {W.fmt_shape(given)}, {math.prod(given)} values; a test's "
+                f"{what} holds at most {MAX_TEST_VALUES}",
+                loc,
+            )
 
     def tolerance(self, entry: S.Entry) -> float:
         value = entry.value

@@ -7,9 +7,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import LayercError, UsageError, render
+
+if TYPE_CHECKING:
+    from .driver import TestResult
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -91,17 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("layerc: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        # Out of memory (a machine's, or a limit such as `ulimit -v`): one line, as for any
+        # other error, naming the file being worked on and what numpy could not allocate.
+        where = getattr(args, "file", None) or f"layerc {args.command}"
+        detail = str(exc).strip().splitlines()
+        print(f"{where}: out of memory{': ' + detail[0] if detail else ''}", file=sys.stderr)
+        return EXIT_ERROR
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
 def _source_text(file: str | None) -> str | None:
+    from .files import read_regular
+
     if not file:
         return None
     try:
         # Bytes decoded by hand: text mode would turn a lone "\r" into a line break that the
         # lexer does not count, and the line shown would not be the line reported.
-        return Path(file).read_bytes().decode("utf-8", errors="replace")
-    except OSError:
+        return read_regular(Path(file), file).decode("utf-8", errors="replace")
+    except LayercError:
         return None
 
 
@@ -171,8 +184,44 @@ def _test(files: list[Path]) -> int:
                 passed += 1
             else:
                 failed += 1
+                for line in _worst_table(r):
+                    print(f"    {line}")
     print(f"{passed} passed, {failed} failed")
     return EXIT_OK if failed == 0 else EXIT_ERROR
+
+
+def _worst_table(result: TestResult) -> list[str]:
+    """The lines under a failed test: how many elements are outside the tolerance, then the
+    worst of them as a table (index, got, expected, abs error, rel error), columns aligned."""
+    output, expect = result.output, result.test.expect
+    if output.shape != expect.shape:
+        return [f"output shape {output.shape}, expected shape {expect.shape}"]
+    if not result.worst:
+        return []
+    n, size = result.failures, output.size
+    head = f"{n} of {size} element{'' if size == 1 else 's'} outside the tolerance"
+    head += f"; the {len(result.worst)} worst:" if n > len(result.worst) else ":"
+    rows = [("index", "got", "expected", "abs error", "rel error")]
+    for m in result.worst:
+        rows.append(
+            (
+                "[" + ", ".join(map(str, m.index)) + "]",
+                str(output.dtype.type(m.got)),
+                str(m.expected),
+                f"{m.abs_error:.3g}",
+                f"{m.rel_error:.3g}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    # the index left-aligned, the numbers right-aligned
+    table = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    return [head, *table]
 
 
 # --------------------------------------------------------------------------- import / export
@@ -273,6 +322,11 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
         choices=_DATA_FORMATS,
         help="the output's format when its extension does not say (e.g. jsonl on stdout)",
     )
+    p.add_argument(
+        "--delimiter",
+        metavar="CHAR",
+        help="the separator of a CSV input's values (default ','; e.g. ';', or tab)",
+    )
 
     p = sub.add_parser(
         "summary",
@@ -335,20 +389,29 @@ def _run(args: argparse.Namespace) -> int:
     import io
     import os
 
-    from .driver import check_file
+    from .driver import check_file, inputs_of
     from .tools import pick_model
     from .tools import run as r
     from .tools.term import Progress, colour_enabled, is_terminal
 
     in_fmt = r.format_of(args.input, args.input_format, r.INPUT_FORMATS, "input")
     out_fmt = r.format_of(args.output or "-", args.output_format, r.OUTPUT_FORMATS, "output")
+    delimiter = ","
+    if args.delimiter is not None:
+        if in_fmt != "csv":
+            raise UsageError(f"--delimiter is for CSV input, and the input is {in_fmt}")
+        delimiter = r.parse_delimiter(args.delimiter)
     program, _ = check_file(args.file)
     model = pick_model(program, args.model, str(args.file))
+    inputs = list(inputs_of(program))
+    if args.input != "-":
+        inputs.append((Path(args.input), "the input data file"))
     try:
-        source = r.open_input(args.input, in_fmt, model, sys.stdin.buffer)
+        source = r.open_input(args.input, in_fmt, model, sys.stdin.buffer, delimiter)
         net = r.instantiate(r.load_module(program, args.file), model)
+        ndim = 2 if source.leading_shape is None else len(source.leading_shape) + 1
         to_stdout = args.output in (None, "-")
-        writer = r.open_output(args.output, out_fmt, model, sys.stdout)
+        writer = r.open_output(args.output, out_fmt, model, sys.stdout, inputs, ndim)
         # A bar on the terminal only, and not while results are printed on that terminal.
         show = is_terminal(sys.stderr) and not (to_stdout and is_terminal(sys.stdout))
         progress = Progress(sys.stderr, source.total, f"{model.name}", enabled=show)
@@ -380,7 +443,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    from .driver import check_file
+    from .driver import check_file, inputs_of
     from .files import WriteFailed, write_atomically
     from .tools import pick_model
     from .tools.graph import output_format, render, to_dot
@@ -394,19 +457,18 @@ def _graph(args: argparse.Namespace) -> int:
         return EXIT_OK
     if fmt == "dot":
         try:
-            write_atomically([(out, dot.encode("utf-8"))])
+            write_atomically([(out, dot.encode("utf-8"))], inputs_of(program))
         except WriteFailed as exc:
             raise LayercError(f"cannot write {out}: {exc.reason}", file=str(out)) from None
     else:
-        render(dot, fmt, out)
+        render(dot, fmt, out, inputs_of(program))
     print(f"wrote {out}")
     return EXIT_OK
 
 
 def _fmt(files: list[Path], check: bool) -> int:
-    from .files import WriteFailed, write_atomically
     from .syntax import decode_source
-    from .tools.fmt import format_source
+    from .tools.fmt import format_file, format_source
 
     changed = unchanged = errors = 0
     for file in files:
@@ -415,26 +477,11 @@ def _fmt(files: list[Path], check: bool) -> int:
                 text = decode_source(sys.stdin.buffer.read(), "<stdin>")
                 sys.stdout.write(format_source(text, "<stdin>"))
                 continue
-            try:
-                data = file.read_bytes()
-            except OSError as exc:
-                message = f"cannot read the file: {exc.strerror}"
-                raise LayercError(message, file=str(file)) from None
-            text = decode_source(data, str(file))
-            formatted = format_source(text, str(file))
-            if formatted.encode("utf-8") == data:
+            if not format_file(file, check):
                 unchanged += 1
                 continue
             changed += 1
-            if check:
-                print(f"would reformat {file}")
-                continue
-            try:
-                write_atomically([(file, formatted.encode("utf-8"))])
-            except WriteFailed as exc:
-                message = f"cannot write the file: {exc.reason}"
-                raise LayercError(message, file=str(file)) from None
-            print(f"reformatted {file}")
+            print(f"would reformat {file}" if check else f"reformatted {file}")
         except LayercError as exc:
             _report(exc)
             errors += 1

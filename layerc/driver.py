@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import keyword
 import math
 import os
 import re
-import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -20,42 +20,32 @@ import numpy as np
 
 from . import codegen, ir, lower, syntax
 from .check import check
-from .errors import LayercError
-from .files import WriteFailed, forget_numba_source_hashes, unlink_quietly, write_atomically
+from .errors import LayercError, UsageError
+from .files import (
+    Inputs,
+    WriteFailed,
+    forget_numba_source_hashes,
+    read_regular,
+    refuse_inputs,
+    unlink_quietly,
+    write_atomically,
+)
 
 
 def check_file(path: Path) -> tuple[ir.Program, str]:
     """Parse and check a .lyr file; return the program and the source text."""
     display = str(path)
-    text = syntax.decode_source(_read_source(path, display), display)
-    program = syntax.parse(text, display)
-    return check(program, path.parent), text
+    text = syntax.decode_source(read_regular(path, display, what="a .lyr file"), display)
+    return check(syntax.parse(text, display), path.parent), text
 
 
-def _read_source(path: Path, display: str) -> bytes:
-    """The bytes of a .lyr file. Only a regular file is read: a FIFO or a device (a symlink to
-    /dev/zero in an untrusted checkout) would hang the compiler or never end."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except IsADirectoryError:
-        raise LayercError("is a directory, not a .lyr file", file=display) from None
-    except OSError as exc:
-        raise LayercError(f"cannot read the file: {exc.strerror}", file=display) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise LayercError("is a directory, not a .lyr file", file=display)
-        raise LayercError(
-            "is not a regular file (a device, pipe or socket), so layerc will not read it",
-            file=display,
-        )
-    with os.fdopen(fd, "rb") as f:
-        try:
-            return f.read()
-        except OSError as exc:
-            raise LayercError(f"cannot read the file: {exc.strerror}", file=display) from None
+def inputs_of(program: ir.Program) -> Inputs:
+    """The files `program` was read from, each with what it is, for `refuse_inputs`: a command
+    never writes its output over its source or a file the source loads."""
+    if not program.inputs:
+        return ()
+    source, *loaded = program.inputs
+    return ((source, "the source file"), *((p, f"the file {p.name!r} it loads") for p in loaded))
 
 
 def default_output(path: Path) -> Path:
@@ -64,6 +54,110 @@ def default_output(path: Path) -> Path:
 
 def module_name_for(out: Path) -> str:
     return out.stem
+
+
+# The longest module name `compile` writes. numba names each cached kernel
+# `<module>.<kernel>-<line>.pyXY.<n>.nbc` (plus `.tmp.<16 hex>` while writing), and the kernel of
+# a model is `_forward_<model>`: with check.MAX_NAME_LENGTH that stays under the 255 bytes a
+# file name may have, with room to spare.
+MAX_MODULE_NAME = 64
+
+
+def safe_module_name(stem: str) -> str:
+    """`stem` made a module name layerc writes: characters other than ASCII letters, digits and
+    '_' become '_', a leading digit gets `model_` before it, and the result is cut to
+    MAX_MODULE_NAME characters."""
+    name = re.sub(r"[^0-9A-Za-z_]", "_", stem) or "model"
+    if name[0].isdigit():
+        name = "model_" + name
+    return name[:MAX_MODULE_NAME]
+
+
+def check_output_name(out: Path) -> None:
+    """Refuse to write a module that `import` could not load under its name, or that would
+    shadow (or be shadowed by) a module Python can already import: a `UsageError` that names
+    the output and says what to write instead."""
+    name = module_name_for(out)
+    problem = _module_name_problem(name, out)
+    if problem is None:
+        return
+    suffixes = ("", "_model", *(f"_model{n}" for n in range(2, 10)))
+    base = safe_module_name(name)[: MAX_MODULE_NAME - len(suffixes[-1])]
+    for suffix in suffixes:  # each one that fails is the name of yet another module
+        suggestion = base + suffix
+        if _module_name_problem(suggestion, out.with_name(f"{suggestion}.py")) is None:
+            break
+    raise UsageError(
+        f"cannot write the module {out}: {problem}; write -o {out.with_name(suggestion + '.py')}"
+    )
+
+
+def _module_name_problem(name: str, out: Path) -> str | None:
+    """Why a module named `name` written to `out` would not work, or None."""
+    if out.suffix != ".py":
+        return "Python imports a module only from a file whose name ends in .py"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or keyword.iskeyword(name):
+        return (
+            f"{name!r} is not a Python module name (ASCII letters, digits and '_', not starting "
+            "with a digit, not a keyword), so `import` cannot load it"
+        )
+    if name.startswith("__") and name.endswith("__"):
+        return f"{name!r} is a name Python reserves for itself"
+    if len(name) > MAX_MODULE_NAME:
+        return f"its name is longer than {MAX_MODULE_NAME} characters"
+    if name in sys.stdlib_module_names or name in sys.builtin_module_names:
+        return f"it would shadow the standard library's module {name!r}"
+    other = _importable_elsewhere(name, out)
+    if other is not None:
+        return f"it would shadow the module {name!r} that Python imports from {other}"
+    return None
+
+
+def _importable_elsewhere(name: str, out: Path) -> str | None:
+    """Where Python finds a module or package `name` other than `out` itself: on sys.path
+    (each entry on its own, so that `out` found first does not hide a package further on),
+    beside `out`, or through an import hook; None when nowhere. The current folder counts
+    only as the output's folder: it is on sys.path only when Python was started with -m or
+    -c, and `layerc` and `python -m layerc` must agree."""
+    from importlib.machinery import PathFinder
+
+    target = out.resolve()
+    folder = target.parent
+
+    def elsewhere(spec: object, in_folder: bool) -> str | None:
+        origin = getattr(spec, "origin", None)
+        locations = list(getattr(spec, "submodule_search_locations", None) or [])
+        if origin in (None, "namespace"):
+            # A plain folder: `out` beside it wins over it, but hides it anywhere else.
+            return None if in_folder or not locations else locations[0]
+        return None if Path(origin).resolve() == target else str(origin)
+
+    try:
+        cwd: Path | None = Path.cwd().resolve()
+    except OSError:
+        cwd = None
+    for entry in [str(folder), *sys.path]:
+        try:
+            where = Path(entry or ".").resolve()
+            if where == cwd and where != folder:
+                continue
+            spec = PathFinder.find_spec(name, [entry or "."])
+            found = elsewhere(spec, where == folder) if spec else None
+        except (ImportError, OSError, ValueError):
+            continue
+        if found is not None:
+            return found
+    for finder in sys.meta_path:
+        if finder is PathFinder or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            spec = finder.find_spec(name, None)
+        except Exception:  # an import hook of the environment; its trouble is not ours
+            continue
+        found = elsewhere(spec, False) if spec else None
+        if found is not None:
+            return found
+    return None
 
 
 def generate(program: ir.Program, out: Path) -> codegen.Output:
@@ -79,11 +173,12 @@ def plan_text(program: ir.Program) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def write_output(out: Path, output: codegen.Output) -> list[Path]:
+def write_output(out: Path, output: codegen.Output, inputs: Inputs = ()) -> list[Path]:
     """Write the module and its weights file (if any) atomically, the weights file (named by
-    its content hash) renamed into place before the module that refers to it. A failure is a
-    `LayercError` naming the file, and leaves earlier output intact: a weights file this call
-    created for a module it then could not write is removed again. Return the paths written."""
+    its content hash) renamed into place before the module that refers to it; neither may be
+    one of `inputs`. A failure is a `LayercError` naming the file, and leaves earlier output
+    intact: a weights file this call created for a module it then could not write is removed
+    again. Return the paths written."""
     folder = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise LayercError(f"cannot write {out}: it is a directory", file=str(out))
@@ -94,7 +189,7 @@ def write_output(out: Path, output: codegen.Output) -> list[Path]:
         created = None if weights.exists() else weights
         files.insert(0, (weights, output.data))
     try:
-        write_atomically(files)
+        write_atomically(files, inputs)
     except WriteFailed as exc:
         if created is not None and exc.target == out:
             unlink_quietly(created)
@@ -120,9 +215,9 @@ def compile_file(path: Path, out: Path | None = None) -> tuple[ir.Program, list[
     """`layerc compile`: check `path`, generate, write to `out` (default: beside the source)."""
     program, _ = check_file(path)
     out = out if out is not None else default_output(path)
-    if out.exists() and path.exists() and out.samefile(path):
-        raise LayercError(f"the output {out} is the source file itself", file=str(path))
-    return program, write_output(out, generate(program, out))
+    refuse_inputs([out], inputs_of(program))  # before naming: writing over an input is worse
+    check_output_name(out)
+    return program, write_output(out, generate(program, out), inputs_of(program))
 
 
 # --------------------------------------------------------------------------- loading and tests
@@ -132,7 +227,7 @@ _counter = itertools.count()
 
 def import_module(path: Path, name: str | None = None) -> ModuleType:
     """Import a generated module from its path (registered in sys.modules, so it pickles)."""
-    name = name or f"_layerc_generated_{next(_counter)}_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+    name = name or f"_layerc_generated_{next(_counter)}_{safe_module_name(path.stem)}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
@@ -147,6 +242,35 @@ def import_module(path: Path, name: str | None = None) -> ModuleType:
     return module
 
 
+def load(path: str | os.PathLike[str]) -> ModuleType:
+    """`layerc.load`: check the .lyr file at `path` and return its generated module, imported
+    (one class per model, as attributes). The module is written to the per-user cache that
+    `layerc run` uses, in a folder named by a hash of the generated code and its weights, so
+    numba's on-disk cache beside it serves the kernels compiled by earlier processes; loading an
+    unchanged source again in the same process returns the same module. Errors in the source
+    are `LayercError`s whose text is `file:line:col: message`."""
+    from .tools.run import load_module
+
+    source = Path(os.fspath(path))
+    program, _ = check_file(source)
+    return load_module(program, source)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One output element outside its test's tolerance."""
+
+    index: tuple[int, ...]
+    got: float
+    expected: float
+    abs_error: float
+    rel_error: float
+
+
+# How many of a failing test's elements `layerc test` shows.
+WORST_SHOWN = 5
+
+
 @dataclass(frozen=True)
 class TestResult:
     test: ir.TestCase
@@ -154,6 +278,22 @@ class TestResult:
     max_abs: float
     max_rel: float
     passed: bool
+    failures: int = 0  # elements outside the tolerance
+    worst: tuple[Mismatch, ...] = ()  # the furthest outside it, worst first
+
+
+def _errors(output: np.ndarray, expect: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elementwise absolute error, |expect| (0 where not finite) and relative error of two
+    arrays of one shape. NaN matches NaN and an infinity the same infinity; any other
+    non-finite pair is an infinite error."""
+    out = output.astype(np.float64)
+    exact = (np.isnan(out) & np.isnan(expect)) | (np.isinf(out) & (out == expect))
+    finite = np.isfinite(out) & np.isfinite(expect)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(finite, np.abs(out - expect), np.where(exact, 0.0, np.inf))
+    scale = np.where(np.isfinite(expect), np.abs(expect), 0.0)
+    rel = np.divide(diff, scale, out=np.where(diff > 0, np.inf, 0.0), where=scale > 0)
+    return diff, scale, rel
 
 
 def compare(
@@ -163,17 +303,42 @@ def compare(
     everywhere (NaN matches NaN; the shapes must agree)."""
     if output.shape != expect.shape:
         return math.inf, math.inf, False
-    out = output.astype(np.float64)
-    exact = (np.isnan(out) & np.isnan(expect)) | (np.isinf(out) & (out == expect))
-    finite = np.isfinite(out) & np.isfinite(expect)
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.where(finite, np.abs(out - expect), np.where(exact, 0.0, np.inf))
-    scale = np.where(np.isfinite(expect), np.abs(expect), 0.0)
+    diff, scale, rel = _errors(output, expect)
     ok = bool(np.all(diff <= atol + rtol * scale))
-    rel = np.divide(diff, scale, out=np.where(diff > 0, np.inf, 0.0), where=scale > 0)
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = float(rel.max()) if rel.size else 0.0
     return max_abs, max_rel, ok
+
+
+def worst_elements(
+    output: np.ndarray, expect: np.ndarray, atol: float, rtol: float, count: int = WORST_SHOWN
+) -> tuple[int, tuple[Mismatch, ...]]:
+    """How many elements are outside |out - expect| <= atol + rtol*|expect|, and the `count` of
+    them furthest outside (the most times their tolerance off), worst first; ties in index
+    order. Nothing when the shapes differ."""
+    if output.shape != expect.shape:
+        return 0, ()
+    diff, scale, rel = _errors(output, expect)
+    allowed = atol + rtol * scale
+    bad = np.flatnonzero(diff > allowed)
+    if not bad.size:
+        return 0, ()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        times = np.where(allowed.ravel()[bad] > 0, diff.ravel()[bad] / allowed.ravel()[bad], np.inf)
+    chosen = bad[np.argsort(-times, kind="stable")[:count]]
+    worst = []
+    for flat in chosen:
+        index = tuple(int(i) for i in np.unravel_index(flat, output.shape))
+        worst.append(
+            Mismatch(
+                index,
+                float(output[index]),
+                float(expect[index]),
+                float(diff[index]),
+                float(rel[index]),
+            )
+        )
+    return int(bad.size), tuple(worst)
 
 
 def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
@@ -182,8 +347,7 @@ def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
     if not program.tests:
         return program, []
     with tempfile.TemporaryDirectory(prefix="layerc-test-") as tmp:
-        out = Path(tmp) / (re.sub(r"[^0-9A-Za-z_]", "_", path.stem) or "model")
-        out = out.with_suffix(".py")
+        out = Path(tmp) / f"{safe_module_name(path.stem)}.py"
         write_output(out, generate(program, out))
         module = import_module(out)
         classes = {}
@@ -196,6 +360,7 @@ def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
             net = instances.setdefault(test.model.name, classes[test.model.name]())
             output = np.asarray(net(test.input))  # type: ignore[operator]
             max_abs, max_rel, ok = compare(output, test.expect, test.atol, test.rtol)
-            results.append(TestResult(test, output, max_abs, max_rel, ok))
+            failures, worst = worst_elements(output, test.expect, test.atol, test.rtol)
+            results.append(TestResult(test, output, max_abs, max_rel, ok, failures, worst))
         sys.modules.pop(module.__name__, None)
     return program, results

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -124,6 +125,9 @@ class Program:
     source: str  # the source file's name as given to the compiler (basename in generated code)
     models: tuple[Model, ...]
     tests: tuple[TestCase, ...] = field(default=())
+    # The files the program was read from: the source as given, then each file a `load(...)`
+    # names, in order. No command writes its output over one of them.
+    inputs: tuple[Path, ...] = field(default=())
 
 
 # --------------------------------------------------------------------------- the walker

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +21,17 @@ import numpy as np
 
 from . import __version__, ir
 from . import weights as W
+from .check import MAX_NAME_LENGTH, MAX_WEIGHTS
 from .errors import LayercError
-from .files import WriteFailed, write_atomically
+from .files import Inputs, WriteFailed, open_regular, read_regular, refuse_inputs, write_atomically
 from .kinds import KINDS
 
 MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
 EXPORT_OPSET = 17
+# The most weights an imported model may have, an initializer counted once for every node that
+# uses it (as the compiled model holds a copy for each layer): what the compiler accepts in one
+# source. Counted from the tensors' shapes before any of them is read.
+MAX_IMPORT_WEIGHTS = MAX_WEIGHTS
 EXPORT_IR_VERSION = 8  # the IR version that came with opset 17: readable by older runtimes
 
 SUPPORTED_OPS = (
@@ -71,6 +76,11 @@ class _Linear:
     weight: np.ndarray  # (out, in), float64
     bias: np.ndarray | None  # (out,), float64
     nodes: list[str]  # descriptions of the ONNX nodes it came from
+    # What the weight and bias were made from, when other layers may share them (an
+    # initializer and how it was transposed and scaled): equal keys, one array in the weights
+    # file. None for a value of this layer's own.
+    weight_key: tuple[object, ...] | None = None
+    bias_key: tuple[object, ...] | None = None
 
 
 @dataclass
@@ -97,6 +107,8 @@ def import_onnx(path: Path, out: Path | None = None) -> list[Path]:
     if out.suffix != ".lyr":
         raise LayercError(f"the output {str(out)!r} must be a .lyr file", file=display)
     weights_path = out.with_suffix(".safetensors")
+    inputs = ((path, "the ONNX model"),)
+    refuse_inputs([weights_path, out], inputs)
     model = _read_model(path, display)
     imported = _Reader(model, display).run()
     text, arrays = _render(imported, path.name, out.stem, weights_path.name)
@@ -104,7 +116,7 @@ def import_onnx(path: Path, out: Path | None = None) -> list[Path]:
 
     data = save(arrays, metadata={"producer": f"layerc {__version__}"})
     _check_not_users_file(out, weights_path)
-    write_files([(weights_path, data), (out, text.encode("utf-8"))])
+    write_files([(weights_path, data), (out, text.encode("utf-8"))], inputs)
     return [weights_path, out]
 
 
@@ -129,7 +141,11 @@ def _written_by_import(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     if path.suffix == ".lyr":
-        with open(path, "rb") as f:
+        try:
+            fd = open_regular(path, str(path))
+        except LayercError:
+            return False
+        with os.fdopen(fd, "rb") as f:
             return f.read(len(IMPORT_HEADER)) == IMPORT_HEADER.encode()
     from safetensors import safe_open
 
@@ -156,12 +172,7 @@ def _read_model(path: Path, display: str):  # type: ignore[no-untyped-def]
     """The ModelProto in `path`, parsed from bytes; a model with external data is refused."""
     import onnx
 
-    fd = W.open_regular(path, display, None, file=display)
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise LayercError(f"cannot read the file: {exc.strerror}", file=display) from None
+    data = read_regular(path, display, what="an ONNX model", max_bytes=W.MAX_FILE_BYTES)
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -222,6 +233,10 @@ class _Reader:
         self.current = ""  # the name of the chain's value
         self.last_linear_output: str | None = None
         self.in_features: int | None = None
+        # Each tensor is read and converted once, however many nodes use it, and so is each
+        # weight matrix and bias made from one: layers that share an initializer share arrays.
+        self.arrays: dict[str, np.ndarray] = {}
+        self.shared: dict[tuple[object, ...], np.ndarray] = {}
 
     def error(self, message: str) -> LayercError:
         return LayercError(message, file=self.file)
@@ -233,6 +248,7 @@ class _Reader:
         if self.graph.sparse_initializer:
             raise self.error("sparse initializers are not supported")
         self.current, dtype, self.in_features = self.graph_input()
+        self.count_weights()
         imported = _Imported(dtype, opset=opset, graph_name=self.graph.name)
         for node in self.graph.node:
             self.node(node, imported)
@@ -279,6 +295,28 @@ class _Reader:
             if dims[1].HasField("dim_value"):
                 features = int(dims[1].dim_value)
         return str(value.name), dtypes[elem], features
+
+    def count_weights(self) -> None:
+        """Refuse a model with more than MAX_IMPORT_WEIGHTS weights before any tensor is read,
+        counting from the shapes of the Gemm and MatMul weights, an initializer once for each
+        node that uses it."""
+        dims = {name: tuple(tensor.dims) for name, tensor in self.constants.items()}  # type: ignore[attr-defined]
+        total = 0
+        for node in self.graph.node:
+            if node.op_type == "Constant" and node.output:
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.HasField("t"):
+                        dims[node.output[0]] = tuple(attr.t.dims)
+            elif (
+                node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in dims
+            ):
+                total += math.prod(max(int(d), 0) for d in dims[node.input[1]])
+                if total > MAX_IMPORT_WEIGHTS:
+                    raise self.error(
+                        f"the model has more than {MAX_IMPORT_WEIGHTS} weights (an initializer "
+                        "counted once for each node that uses it, as the compiled model keeps a "
+                        "copy for each layer), more than layerc compiles from one source"
+                    )
 
     # ------------------------------------------------------------------ nodes
 
@@ -329,7 +367,13 @@ class _Reader:
         return out
 
     def array(self, name: str, where: str) -> np.ndarray:
-        """The constant `name` as float64 (checked to be finite and exactly representable)."""
+        """The constant `name` as float64 (checked to be finite and exactly representable), read
+        once however many nodes use it."""
+        if name not in self.arrays:
+            self.arrays[name] = self.read_array(name, where)
+        return self.arrays[name]
+
+    def read_array(self, name: str, where: str) -> np.ndarray:
         from onnx import TensorProto, numpy_helper
 
         tensor = self.constants[name]
@@ -394,16 +438,31 @@ class _Reader:
             )
         return np.broadcast_to(array.reshape(-1) if shape else array, (out_features,)).copy()
 
+    def once(
+        self, key: tuple[object, ...], make: Callable[[], np.ndarray]
+    ) -> tuple[np.ndarray, tuple[object, ...]]:
+        """The array `make()` gives, made only the first time `key` is asked for."""
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key], key
+
     def linear(
-        self, weight: np.ndarray, bias: np.ndarray | None, where: str, imported: _Imported
+        self,
+        weight: tuple[np.ndarray, tuple[object, ...]],
+        bias: tuple[np.ndarray, tuple[object, ...]] | None,
+        where: str,
+        imported: _Imported,
     ) -> None:
-        in_features = weight.shape[1]
+        in_features = weight[0].shape[1]
         previous = self.features(imported)
         if previous is not None and previous != in_features:
             linears = any(isinstance(layer, _Linear) for layer in imported.layers)
             source = "the previous Linear layer" if linears else "the graph input"
             raise self.error(f"{where} takes {in_features} features but {source} gives {previous}")
-        imported.layers.append(_Linear(weight, bias, [where]))
+        layer = _Linear(weight[0], None, [where], weight_key=weight[1])
+        if bias is not None:
+            layer.bias, layer.bias_key = bias
+        imported.layers.append(layer)
 
     def features(self, imported: _Imported) -> int | None:
         for layer in reversed(imported.layers):
@@ -420,18 +479,29 @@ class _Reader:
         alpha = float(attrs.get("alpha", 1.0))
         beta = float(attrs.get("beta", 1.0))
         b = self.weight_matrix(node.input[1], where)
-        weight = alpha * (b if attrs.get("transB", 0) else b.T)
+        transposed = not attrs.get("transB", 0)
+        oriented = b.T if transposed else b
+        weight = self.once(
+            ("weight", node.input[1], transposed, alpha),
+            lambda: alpha * oriented if alpha != 1.0 else oriented,
+        )
         bias = None
         if len(node.input) > 2 and node.input[2] and beta != 0.0:
             if node.input[2] not in self.constants:
                 raise self.error(f"{where}: C must be an initializer or a Constant")
-            bias = beta * self.bias_vector(node.input[2], weight.shape[0], where)
+            c, out_features = node.input[2], weight[0].shape[0]
+            bias = self.once(
+                ("bias", c, out_features, beta),
+                lambda: beta * self.bias_vector(c, out_features, where),
+            )
         self.linear(weight, bias, where, imported)
         self.last_linear_output = node.output[0]
 
     def op_MatMul(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        weight = self.weight_matrix(node.input[1], where).T
-        self.linear(weight, None, where, imported)
+        b = self.weight_matrix(node.input[1], where)
+        self.linear(
+            self.once(("weight", node.input[1], True, 1.0), lambda: b.T), None, where, imported
+        )
         self.last_linear_output = node.output[0]
 
     def op_Add(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
@@ -446,8 +516,15 @@ class _Reader:
                 f"{where} adds to something other than the output of a Gemm or MatMul; layerc "
                 "maps an Add only to the bias of the Linear layer right before it"
             )
-        bias = self.bias_vector(constant[0], layer.weight.shape[0], where)
-        layer.bias = bias if layer.bias is None else layer.bias + bias
+        out_features = layer.weight.shape[0]
+        bias, key = self.once(
+            ("bias", constant[0], out_features, 1.0),
+            lambda: self.bias_vector(constant[0], out_features, where),
+        )
+        if layer.bias is None:
+            layer.bias, layer.bias_key = bias, key
+        else:
+            layer.bias, layer.bias_key = layer.bias + bias, None
         layer.nodes.append(where)
         self.last_linear_output = node.output[0]
 
@@ -520,7 +597,7 @@ def model_name_for(stem: str) -> str:
         name = "Model" + name
     if name in KINDS:
         name += "Model"
-    return name
+    return name[:MAX_NAME_LENGTH]
 
 
 def _lyr_string(text: str, display: str) -> str:
@@ -540,17 +617,32 @@ def _comment(text: str) -> str:
 def _render(
     imported: _Imported, source: str, stem: str, weights_name: str
 ) -> tuple[str, dict[str, np.ndarray]]:
-    """The .lyr text and the arrays of its weights file, keyed as the state_dict will be."""
+    """The .lyr text and the arrays of its weights file, keyed as the state_dict will be; a
+    weight or bias that several layers share is stored once, under the first one's key."""
     dtype = imported.dtype
     path = _lyr_string(weights_name, source)
     options = "(dtype=float64)" if dtype == np.float64 else ""
     lines = [
-        f"{IMPORT_HEADER}{__version__} from {_comment(repr(source))}"
-        f" (ONNX opset {imported.opset}, graph {_comment(_q(imported.graph_name))}).",
+        # Lines 1 and 2 hold no text from the ONNX file or its name (an editor or tool that
+        # honours a coding declaration there must not be steered by a hostile name).
+        f"{IMPORT_HEADER}{__version__} from an ONNX model; edit freely, or import it again.",
+        f"# ONNX opset {imported.opset}.",
+        f"# Source: {_comment(repr(source))}, graph {_comment(_q(imported.graph_name))}.",
         f"# The weights are in {_comment(weights_name)}, beside this file.",
         f"model {model_name_for(stem)}{options} {{",
     ]
     arrays: dict[str, np.ndarray] = {}
+    stored: dict[tuple[object, ...], str] = {}  # what layers share -> the key it is stored under
+
+    def store(array: np.ndarray, key: tuple[object, ...] | None, name: str) -> str:
+        """The key of `array` in the weights file: `name`, or where a layer sharing it put it."""
+        if key is not None and key in stored:
+            return stored[key]
+        arrays[name] = W.convert_exact(array, dtype, name.split(".")[-1])
+        if key is not None:
+            stored[key] = name
+        return name
+
     for position, layer in enumerate(imported.layers):
         lines.append(f"    # from {_comment(', '.join(layer.nodes))}")
         if isinstance(layer, _Activation):
@@ -562,11 +654,11 @@ def _render(
             f"    Linear(in_features={in_features}, out_features={out_features}, "
             f"bias={'true' if has_bias else 'false'}) {{"
         )
-        arrays[f"{position}.weight"] = W.convert_exact(layer.weight, dtype, "weight")
-        lines.append(f'        weight = load({path}, "{position}.weight")')
+        key = store(layer.weight, layer.weight_key, f"{position}.weight")
+        lines.append(f'        weight = load({path}, "{key}")')
         if layer.bias is not None:
-            arrays[f"{position}.bias"] = W.convert_exact(layer.bias, dtype, "bias")
-            lines.append(f'        bias = load({path}, "{position}.bias")')
+            key = store(layer.bias, layer.bias_key, f"{position}.bias")
+            lines.append(f'        bias = load({path}, "{key}")')
         lines.append("    }")
     lines.append("}")
     return "\n".join(lines) + "\n", arrays
@@ -580,13 +672,14 @@ def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: 
     `source`) to `out` as an ONNX graph (opset 17, dynamic batch), validated by onnx.checker;
     return the path written."""
     _require_onnx(source)
+    from .driver import inputs_of
     from .tools import pick_model
 
     model = pick_model(program, model_name, source)
-    if out.resolve() == Path(source).resolve():
-        raise LayercError("the ONNX output would overwrite the .lyr source", file=source)
+    inputs = inputs_of(program) or ((Path(source), "the source file"),)
+    refuse_inputs([out], inputs)
     proto = build_onnx(model, program.source)
-    write_files([(out, proto.SerializeToString(deterministic=True))])
+    write_files([(out, proto.SerializeToString(deterministic=True))], inputs)
     return out
 
 
@@ -665,13 +758,14 @@ def _activation_node(layer: ir.Layer, value: str, out: str, path: str):  # type:
 # =========================================================================== writing
 
 
-def write_files(files: list[tuple[Path, bytes]]) -> None:
+def write_files(files: list[tuple[Path, bytes]], inputs: Inputs = ()) -> None:
     """Write every (path, bytes) atomically, in order (so a .lyr never names a weights file that
-    is not there yet); an error is reported at the file that could not be written."""
+    is not there yet), none of them over one of `inputs`; an error is reported at the file that
+    could not be written."""
     for target, _ in files:
         if target.is_dir():
             raise LayercError("cannot write here: it is a folder", file=str(target))
     try:
-        write_atomically(files)
+        write_atomically(files, inputs)
     except WriteFailed as exc:
         raise LayercError(f"cannot write the file: {exc.reason}", file=str(exc.target)) from None

@@ -5,6 +5,7 @@ line of progress per step."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,22 +13,36 @@ from pathlib import Path
 import numpy as np
 
 from .driver import import_module
+from .errors import UsageError
 
 
 def warm(module_path: Path, report: Callable[[str], None]) -> int:
     """Compile and cache every kernel of the module at `module_path`; return how many models."""
     start = time.perf_counter()
     # numba's cache records the module's import name, so warm under the name users import.
-    module = import_module(module_path, module_path.stem)
-    classes = [getattr(module, name) for name in module.__all__]
-    for index, cls in enumerate(classes, 1):
-        net = cls()
-        name = net._get_name()
-        for label, shape in (("one sample", (net.in_features,)), ("a batch", (2, net.in_features))):
-            x = np.zeros(shape, dtype=net.dtype)
-            report(f"[{index}/{len(classes)}] {name}: fused forward, {label}")
-            net(x)
-            report(f"[{index}/{len(classes)}] {name}: layer by layer, {label}")
-            net.forward(x)
+    # `compile` refuses names Python already knows; a module in use is never replaced, and the
+    # warmed one is not left behind in sys.modules.
+    import_name = module_path.stem
+    if import_name in sys.modules:
+        raise UsageError(
+            f"cannot warm {module_path}: a module named {import_name!r} is already imported"
+        )
+    module = import_module(module_path, import_name)
+    try:
+        classes = [getattr(module, name) for name in module.__all__]
+        for index, cls in enumerate(classes, 1):
+            net = cls()
+            name = net._get_name()
+            for label, shape in (
+                ("one sample", (net.in_features,)),
+                ("a batch", (2, net.in_features)),
+            ):
+                x = np.zeros(shape, dtype=net.dtype)
+                report(f"[{index}/{len(classes)}] {name}: fused forward, {label}")
+                net(x)
+                report(f"[{index}/{len(classes)}] {name}: layer by layer, {label}")
+                net.forward(x)
+    finally:
+        sys.modules.pop(import_name, None)
     report(f"warmed {len(classes)} model(s) in {time.perf_counter() - start:.1f} s")
     return len(classes)

@@ -1,11 +1,12 @@
 """Where weights come from: literals in the source, files (.npy, .npz, .safetensors) and seeded
-initialisers. Literals come back as float64 arrays; files are converted to the dtype the caller
-asks for, exactly or with a reported error (see `convert_exact`); initialisers draw in float64.
-Every user mistake is a `LayercError` at the location of the expression.
+initialisers. Literals come back as float64 arrays of values the model's dtype holds by the same
+rule as files (`literal_array`); files are converted to the dtype the caller asks for, exactly
+or with a reported error (see `convert_exact`); initialisers draw in float64. Every user mistake
+is a `LayercError` at the location of the expression (for a literal, of the offending number).
 
 Files are never unpickled and are read only when they are regular files; sizes declared inside
 a file (npy headers, npz members, safetensors headers) are checked against the file and against
-the expected shape before any data is read.
+the expected shape (or the caller's `accept`) before any data is read.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import io
 import json
 import math
 import os
-import stat
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -28,44 +28,158 @@ import numpy as np
 from . import binder
 from . import syntax as S
 from .errors import LayercError, Loc
+from .files import open_regular
 
 # --------------------------------------------------------------------------- literals
 
 
-def literal_array(value: S.Value, what: str) -> np.ndarray:
-    """A nested list literal of numbers as a float64 array; ragged rows are an error."""
-    shape = _literal_shape(value, what)
-    flat: list[float] = []
-    _flatten(value, flat)
-    return np.array(flat, dtype=np.float64).reshape(shape)
-
-
-def _literal_shape(value: S.Value, what: str) -> tuple[int, ...]:
+def literal_array(value: S.Value, what: str, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """A number or nested list literal as a float64 array whose every number the model's
+    `dtype` holds as the source means it (see `_check_literal_numbers`); a ragged list, an
+    entry that is not a number and a number that does not fit are errors at the entry."""
     if isinstance(value, S.Number):
-        return ()
-    if not isinstance(value, S.ListLit):
-        raise LayercError(f"{what} must be a number or a list of numbers", value.loc)
-    if not value.items:
-        return (0,)
-    shapes = [_literal_shape(item, what) for item in value.items]
-    first = shapes[0]
-    for item, shape in zip(value.items, shapes, strict=True):
-        if shape != first:
+        values = np.array([value.value])
+        kinds = np.array([S.number_kind(value.text)], dtype=np.uint8)
+        shape: tuple[int, ...] = ()
+    elif isinstance(value, S.ListLit):
+        scan = value.scan
+        problem = scan.problem
+        if problem is not None:
+            loc = value.offset_loc(problem.offset)
+            if problem.first_shape is None:
+                raise LayercError(f"{what} must be a number or a list of numbers", loc)
             raise LayercError(
-                f"ragged {what}: this entry has shape {_fmt_shape(shape)} but the first has "
-                f"shape {_fmt_shape(first)}",
-                item.loc,
+                f"ragged {what}: this entry has shape {_fmt_shape(problem.shape or ())} but the "
+                f"first has shape {_fmt_shape(problem.first_shape)}",
+                loc,
             )
-    return (len(value.items), *first)
+        assert scan.shape is not None
+        values, kinds, shape = scan.values, scan.kinds, scan.shape
+    else:
+        raise LayercError(f"{what} must be a number or a list of numbers", value.loc)
+    _check_literal_numbers(value, values, kinds, shape, np.dtype(dtype), what)
+    return values.reshape(shape)
 
 
-def _flatten(value: S.Value, out: list[float]) -> None:
+def element_loc(value: S.Value | None, index: tuple[int, ...]) -> Loc | None:
+    """Where element `index` of a literal stands in the source (so that an error about one
+    number of a large literal points at that number), or None if `value` is no literal."""
     if isinstance(value, S.Number):
-        out.append(value.value)
+        return value.loc if index == () else None
+    if not isinstance(value, S.ListLit):
+        return None
+    shape = value.scan.shape
+    if (
+        shape is None
+        or len(index) != len(shape)
+        or not all(0 <= i < n for i, n in zip(index, shape, strict=True))
+    ):
+        return None
+    flat = int(np.ravel_multi_index(index, shape))
+    return value.number_locs([flat]).get(flat)
+
+
+def _numbers(value: S.Value, indices: np.ndarray) -> Iterator[tuple[int, str, Loc]]:
+    """(index, text, location) of the numbers `indices` (increasing) of a literal."""
+    if isinstance(value, S.Number):
+        yield 0, value.text, value.loc
     else:
         assert isinstance(value, S.ListLit)
-        for item in value.items:
-            _flatten(item, out)
+        for i, offset, text in value.numbers(int(i) for i in indices):
+            yield i, text, value.offset_loc(offset)
+
+
+# Integers at least this large round to infinity in float32 (the midpoint between its largest
+# value and 2**128 rounds to the even one, 2**128).
+_FLOAT32_OVERFLOW = 2**128 - 2**103
+
+
+def _check_literal_numbers(
+    value: S.Value,
+    values: np.ndarray,
+    kinds: np.ndarray,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    what: str,
+) -> None:
+    """Literals follow the rule for files (`convert_exact`), with the source text as the file:
+
+    - an integer (digits only) must be exactly representable in `dtype`, as an int64 array's
+      values must be: 16777217 is an error in a float32 model, as 2**53 + 1 is in float64;
+    - a decimal (with a point or an exponent) is read as a float64 by Python's float() and
+      rounded to nearest in `dtype`, as a float64 array is; one that overflows (1e400, or 1e39
+      in float32) is an error rather than an infinity;
+    - inf and nan are left to the model's allow_nonfinite.
+
+    The first number in source order that breaks the rule is reported where it stands.
+    Candidates are found with NumPy; only integers from 2**53 on, whose float64 may have been
+    rounded, need their text again, read in one pass."""
+    bits = _SIGNIFICAND_BITS[dtype]
+    ints = kinds == S.INT
+    decimals = kinds == S.DECIMAL
+    with np.errstate(over="ignore", invalid="ignore"):
+        magnitude = np.abs(values)
+        narrowed = values.astype(dtype)
+        wrong = decimals & np.isinf(narrowed)  # overflows dtype (or float64 already)
+        # From 2**53 on, float64 may have rounded the integer: its text says.
+        wrong |= ints & ~(magnitude < float(1 << 53))
+        if bits < 53:
+            wrong |= ints & (magnitude > float(1 << bits)) & (narrowed != values)
+    candidates = np.flatnonzero(wrong)
+    if candidates.size == 0:
+        return
+    for index, text, loc in _numbers(value, candidates):
+        message = _literal_number_error(text, kinds[index], dtype)
+        if message is not None:
+            where = (
+                what if not shape else f"{what}{[int(i) for i in np.unravel_index(index, shape)]}"
+            )
+            raise LayercError(f"{where} = {message}", loc)
+
+
+def _literal_number_error(text: str, kind: int, dtype: np.dtype) -> str | None:
+    """What is wrong with number `text` in a literal of a `dtype` model, or None."""
+    number = float(text)  # inf beyond float64's range, where int() would be slow or refuse
+    if kind == S.DECIMAL:
+        shown = repr(number) if math.isfinite(number) else text
+        return f"{shown} overflows {dtype.name}"
+    if not math.isfinite(number):
+        return f"{text} overflows {dtype.name}"
+    exact = _exact_integer(text)
+    if dtype == np.float32 and abs(exact) >= _FLOAT32_OVERFLOW:
+        return f"{text} overflows {dtype.name}"
+    nearest = _nearest(exact, dtype)
+    if nearest == exact:
+        return None
+    hint = ", or use dtype=float64" if dtype == np.float32 else ""
+    return (
+        f"{text} is not exactly representable in {dtype.name} (the nearest {dtype.name} is "
+        f"{nearest}); write the value you mean{hint}"
+    )
+
+
+def _exact_integer(text: str) -> int:
+    """An integer literal's value (leading zeros dropped, so no digit limit applies to them)."""
+    body = text.lstrip("+-").lstrip("0") or "0"
+    return -int(body) if text.startswith("-") else int(body)
+
+
+def _nearest(n: int, dtype: np.dtype) -> int:
+    """The value of `dtype` nearest to the integer `n` (ties to even), as an integer."""
+    guess = float(n)  # correctly rounded to float64
+    if dtype == np.float64:
+        return int(guess)
+    # float32 from float64 may round twice; look at the neighbours and pick by exact distance.
+    with np.errstate(over="ignore"):
+        y = np.float32(guess)
+        up, down = np.nextafter(y, np.float32(np.inf)), np.nextafter(y, np.float32(-np.inf))
+    neighbours = [y, up, down]
+    finite = [c for c in neighbours if np.isfinite(c)]
+
+    def key(c: np.float32) -> tuple[int, int]:
+        return abs(int(c) - n), int(np.array(c).view(np.uint32)) & 1
+
+    return int(min(finite, key=key))
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
@@ -159,49 +273,14 @@ SUFFIXES = (".npy", ".npz", ".safetensors")
 
 
 def resolve_path(path: str, base_dir: Path, loc: Loc) -> Path:
-    """A path relative to the .lyr file's folder, checked to be a readable regular file."""
+    """A path relative to the .lyr file's folder that exists (`files.open_regular` checks it is a
+    readable regular file when it is opened)."""
     if "\0" in path:
         raise LayercError("file path contains a NUL character", loc)
     full = base_dir / path
-    try:
-        st = os.stat(full)
-    except FileNotFoundError:
-        raise LayercError(f"no such file: {path!r} (looked in {base_dir or '.'})", loc) from None
-    except OSError as exc:
-        raise LayercError(f"cannot read {path!r}: {exc.strerror}", loc) from None
-    _check_regular(st, path, loc)
+    if not os.path.lexists(full):
+        raise LayercError(f"no such file: {path!r} (looked in {base_dir or '.'})", loc)
     return full
-
-
-def _check_regular(st: os.stat_result, path: str, loc: Loc | None, file: str | None = None) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise LayercError(
-            f"{path!r} is not a regular file (a device, pipe, socket or folder), so layerc will "
-            "not read it",
-            loc,
-            file=file,
-        )
-    if st.st_size > MAX_FILE_BYTES:
-        raise LayercError(f"{path!r} is too large ({st.st_size} bytes)", loc, file=file)
-
-
-def open_regular(full: Path, path: str, loc: Loc | None, file: str | None = None) -> int:
-    """A read-only descriptor of `full`, refused unless it is a regular file.
-
-    The file is opened without blocking and checked through the descriptor, so a FIFO (or a path
-    swapped for one after `resolve_path`) cannot hang the compiler, and what is read is the file
-    that was checked."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(full, flags)
-    except OSError as exc:
-        raise LayercError(f"cannot read {path!r}: {exc.strerror}", loc, file=file) from None
-    try:
-        _check_regular(os.fstat(fd), path, loc, file)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 @dataclass(frozen=True)
@@ -211,6 +290,8 @@ class _Source:
     path: str
     key: str | None
     loc: Loc
+    shape: tuple[int, ...] | None = None  # the shape the array must have, if known
+    accept: Callable[[tuple[int, ...]], None] | None = None  # refuses other shapes by raising
 
     @property
     def what(self) -> str:
@@ -228,14 +309,35 @@ def load_array(
     *,
     dtype: np.dtype | type = np.float64,
     shape: tuple[int, ...] | None = None,
+    accept: Callable[[tuple[int, ...]], None] | None = None,
 ) -> np.ndarray:
     """One array from .npy (no key), .npz or .safetensors (key required), as `dtype`.
 
-    When `shape` is given, the shape the file declares is checked before its data is read.
-    Conversion follows `convert_exact`."""
+    The shape the file declares is checked before its data is read (and, in a .npz, before
+    the member is decompressed): it must be `shape` when one is given, and `accept`, when
+    given, is called with it and refuses it by raising. Conversion follows `convert_exact`."""
     full = resolve_path(path, base_dir, loc)
+    # Opened first: a device or FIFO is refused whatever its name, before anything else.
+    fd = open_regular(full, path, what="a weights file", max_bytes=MAX_FILE_BYTES, loc=loc)
+    try:
+        return _load_open(fd, full, path, key, loc, dtype, shape, accept)
+    finally:
+        os.close(fd)
+
+
+def _load_open(
+    fd: int,
+    full: Path,
+    path: str,
+    key: str | None,
+    loc: Loc,
+    dtype: np.dtype | type,
+    shape: tuple[int, ...] | None,
+    accept: Callable[[tuple[int, ...]], None] | None,
+) -> np.ndarray:
+    """`load_array` once the file is open as `fd`."""
     suffix = full.suffix.lower()
-    src = _Source(path, key, loc)
+    src = _Source(path, key, loc, shape, accept)
     if suffix not in SUFFIXES:
         raise LayercError(
             f"cannot load {path!r}: the file must end in .npy, .npz or .safetensors (layerc "
@@ -246,38 +348,36 @@ def load_array(
         raise LayercError(f"{path!r} is a .npy file and holds one array: give no key", loc)
     if suffix != ".npy" and key is None:
         raise LayercError(f'{path!r} holds several arrays: name one, load({path!r}, "key")', loc)
-    fd = open_regular(full, path, loc)
     try:
         if suffix == ".npy":
             with os.fdopen(os.dup(fd), "rb") as f:
-                array = _read_npy(f, os.fstat(fd).st_size, src, shape)
+                array = _read_npy(f, os.fstat(fd).st_size, src)
         elif suffix == ".npz":
-            array = _load_npz(fd, src, shape)
+            array = _load_npz(fd, src)
         else:
-            array = _load_safetensors(fd, full, src, shape)
+            array = _load_safetensors(fd, full, src)
     except OSError as exc:
         raise LayercError(f"cannot read {path!r}: {exc.strerror or exc}", loc) from None
-    finally:
-        os.close(fd)
     try:
         return convert_exact(array, np.dtype(dtype), src.what)
     except ConversionError as exc:
         raise LayercError(str(exc), loc) from None
 
 
-def _check_declared_shape(
-    declared: tuple[int, ...], shape: tuple[int, ...] | None, src: _Source
-) -> None:
-    if shape is not None and tuple(declared) != tuple(shape):
+def _check_declared_shape(declared: tuple[int, ...], src: _Source) -> None:
+    """The checks a file's declared shape must pass before any of its data is read."""
+    if src.shape is not None and tuple(declared) != tuple(src.shape):
         raise src.error(
             f"{src.what} has shape {_fmt_shape(tuple(declared))} but must have shape "
-            f"{_fmt_shape(shape)}"
+            f"{_fmt_shape(src.shape)}"
         )
+    if src.accept is not None:
+        src.accept(tuple(declared))
 
 
-def _read_npy(f: IO[bytes], size: int, src: _Source, shape: tuple[int, ...] | None) -> np.ndarray:
+def _read_npy(f: IO[bytes], size: int, src: _Source) -> np.ndarray:
     """Read a .npy stream of `size` bytes; its header is checked (no objects, sizes that fit the
-    file, the expected shape) before the data is read."""
+    file, the shape `src` asks for) before the data is read."""
     declared, fortran, dtype = _read_npy_header(f, src)
     if dtype.hasobject:
         raise src.error(
@@ -291,7 +391,7 @@ def _read_npy(f: IO[bytes], size: int, src: _Source, shape: tuple[int, ...] | No
         )
     if any(d < 0 for d in declared):
         raise src.error(f"{src.what} is not a valid .npy file: negative shape {declared}")
-    _check_declared_shape(declared, shape, src)
+    _check_declared_shape(declared, src)
     count = math.prod(declared)
     expected = count * dtype.itemsize
     remaining = size - f.tell()
@@ -340,7 +440,7 @@ def _read_npy_header(f: IO[bytes], src: _Source) -> tuple[tuple[int, ...], bool,
     return tuple(shape), bool(fortran), dtype
 
 
-def _load_npz(fd: int, src: _Source, shape: tuple[int, ...] | None) -> np.ndarray:
+def _load_npz(fd: int, src: _Source) -> np.ndarray:
     assert src.key is not None
     f = os.fdopen(os.dup(fd), "rb")
     try:
@@ -359,7 +459,7 @@ def _load_npz(fd: int, src: _Source, shape: tuple[int, ...] | None) -> np.ndarra
             raise src.error(f"{src.what} is not an array member ({info.file_size} bytes)")
         try:
             with archive.open(info) as member:
-                return _read_npy(member, info.file_size, src, shape)
+                return _read_npy(member, info.file_size, src)
         except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
             raise src.error(f"{src.path!r}: cannot read member {src.key!r}: {exc}") from None
 
@@ -393,9 +493,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _load_safetensors(
-    fd: int, full: Path, src: _Source, shape: tuple[int, ...] | None
-) -> np.ndarray:
+def _load_safetensors(fd: int, full: Path, src: _Source) -> np.ndarray:
     """A tensor through the safetensors package, which validates the header (size, offsets that
     cover the file exactly) before anything is read. It opens by path, so it is given this
     process's descriptor path where there is one: the file read is the file that was checked."""
@@ -412,7 +510,7 @@ def _load_safetensors(
             info = f.get_slice(src.key)
             declared = tuple(int(d) for d in info.get_shape())
             dtype = str(info.get_dtype())
-            _check_declared_shape(declared, shape, src)
+            _check_declared_shape(declared, src)
             if dtype == "BF16":
                 return _read_bfloat16(fd, src, declared)
             if dtype not in _SAFETENSORS_DTYPES:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from layerc import driver
 
 _count = itertools.count()
+
+# No test depends on how fast the machine is: hypothesis's per-example deadline and its
+# too-slow health check both time wall-clock runs, so both are off for every property test
+# (a test's own @settings changes only the settings it names).
+settings.register_profile("layerc", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("layerc")
+
+# Tests that draw with graphviz's `dot` program (SVG, PNG, JSON layout) skip where it is not
+# installed; .ci/run installs it, so CI runs them.
+DOT_MISSING = "graphviz's 'dot' program is not installed"
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason=DOT_MISSING)
 
 # The lesson sample's source, for tests that want the canonical program as text.
 LESSON = (Path(__file__).resolve().parents[1] / "samples" / "seed.lyr").read_text(encoding="utf-8")

@@ -263,11 +263,17 @@ def test_strings_and_names_are_accepted_for_dtype() -> None:
 ERRORS = [
     # --- layer kinds and arguments
     ("unknown-kind", f"model M {{\n  fc = Lineer(4, 3) {INIT}\n}}", 2, 8,
-     "unknown layer kind 'Lineer'; did you mean 'Linear'?"),
+     "unknown layer kind 'Lineer'; did you mean 'Linear'? (layer kinds: Linear, ReLU, Sigmoid, "
+     "Tanh, Identity, LeakyReLU, Softmax, "
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)"),
     ("unknown-kind-case", f"model M {{\n  Linear(4, 3) {INIT}\n  relu\n}}", 3, 3,
-     "unknown layer kind 'relu'; did you mean 'ReLU'?"),
+     "unknown layer kind 'relu'; did you mean 'ReLU'? (layer kinds: Linear, ReLU, Sigmoid, Tanh, "
+     "Identity, LeakyReLU, Softmax, "
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)"),
     ("unknown-kind-model", f"model Encoder {{ Linear(4, 4) {INIT} }}\nmodel M {{\n  Encoderr\n}}",
-     3, 3, "unknown layer kind 'Encoderr'; did you mean 'Encoder'?"),
+     3, 3, "unknown layer kind 'Encoderr'; did you mean 'Encoder'? (layer kinds: Linear, ReLU, "
+     "Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax; models defined above: Encoder)"),
     ("unknown-keyword", f"model M {{\n  Linear(4, 3, bais=false) {INIT}\n}}", 2, 16,
      "Linear has no argument 'bais'; did you mean 'bias'? (arguments: in_features, "
      "out_features, bias)"),
@@ -314,7 +320,9 @@ ERRORS = [
     ("model-named-like-a-kind", f"model ReLU {{\n  Linear(2, 2) {INIT}\n}}", 1, 7,
      "a model cannot be named 'ReLU': that is a layer kind"),
     ("unknown-model", f"model M {{\n  Linear(4, 4) {INIT}\n  enc = Encoder\n}}", 3, 9,
-     "unknown layer kind 'Encoder'"),
+     "unknown layer kind 'Encoder' (layer kinds: Linear, ReLU, Sigmoid, Tanh, Identity, "
+     "LeakyReLU, Softmax, "
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)"),
     ("model-before-definition",
      f"model M {{\n  Linear(4, 4) {INIT}\n  Enc\n}}\nmodel Enc {{ Linear(4, 4) {INIT} }}", 3, 3,
      "model 'Enc' is used before it is defined (line 5); define it earlier in the file"),
@@ -548,7 +556,7 @@ def test_the_first_error_in_source_order_is_reported() -> None:
     e = error(
         f"model A {{\n  Linear(2, 2) {INIT}\n  Bad\n}}\nmodel B {{\n  Linear(0, 2) {INIT}\n}}\n"
     )
-    assert (e.message, e.loc.line) == ("unknown layer kind 'Bad'", 3)
+    assert (e.message.partition(" (")[0], e.loc.line) == ("unknown layer kind 'Bad'", 3)
     e = error(
         f"test Nope {{ input = [1]; expect = [1] }}\nmodel A {{\n  Linear(-2, 2) {INIT}\n}}\n"
     )

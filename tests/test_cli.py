@@ -145,11 +145,52 @@ def test_check_error_prints_location_source_line_and_caret(work: Path) -> None:
     result = run("check", "bad.lyr", cwd=work)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == (
-        "bad.lyr:2:8: unknown layer kind 'Lineer'; did you mean 'Linear'?\n"
+        "bad.lyr:2:8: unknown layer kind 'Lineer'; did you mean 'Linear'? (layer kinds: Linear, "
+        "ReLU, Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
+        "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)\n"
         "      fc = Lineer(4, 3) { init = uniform(seed=0) }\n"
         "           ^\n"
     )
     assert files_in(work) == before
+
+
+def test_an_unknown_kind_lists_the_kinds_there_are(tmp_path: Path) -> None:
+    """Far from every kind (`Conv2d`) or close to one (`Gelu` ~ `GELU`), an unknown kind's
+    message lists the kinds, and the models defined above it, in the order of the table of
+    kinds."""
+    from layerc.kinds import KINDS
+
+    kinds = ", ".join(KINDS)
+    (tmp_path / "kinds.lyr").write_text(
+        "model Block {\n    Linear(4, 4) { init = zeros() }\n}\n\n"
+        "model M {\n    Block()\n    Gelu()\n}\n\n"
+        "model N {\n    Linear(4, 4) { init = zeros() }\n    Conv2d(4, 4)\n}\n",
+        encoding="utf-8",
+    )
+    result = run("check", "kinds.lyr", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "kinds.lyr:7:5: unknown layer kind 'Gelu'; did you mean 'GELU'? "
+        f"(layer kinds: {kinds}; models defined above: Block)\n"
+        "        Gelu()\n"
+        "        ^\n"
+    )
+    (tmp_path / "kinds.lyr").write_text(
+        "model N {\n    Linear(4, 4) { init = zeros() }\n    Conv2d(4, 4)\n}\n", encoding="utf-8"
+    )
+    result = run("check", "kinds.lyr", cwd=tmp_path)
+    assert result.stderr.splitlines()[0] == (
+        f"kinds.lyr:3:5: unknown layer kind 'Conv2d' (layer kinds: {kinds})"
+    )
+    assert kinds.split(", ") == [
+        "Linear",
+        "ReLU",
+        "Sigmoid",
+        "Tanh",
+        "Identity",
+        "LeakyReLU",
+        "Softmax",
+    ]
 
 
 def test_compile_syntax_error_writes_nothing(tmp_path: Path) -> None:
@@ -350,7 +391,76 @@ def test_layerc_test_reports_each_test_and_fails_on_any_failure(work: Path) -> N
     assert result.stdout.splitlines() == [
         f"FAIL tests.lyr:10 test Seed: max abs error 1, max rel error {rel} "
         "(atol 1e-05, rtol 1.3e-06)",
+        "    1 of 3 elements outside the tolerance:",
+        "    index   got  expected  abs error  rel error",
+        f"    [2]    50.0      51.0          1     {rel}",
         "PASS tests.lyr:11 test Seed: max abs error 0, max rel error 0 (atol 1e-05, rtol 1.3e-06)",
         f"PASS tests.lyr:12 test Seed: max abs error 1, max rel error {rel} (atol 1, rtol 1.3e-06)",
         "2 passed, 1 failed",
     ]
+
+
+IDENTITY = """\
+model Id {
+    fc = Linear(4, 4, bias=false) {
+        weight = [[1, 0, 0, 0],
+                  [0, 1, 0, 0],
+                  [0, 0, 1, 0],
+                  [0, 0, 0, 1]]
+    }
+}
+
+test Id {
+    input = [[1, 2, 3, 4],
+             [5, 6, 7, 8],
+             [10, 20, 30, 40]]
+    expect = [[1, 2.5, 3, 4],
+              [5, 6, 7.001, 9],
+              [10.1, 20.2, 30.3, 40.4]]
+    atol = 0.0001
+    rtol = 0
+}
+"""
+
+
+def test_a_failing_test_shows_its_five_worst_elements_aligned(tmp_path: Path) -> None:
+    """Seven of twelve outputs are off (by 1, 0.5, 0.4, 0.3, 0.2, 0.1 and 0.001): `layerc test`
+    prints how many, then the five worst, worst first, as a table whose columns line up."""
+    (tmp_path / "id.lyr").write_text(IDENTITY, encoding="utf-8")
+    result = run("test", "id.lyr", cwd=tmp_path)
+    no_traceback(result)
+    assert (result.returncode, result.stderr) == (1, "")
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0]
+        == "FAIL id.lyr:10 test Id: max abs error 1, max rel error 0.2 (atol 0.0001, rtol 0)"
+    )
+    assert lines[1:] == [
+        "    7 of 12 elements outside the tolerance; the 5 worst:",
+        "    index    got  expected  abs error  rel error",
+        "    [1, 3]   8.0       9.0          1      0.111",
+        "    [0, 1]   2.0       2.5        0.5        0.2",
+        "    [2, 3]  40.0      40.4        0.4     0.0099",
+        "    [2, 2]  30.0      30.3        0.3     0.0099",
+        "    [2, 1]  20.0      20.2        0.2     0.0099",
+        "0 passed, 1 failed",
+    ]
+    assert len({len(line) for line in lines[2:8]}) == 1  # right-aligned to one width
+
+
+def test_worst_elements_rank_by_how_far_outside_the_tolerance() -> None:
+    """The worst element is the one the most times its tolerance off, not the largest absolute
+    error: 2 off 1000 (tolerance 1.0001, twice over) is less bad than 0.01 off 0 (tolerance
+    1e-4, a hundred times over). A NaN
+    where a number is expected is infinitely off; elements within tolerance are not listed."""
+    from layerc.driver import Mismatch, worst_elements
+
+    output = np.array([1002.0, 0.01, np.nan, 3.0], dtype=np.float32)
+    expect = np.array([1000.0, 0.0, 2.0, 3.0])
+    count, worst = worst_elements(output, expect, atol=1e-4, rtol=1e-3)
+    assert count == 3
+    assert [m.index for m in worst] == [(2,), (1,), (0,)]
+    assert worst[1] == Mismatch((1,), float(np.float32(0.01)), 0.0, float(np.float32(0.01)), np.inf)
+    assert worst_elements(output[3:], expect[3:], atol=1e-4, rtol=1e-3) == (0, ())
+    count, worst = worst_elements(np.zeros((4, 5)), np.ones((4, 5)), atol=0, rtol=0, count=5)
+    assert count == 20 and [m.index for m in worst] == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]

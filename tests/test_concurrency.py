@@ -243,7 +243,7 @@ def test_a_rewrite_with_the_same_size_and_time_is_not_taken_for_the_old_module(t
         w2, b2 = rng.uniform(-0.1, 0.1, (2, hidden)), rng.uniform(-1, 1, 2)
         texts.append(two_layer(w1, b1, w2, b2))
         expected.append(reference(X, w1, b1, w2, b2))
-    folder = tmp_path / "same"
+    folder = tmp_path / "modules"  # not "same": a folder of that name would shadow same.py
     folder.mkdir()
     script = tmp_path / "same_process.py"
     script.write_text(SAME_PROCESS)
@@ -328,3 +328,84 @@ def test_eight_threads_share_one_instance(tmp_path):
             np.testing.assert_array_equal(shared, first)
     for key, value in net.state_dict().items():
         np.testing.assert_array_equal(value, weights[key])
+
+
+# A compile that stops between writing its files and renaming them into place: "die" ends the
+# process there, as a kill would (no clean-up runs); "hold" waits for a line on stdin, then
+# renames them.
+STOPPED_WRITER = r"""
+import os, sys
+from pathlib import Path
+from layerc import driver
+src, mode = Path(sys.argv[1]), sys.argv[2]
+real_replace = os.replace
+def replace(tmp, target):
+    global mode
+    if mode == "die":
+        os._exit(3)
+    if mode == "hold":
+        mode = "go"
+        print("written", flush=True)
+        sys.stdin.readline()
+    return real_replace(tmp, target)
+os.replace = replace
+driver.compile_file(src)
+print("done", flush=True)
+"""
+
+
+OLD_SHAPES = [(1400, 3), (1400,), (2, 1400), (2,)]
+
+
+def test_a_killed_compile_leaves_temporaries_that_the_next_one_removes(tmp_path):
+    """A compile killed mid-write leaves its (large) temporary files; the next compile in the
+    folder removes them, even for a weights file of another name (the source changed since),
+    but not those of a compile that is still running, which then finishes as usual."""
+    folder = tmp_path / "mod"
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    src = folder / "net.lyr"
+    src.write_text(two_layer(*(rng.uniform(-1, 1, shape) for shape in OLD_SHAPES)))
+    w1, b1 = rng.uniform(-1, 1, (1400, 3)), rng.uniform(-1, 1, 1400)
+    w2, b2 = rng.uniform(-0.1, 0.1, (2, 1400)), rng.uniform(-1, 1, 2)
+    script = tmp_path / "writer.py"
+    script.write_text(STOPPED_WRITER)
+
+    def temporaries() -> set[str]:
+        return {p.name for p in folder.iterdir() if p.name.endswith(".tmp")}
+
+    killed = subprocess.run(
+        [sys.executable, str(script), str(src), "die"], capture_output=True, timeout=120
+    )
+    assert killed.returncode == 3, killed.stderr
+    stale = temporaries()
+    assert len(stale) == 2  # the weights file's and the module's
+    assert sum((folder / name).stat().st_size for name in stale) > 30_000
+
+    src.write_text(two_layer(w1, b1, w2, b2))  # new weights: a weights file of another name
+    live = subprocess.Popen(
+        [sys.executable, str(script), str(src), "hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "written\n"
+        running = temporaries() - stale
+        assert len(running) == 2 and all(f"-{live.pid}-" in name for name in running)
+        targets = {name.split(".layerc-")[0] for name in running}
+        assert targets != {name.split(".layerc-")[0] for name in stale}  # another weights file
+
+        driver.compile_file(src)
+        assert temporaries() == running  # the killed compile's are gone, the live one's kept
+
+        out, err = live.communicate("\n", timeout=120)
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert live.returncode == 0 and out == "done\n", err
+    assert temporaries() == set()
+    module = driver.import_module(folder / "net.py")
+    np.testing.assert_allclose(module.Net()(X), reference(X, w1, b1, w2, b2), rtol=1e-7)

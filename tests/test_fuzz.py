@@ -10,7 +10,8 @@ swapped, truncated, bytes and tokens inserted) and programs from `hypothesis.ext
 must compile or raise a LayercError at a location inside the text: never another exception,
 a RecursionError or a hang. Fixed adversarial inputs (deep brackets, a megabyte-long line,
 10^5 layers, exponential nesting, empty and binary files) must give a clean result or a
-located error within a few seconds each.
+located error within a bounded amount of CPU time each (a few seconds; the bound is far wider,
+and no test here measures wall-clock time).
 
 Example counts are small in CI; set LAYERC_FUZZ_EXAMPLES=N for a longer run of N examples per
 property (see docs/security.md).
@@ -37,8 +38,13 @@ from hypothesis.extra.lark import from_lark
 from test_security import assert_inert, time_limit
 
 from layerc import driver, lower, syntax
-from layerc.check import MAX_LAYERS, MAX_MODEL_DEPTH, RESERVED_LAYER_NAMES
+from layerc.check import MAX_LAYERS, MAX_MODEL_DEPTH, MAX_NAME_LENGTH, RESERVED_LAYER_NAMES
 from layerc.errors import LayercError, render
+
+# How much CPU time compiling one generated or adversarial program may take before the test
+# fails: the slowest take a few seconds. CPU time rather than wall-clock time, so that a busy
+# machine does not fail a test that a hang or a blow-up would.
+CPU_LIMIT = 60
 
 
 def examples(default: int) -> int:
@@ -345,9 +351,9 @@ def compile_program(text: str, files: dict, folder: Path):
     src = folder / "prog.lyr"
     src.write_bytes(text.encode("utf-8"))
     out = src.with_suffix(".py")
-    with time_limit(20):
+    with time_limit(CPU_LIMIT, cpu=True):
         driver.compile_file(src, out)
-    assert_inert(out.read_text(encoding="utf-8"))
+    assert_inert(out.read_bytes())
     return driver.import_module(out)
 
 
@@ -504,7 +510,7 @@ def assert_clean_outcome(data: bytes, folder: Path) -> None:
     src.write_bytes(data)
     out = folder / "fuzz.py"
     try:
-        with time_limit(20):
+        with time_limit(CPU_LIMIT, cpu=True):
             driver.compile_file(src, out)
     except LayercError as exc:
         text = data.decode("utf-8", errors="replace")
@@ -516,7 +522,7 @@ def assert_clean_outcome(data: bytes, folder: Path) -> None:
             assert exc.loc.col >= 1, exc
         assert render(exc, text).startswith(str(exc))
         return
-    assert_inert(out.read_text(encoding="utf-8"))
+    assert_inert(out.read_bytes())
     module = driver.import_module(out)
     for name in module.__all__:
         getattr(module, name)()
@@ -614,7 +620,10 @@ ADVERSARIAL = {
         ("model M { " + "ReLU " * 200_000 + "? }").encode(),
         "unexpected character",
     ),
-    "megabyte-long name": (f"model M{'a' * 1_000_000} {{ {LIN} }}".encode(), None),
+    "megabyte-long name": (
+        f"model M{'a' * 1_000_000} {{ {LIN} }}".encode(),
+        f"names have at most {MAX_NAME_LENGTH}",
+    ),
     "megabyte-long number": (
         (
             "model M { Linear(2, 2) { weight = [[1, 0], [0, 1]]; bias = [0, 0."
@@ -654,7 +663,7 @@ ADVERSARIAL = {
     ),
     "1e999": (
         b"model M { Linear(1, 1) { weight = [[1e999]]; bias = [0] } }",
-        "not a finite number",
+        "= 1e999 overflows float32",
     ),
     "CRLF and tabs": (f"model\tM\r\n{{\r\n\t{LIN}\r\n}}\r\n".encode(), None),
     "keywords as names": (b"model model { ReLU }", "keyword"),
@@ -662,24 +671,26 @@ ADVERSARIAL = {
 
 
 @pytest.mark.parametrize("label", list(ADVERSARIAL))
-def test_adversarial_inputs_give_a_clean_result_quickly(tmp_path, label):
+def test_adversarial_inputs_give_a_clean_result_in_bounded_cpu_time(tmp_path, label):
+    """Each input compiles, or is refused with a located error, within CPU_LIMIT seconds of CPU
+    time (the slowest take a few; work quadratic in a megabyte would take hours)."""
     data, expected = ADVERSARIAL[label]
     src = tmp_path / "adv.lyr"
     src.write_bytes(data)
-    start = time.perf_counter()
+    start = time.process_time()
     try:
-        with time_limit(30):
+        with time_limit(CPU_LIMIT, cpu=True):
             program, written = driver.compile_file(src, tmp_path / "adv.py")
         outcome = None
     except LayercError as exc:
         outcome = exc
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10, f"{label}: {elapsed:.1f} s"
+    used = time.process_time() - start  # a long call into C can finish past the signal
+    assert used < CPU_LIMIT, f"{label}: {used:.1f} s of CPU time"
     if expected is None:
         assert outcome is None, outcome
-        source = written[-1].read_text(encoding="utf-8")
-        if len(source) < 1_000_000:  # ast.parse takes seconds per 10 MB; these are not about names
-            assert_inert(source)
+        data = written[-1].read_bytes()
+        if len(data) < 1_000_000:  # ast.parse takes seconds per 10 MB; these are not about names
+            assert_inert(data)
         return
     assert outcome is not None, f"{label} compiled"
     assert expected in outcome.message, outcome
@@ -693,18 +704,21 @@ def test_adversarial_inputs_give_a_clean_result_quickly(tmp_path, label):
 
 def test_ten_thousand_nested_layers_compile_import_and_build(tmp_path):
     """A model of 10^4 Linear layers, nested ten-fold four deep, compiles, imports and builds
-    (10^5 compile too, above, but Python takes seconds to import a 30 MB module)."""
+    (10^5 compile too, above, but Python takes seconds to import a 30 MB module). The module
+    grows linearly with what it builds: about 140 bytes per module instance, so each model
+    is written once, however often it is nested, and never expanded inline."""
     src = tmp_path / "wide.lyr"
     src.write_text(_nested_models(5, 10))
-    start = time.perf_counter()
-    driver.compile_file(src)
-    module = driver.import_module(src.with_suffix(".py"))
-    net = module.M1()  # 10 layers; M4's fused kernel would take numba minutes to compile
-    x = np.array([[1.0, -2.0]], dtype=np.float32)
-    np.testing.assert_array_equal(net(x), x)
-    # M4, 10 M3, 100 M2, 1000 M1, 10^4 M0 and their 10^4 Linear layers
-    assert len(list(module.M4().modules())) == 1 + 10 + 100 + 1000 + 2 * 10_000
-    assert time.perf_counter() - start < 30
+    with time_limit(CPU_LIMIT, cpu=True):
+        driver.compile_file(src)
+        module = driver.import_module(src.with_suffix(".py"))
+        net = module.M1()  # 10 layers; M4's fused kernel would take numba minutes to compile
+        x = np.array([[1.0, -2.0]], dtype=np.float32)
+        np.testing.assert_array_equal(net(x), x)
+        # M4, 10 M3, 100 M2, 1000 M1, 10^4 M0 and their 10^4 Linear layers
+        instances = len(list(module.M4().modules()))
+    assert instances == 1 + 10 + 100 + 1000 + 2 * 10_000
+    assert src.with_suffix(".py").stat().st_size < 400 * instances
 
 
 def test_cli_never_prints_a_traceback_for_garbage(tmp_path):

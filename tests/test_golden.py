@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import layerc
-from layerc import driver
+from layerc import codegen, driver
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = sorted(path.stem for path in GOLDEN.glob("*.lyr"))
@@ -146,9 +146,11 @@ def test_output_does_not_depend_on_the_process(name: str, tmp_path: Path):
 @pytest.mark.parametrize("name", NAMES)
 def test_header_names_source_and_version_and_nothing_local(name: str, tmp_path: Path):
     source, _ = compile_copy(name, tmp_path)
-    first_line = source.splitlines()[0]
-    assert f"layerc {layerc.__version__}" in first_line
-    assert f"{name}.lyr" in first_line
+    lines = source.splitlines()
+    # Lines 1 and 2 are fixed (Python reads an encoding declaration there); the source after.
+    assert tuple(lines[:2]) == codegen.FIXED_HEADER
+    assert f"layerc {layerc.__version__}" in lines[1]
+    assert lines[2] == f"# Source: '{name}.lyr'"
     for local in {str(tmp_path), str(tmp_path.resolve()), os.getcwd(), str(Path.home())}:
         assert local not in source
     assert not re.search(r"(?<![\w.])/(tmp|home|usr|root|Users|var)/", source)

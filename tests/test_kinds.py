@@ -357,8 +357,17 @@ def test_buffers_are_set_as_torch_sets_them(bn_module) -> None:
     assert net.get_buffer("bn.running_var").tolist() == [1, 4, 0.25]
     with pytest.raises(ValueError):
         net.bn.running_var = np.zeros(4)
-    with pytest.raises(AttributeError):
-        del net.bn.running_mean
+    # As torch: a buffer can be deleted, and the layer then fails when called.
+    reference = torch.nn.BatchNorm1d(3).eval()
+    del reference.running_mean
+    del net.bn.running_mean
+    assert "running_mean" not in dict(net.named_buffers())
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(AttributeError) as theirs:
+        reference(torch.from_numpy(x))
+    with pytest.raises(AttributeError) as ours:
+        net.bn(x)
+    assert str(ours.value) == str(theirs.value)
 
 
 def test_batchnorm_folded_into_linear_and_hooks_see_what_torchs_see(bn_module) -> None:

@@ -470,10 +470,20 @@ def test_weights_are_the_source_values(build, case_id: str):
         np.testing.assert_array_equal(state[key].astype(np.float64), value, err_msg=key)
 
 
+def assert_same(actual: np.ndarray, expected: np.ndarray, spec: ModelSpec, what: str) -> None:
+    """Shape and dtype exact, values within torch.testing.assert_close's tolerances. Not bit for
+    bit: each path is a different kernel, and under `reassoc` LLVM may vectorise one sum in
+    another order than the other (seen on AMD EPYC, not on Intel Rocket Lake), as may a BLAS
+    library for another memory layout or alignment of the same numbers."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    rtol, atol = TOLERANCES[spec.dtype]
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_fused_and_per_module_paths_agree_exactly(build, case_id: str):
+def test_fused_and_per_module_paths_agree(build, case_id: str):
     """`net(x)` runs the fused kernel; `net.forward(x)` calls the children; under a global
-    no-op hook every module runs its own kernel. All three give the same bits."""
+    no-op hook every module runs its own kernel. All three agree (see `assert_same`)."""
     case = build(case_id)
     # Every path reshapes to (n, features) before its kernels, so 1-D inputs (whose path differs
     # only in that reshape) are left to the reference tests; each shape costs compile time.
@@ -488,24 +498,22 @@ def test_fused_and_per_module_paths_agree_exactly(build, case_id: str):
             handle.remove()
         again = case.net(x)  # the fast path comes back once the hook is gone
         for other in (children, per_module, again):
-            assert other.dtype == fused.dtype and other.shape == fused.shape
-            assert other.tobytes() == fused.tobytes(), shape_id
+            assert_same(other, fused, case.spec, shape_id)
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_input_layout_and_dtype_do_not_matter(build, case_id: str):
     """A non-contiguous view, a Fortran-ordered copy and a float64 input give the outputs of
-    the same values as a C-contiguous array of the model's dtype."""
+    the same values as a C-contiguous array of the model's dtype (see `assert_same`)."""
     case = build(case_id)
     x = case.input("batch")
     expected = case.net(x)
     wide = np.zeros((x.shape[0], 2 * x.shape[1]), x.dtype)
     wide[:, ::2] = x
-    assert_same = np.testing.assert_array_equal
-    assert_same(case.net(wide[:, ::2]), expected)
-    assert_same(case.net(np.asfortranarray(x)), expected)
-    assert_same(case.net(x.astype(np.float64)), expected)
-    assert_same(case.net(x[::-1])[::-1], expected)
+    assert_same(case.net(wide[:, ::2]), expected, case.spec, "strided")
+    assert_same(case.net(np.asfortranarray(x)), expected, case.spec, "Fortran order")
+    assert_same(case.net(x.astype(np.float64)), expected, case.spec, "float64 input")
+    assert_same(case.net(x[::-1])[::-1], expected, case.spec, "rows reversed")
 
 
 @pytest.mark.parametrize("case_id", ["random0-float32", "random3-float64", "nested-float32"])

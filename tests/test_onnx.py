@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -378,7 +379,11 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             2,
             "no model 'Nett'; did you mean 'Net'?",
         ),
-        (["export", str(src), "--onnx", str(src), "--model", "Net"], 1, "overwrite the .lyr"),
+        (
+            ["export", str(src), "--onnx", str(src), "--model", "Net"],
+            1,
+            "is the source file itself",
+        ),
         (
             ["export", str(src), "--onnx", str(tmp_path / "no" / "x.onnx"), "--model", "Net"],
             1,
@@ -599,7 +604,7 @@ def test_files_that_are_not_onnx_models_are_refused(tmp_path: Path, capsys) -> N
     for argv, needle in [
         (["import", "/dev/zero", "-o", str(tmp_path / "z.lyr")], "is not a regular file"),
         (["import", str(tmp_path / "missing.onnx")], "No such file"),
-        (["import", str(tmp_path)], "is not a regular file"),
+        (["import", str(tmp_path)], "is a directory, not an ONNX model"),
     ]:
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
@@ -617,7 +622,7 @@ def test_fifo_onnx_is_refused_without_hanging(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith("pipe.onnx: 'pipe.onnx' is not a regular file")
+    assert result.stderr.startswith("pipe.onnx: is not a regular file")
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.onnx"]
 
@@ -668,3 +673,72 @@ def test_missing_onnx_package_is_a_clear_error(
     err = capsys.readouterr().err
     assert 'need the onnx package: pip install "layerc[onnx]"' in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# --------------------------------------------------------------------------- shared initializers
+
+
+def shared_model(uses: int, size: int = 256) -> onnx.ModelProto:
+    """A chain of `uses` MatMul + Add pairs and two Gemm (transB=1) nodes that all take one
+    weight W (a permutation, so values stay exact) and one bias b: a small file whose weights,
+    copied for every use, would be `uses + 2` times its size."""
+    rng = np.random.default_rng(11)
+    w = np.eye(size, dtype=np.float32)[rng.permutation(size)]
+    b = (rng.standard_normal(size) / 64).astype(np.float32)
+    nodes, value = [], "x"
+    for i in range(uses):
+        nodes.append(helper.make_node("MatMul", [value, "W"], [f"m{i}"], name=f"mm{i}"))
+        nodes.append(helper.make_node("Add", [f"m{i}", "b"], [f"a{i}"], name=f"add{i}"))
+        value = f"a{i}"
+    nodes.append(helper.make_node("Gemm", [value, "W", "b"], ["g0"], name="g0", transB=1))
+    nodes.append(helper.make_node("Gemm", ["g0", "W", "b"], ["y"], name="g1", transB=1))
+    return make_model(nodes, [init("W", w), init("b", b)], size, size)
+
+
+def test_a_shared_initializer_is_read_and_stored_once(tmp_path: Path) -> None:
+    """One 256 KB initializer used by 62 nodes: read once, stored once per orientation in the
+    weights file (every layer loads it from there), in memory bounded by the file's size, not
+    by the number of uses; the imported model computes what ONNX Runtime does."""
+    path = save(shared_model(60), tmp_path, "shared")
+    assert path.stat().st_size < 300_000
+    tracemalloc.start()
+    try:
+        import_onnx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6_000_000, peak  # 62 float64 copies of W alone would be 32 MB
+    weights = load_file(str(tmp_path / "shared.safetensors"))
+    assert sorted(weights) == ["0.bias", "0.weight", "60.weight"]
+    assert (tmp_path / "shared.safetensors").stat().st_size < 600_000
+    text = (tmp_path / "shared.lyr").read_text()
+    assert text.count('load("shared.safetensors", "0.weight")') == 60
+    assert text.count('load("shared.safetensors", "60.weight")') == 2
+    assert text.count('load("shared.safetensors", "0.bias")') == 62
+    x = np.random.default_rng(12).standard_normal((3, 256)).astype(np.float32)
+    np.testing.assert_allclose(
+        imported_forward(tmp_path / "shared.lyr", x), run_ort(path, x), **F32_TOL
+    )
+
+
+def test_too_many_weights_are_refused_before_any_is_read(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights are counted from the tensors' shapes, each initializer once per node that
+    uses it, and a model over the limit is refused before any tensor is read or copied."""
+    from layerc import onnx_io
+
+    path = save(shared_model(60), tmp_path, "shared")
+    monkeypatch.setattr(onnx_io, "MAX_IMPORT_WEIGHTS", 61 * 256 * 256)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a tensor was read")
+
+    monkeypatch.setattr(numpy_helper, "to_array", no_reading)
+    assert cli.main(["import", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: the model has more than {61 * 256 * 256} weights (an initializer counted once "
+        "for each node that uses it, as the compiled model keeps a copy for each layer), more "
+        "than layerc compiles from one source\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.onnx"]

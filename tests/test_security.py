@@ -5,13 +5,18 @@ not its own, and generated modules check what they are called with.
 - Names: models and layers named like Python keywords, builtins, dunders, the generated
   module's own globals (`_np`, `_rt`, ...) and its kernels (`_forward_A`, `_linear_3x4_f32`)
   compile to a module that imports and computes what NumPy computes, with each name reachable
-  as documented in docs/security.md, or are refused with a located error.
-- Strings: file names of the source, of the output and of loaded weights carrying payloads
-  (quotes, triple quotes, backslashes, newlines, carriage returns, U+2028, non-UTF-8 bytes)
-  compile, import and run without the payload running (a sentinel file proves it), and every
-  generated module passes `assert_inert`: parsed with `ast`, no eval/exec/compile/__import__,
-  only the runtime's imports, no name defined twice or shadowing a builtin, and the payload
-  text only inside string literals and comments.
+  as documented in docs/security.md, or are refused with a located error. Names longer than
+  the limit are refused where they stand, and the longest allowed run with numba's cache on.
+- Strings: file names of the source (encoding declarations with the code their decoding
+  would uncover, quotes, triple quotes, backslashes, newlines, carriage returns, control
+  characters, U+2028, non-UTF-8 bytes, 254-byte names), of the output's folder and of loaded
+  weights, ONNX names brought in by `layerc import`, and sources exported, drawn and
+  formatted, carrying payloads: they compile, import (in a fresh Python too) and run without
+  the payload running (a sentinel file proves it), and every generated module passes
+  `assert_inert`: its bytes read as Python reads them (an encoding declaration included)
+  start with the fixed header, compile, call no eval/exec/compile/__import__, import only the
+  runtime, define no name twice or shadowing a builtin, and hold the payload text only inside
+  string literals and comments.
 - Faults: a failing rename, a full disk, an I/O error, a read-only folder or a path through a
   file leave the previous module and weights file byte-identical and importable, leave no
   temporary or orphaned files, and give a LayercError (the CLI: one line, exit 1).
@@ -43,8 +48,8 @@ import numpy as np
 import pytest
 import torch
 
-from layerc import cli, driver
-from layerc.check import RESERVED_LAYER_NAMES
+from layerc import cli, codegen, driver
+from layerc.check import MAX_NAME_LENGTH, RESERVED_LAYER_NAMES
 from layerc.errors import LayercError
 
 # --------------------------------------------------------------------------- helpers
@@ -63,12 +68,18 @@ FORBIDDEN_CALLS = {
 }
 
 
-def assert_inert(source: str, markers: tuple[str, ...] = ()) -> None:
-    """Fail unless generated `source` is plain generated code: it parses; calls none of
-    FORBIDDEN_CALLS; imports only the runtime and its libraries; defines no module-level or
-    class-level name twice and no module-level builtin or dunder (but `__all__`); and every
-    `marker` occurs only inside string literals and comments."""
-    tree = ast.parse(source)
+def assert_inert(data: bytes, markers: tuple[str, ...] = ()) -> None:
+    """Fail unless the generated module `data` is plain generated code, read from its bytes as
+    Python reads them (a PEP 263 encoding declaration on line 1 or 2 decides how the rest
+    decodes): its first two lines are layerc's fixed header and declare UTF-8; it compiles;
+    it calls none of FORBIDDEN_CALLS; imports only the runtime and its libraries; defines no
+    module-level or class-level name twice and no module-level builtin or dunder (but
+    `__all__`); and every `marker` occurs only inside string literals and comments."""
+    assert isinstance(data, bytes), "check the bytes: decoded text hides the declaration"
+    assert data.split(b"\n", 2)[:2] == [line.encode() for line in codegen.FIXED_HEADER]
+    assert tokenize.detect_encoding(io.BytesIO(data).readline)[0] == "utf-8"
+    compile(data, "<generated>", "exec", dont_inherit=True)
+    tree = ast.parse(data)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id not in FORBIDDEN_CALLS, f"line {node.lineno} calls {node.func.id}"
@@ -85,26 +96,32 @@ def assert_inert(source: str, markers: tuple[str, ...] = ()) -> None:
         assert name == "__all__" or not name.startswith("__"), f"module defines {name}"
         assert not hasattr(builtins, name), f"module-level {name} shadows a builtin"
     if markers:
-        for token in tokenize.generate_tokens(io.StringIO(source).readline):
-            if token.type not in (tokenize.STRING, tokenize.COMMENT):
+        for token in tokenize.tokenize(io.BytesIO(data).readline):
+            if token.type not in (tokenize.STRING, tokenize.COMMENT, tokenize.ENCODING):
                 for marker in markers:
                     assert marker not in token.string, f"{marker!r} in code: {token.line!r}"
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float):
-    """Turn a hang into a failure: SIGALRM interrupts the compiler after `seconds`."""
+def time_limit(seconds: float, cpu: bool = False):
+    """Turn a hang into a failure: a signal interrupts the compiler after `seconds` of wall-clock
+    time (a blocked read burns no CPU), or with `cpu=True` after `seconds` of this process's CPU
+    time, which a busy machine does not use up faster (for work that computes while it hangs)."""
+    timer, signum = (
+        (signal.ITIMER_PROF, signal.SIGPROF) if cpu else (signal.ITIMER_REAL, signal.SIGALRM)
+    )
+    clock = "CPU " if cpu else ""
 
     def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
+        raise TimeoutError(f"still running after {seconds} {clock}s")
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signum, expire)
+    signal.setitimer(timer, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(timer, 0)
+        signal.signal(signum, previous)
 
 
 def _defined(body: list[ast.stmt]) -> list[str]:
@@ -131,7 +148,7 @@ def compile_source(text: str, folder: Path, stem: str = "m", out: Path | None = 
     src.write_text(textwrap.dedent(text), encoding="utf-8")
     out = out or src.with_suffix(".py")
     driver.compile_file(src, out)
-    assert_inert(out.read_text(encoding="utf-8"))
+    assert_inert(out.read_bytes())
     return driver.import_module(out)
 
 
@@ -371,6 +388,66 @@ def test_model_named_like_a_layer_kind_is_refused(tmp_path, name):
     assert (info.value.loc.line, info.value.loc.col) == (2, 8)
 
 
+@pytest.mark.parametrize("what", ["model", "layer"])
+def test_names_longer_than_the_limit_are_refused_where_they_stand(tmp_path, what):
+    src = tmp_path / "n.lyr"
+    for length in (MAX_NAME_LENGTH, MAX_NAME_LENGTH + 1):
+        name = "N" * length
+        model, layer = (name, "fc") if what == "model" else ("M", name)
+        src.write_text(
+            f"# c\nmodel  {model} {{\n    {layer} = Linear(2, 2) {{ init = uniform(seed=0) }}\n}}\n"
+        )
+        if length == MAX_NAME_LENGTH:
+            driver.check_file(src)
+            continue
+        with pytest.raises(LayercError) as info:
+            driver.check_file(src)
+        where = (2, 8) if what == "model" else (3, 5)
+        assert (info.value.loc.line, info.value.loc.col) == where
+        assert info.value.message == (
+            f"this {what} name has {length} characters; names have at most {MAX_NAME_LENGTH}"
+        )
+
+
+def test_the_longest_names_run_with_numbas_cache(tmp_path):
+    """A model named with MAX_NAME_LENGTH characters in a module named with MAX_MODULE_NAME:
+    numba writes its cache (beside the module, and in NUMBA_CACHE_DIR), and a second process
+    runs the kernels from it. (numba puts both names in one cache file name.)"""
+    model, module = "M" * MAX_NAME_LENGTH, "m" * driver.MAX_MODULE_NAME
+    src = tmp_path / "long.lyr"
+    src.write_text(
+        f"model {model} {{\n    {'f' * MAX_NAME_LENGTH} = Linear(2, 2) "
+        "{ weight = [[1, 2], [3, 4]]; bias = [0.5, -0.5] }\n    ReLU\n}\n"
+    )
+    driver.compile_file(src, tmp_path / f"{module}.py")
+    code = (
+        f"import warnings; warnings.simplefilter('error')\n"
+        f"import {module} as m\n"
+        f"net = m.{model}()\n"
+        "print([net([3.0, -1.0]).tolist(), net.forward([[3.0, -1.0]]).tolist(),\n"
+        f"       min(1, sum(m._forward_{model}.stats.cache_hits.values()))])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = str(tmp_path)
+    for where, cache in (
+        ({}, tmp_path / "__pycache__"),
+        ({"NUMBA_CACHE_DIR": str(tmp_path / "nc")}, tmp_path / "nc"),
+    ):
+        for hits in (0, 1):  # the first process compiles and writes, the second loads
+            done = subprocess.run(
+                [sys.executable, "-c", code],
+                cwd=tmp_path,
+                env={**env, **where},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stderr
+            assert ast.literal_eval(done.stdout) == [[1.5, 4.5], [[1.5, 4.5]], hits]
+        index = [p.name for p in cache.rglob(f"{module}._forward_{model}-*.nbi")]
+        assert len(index) == 1, sorted(p.name for p in cache.rglob("*"))
+
+
 # --------------------------------------------------------------------------- strings and payloads
 
 SENTINEL = "SENTINEL"
@@ -390,6 +467,8 @@ PAYLOADS = (
     f'a\\"""+{RUN}+"""\\',
     f"a\\N{{x}}\\x\\u12{RUN}",
 )
+# What must never be code in a generated module: the sentinel's name and the payload's call.
+MARKERS = (SENTINEL, "__import__")
 TINY = "model M { fc = Linear(2, 2) { weight = [[1, 2], [3, 4]]; bias = [0.5, -0.5] } }\n"
 TINY_REF = mlp([[1.0, -1.0]], ([[1, 2], [3, 4]], [0.5, -0.5]))
 
@@ -401,46 +480,147 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("index", range(len(PAYLOADS)))
-def test_source_file_names_never_become_code(in_tmp, index):
-    payload = PAYLOADS[index]
-    src = in_tmp / f"{payload}.lyr"
-    src.write_text(TINY)
-    out = in_tmp / "m.py"
-    driver.compile_file(src, out)
-    source = out.read_text(encoding="utf-8")
-    assert_inert(source, markers=(SENTINEL,))
+# Hostile file names. Python reads a source-encoding declaration (PEP 263) from a comment on line
+# 1 or 2 of a module, and decodes the whole module with it: under `unicode_escape` the escapes
+# that repr() writes (`\n`, `\"`) turn back into line breaks and quotes, and under `utf-7`
+# `+ACIAIgAi-` is `"""`. Each declaration comes bare (it lands wherever the name is printed) and
+# after a line break (one line further, where a header that printed the name raw would put it).
+COOKIES = (
+    "-*- coding: unicode_escape -*-",
+    "vim: set fileencoding=raw_unicode_escape :",
+    "coding=utf-7 ",
+    "coding:latin-1 ",
+)
+# Names that carry code for the declared decoding to uncover: escaped quotes that close the
+# docstring, an escaped line break that ends the comment, `"""` in UTF-7.
+ATTACKS = (
+    f'a"""+{RUN2}+""" {COOKIES[0]}',
+    f"a\n{RUN}\n# {COOKIES[0]}",
+    f"a+ACIAIgAi-+-{RUN}+-+ACIAIgAi- {COOKIES[2]}",
+)
+HOSTILE_NAMES: tuple[str | bytes, ...] = (
+    *(f"x {cookie}" for cookie in COOKIES),
+    *(f"x\n# {cookie}\n" for cookie in COOKIES),
+    f"x\r# {COOKIES[0]}\r",
+    *ATTACKS,
+    *PAYLOADS,
+    "\\",
+    "a\\u0022\\x22\\N{QUOTATION MARK}\\",
+    "a\x0b\x1b[2J\x7f\x1c\x1d\x1e\x1f",
+    "\ufeffa\u2029b\u0085c\u200e",
+    b"q\xff\xfe",  # not UTF-8: surrogate escapes
+    b"s\xed\xa0\x80\xc0\xaf",  # an encoded surrogate and an overlong '/'
+    (PAYLOADS[0] + " ") * 4 + "x" * (250 - 4 * len(PAYLOADS[0] + " ")),  # 250 + ".lyr": the most
+)
+
+
+def hostile_path(folder: Path, name: str | bytes, suffix: str) -> Path:
+    """folder/<name><suffix>; a bytes name is taken as the raw bytes of a file name."""
+    if isinstance(name, bytes):
+        return Path(os.fsdecode(os.fsencode(str(folder)) + b"/" + name + suffix.encode()))
+    return folder / f"{name}{suffix}"
+
+
+@pytest.fixture(scope="module")
+def hostile_modules(tmp_path_factory) -> Path:
+    """A folder with a TINY source under each of HOSTILE_NAMES, compiled to m<i>.py."""
+    folder = tmp_path_factory.mktemp("hostile")
+    for index, name in enumerate(HOSTILE_NAMES):
+        src = hostile_path(folder, name, ".lyr")
+        src.write_text(TINY)
+        driver.compile_file(src, folder / f"m{index}.py")
+    return folder
+
+
+@pytest.mark.parametrize("index", range(len(HOSTILE_NAMES)))
+def test_source_file_names_never_become_code(hostile_modules, monkeypatch, index):
+    """The module's bytes compile as Python compiles them, with the payload only in strings and
+    comments; imported from those bytes it computes, and its docstring reads exactly as the
+    repr of the file name."""
+    monkeypatch.chdir(hostile_modules)
+    out = hostile_modules / f"m{index}.py"
+    assert_inert(out.read_bytes(), markers=MARKERS)
     module = driver.import_module(out)
     close(module.M()(np.array([[1.0, -1.0]])), TINY_REF)
-    assert repr(src.name) in module.__doc__  # the docstring reads exactly as the repr
+    src = hostile_path(hostile_modules, HOSTILE_NAMES[index], ".lyr")
+    assert repr(src.name) in module.__doc__
+    assert not (hostile_modules / SENTINEL).exists()
+
+
+def test_hostile_modules_import_in_a_fresh_python(hostile_modules):
+    """`import m0, m1, ...` in a new interpreter, as a user's program does it. (Importing runs
+    the module's top level, where a payload would run; the test above calls each model.)"""
+    names = [f"m{index}" for index in range(len(HOSTILE_NAMES))]
+    code = f"import {', '.join(names)}\nprint([m.M.in_features for m in ({', '.join(names)},)])\n"
+    env = {**os.environ, "PYTHONPATH": str(hostile_modules)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=hostile_modules,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ast.literal_eval(done.stdout) == [2] * len(names)
+    assert not (hostile_modules / SENTINEL).exists()
+
+
+TINY_TESTED = TINY + f"test M {{ input = [1, -1]; expect = {lyr_vector(TINY_REF[0])} }}\n"
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_commands_that_import_the_module_run_no_payload(in_tmp, monkeypatch, capsys, name):
+    """`layerc test`, `layerc run` and `layerc compile --warm` import what they compile."""
+    monkeypatch.setenv("LAYERC_CACHE_DIR", str(in_tmp / "cache"))
+    src = in_tmp / f"{name}.lyr"
+    src.write_text(TINY_TESTED)
+    (in_tmp / "x.csv").write_text("1,-1\n")
+    assert cli.main(["test", str(src)]) == 0
+    assert cli.main(["run", str(src), "-i", "x.csv", "-o", "y.npy"]) == 0
+    close(np.load(in_tmp / "y.npy"), TINY_REF)
+    assert cli.main(["compile", str(src), "-o", "warmed.py", "--warm"]) == 0
+    assert_inert((in_tmp / "warmed.py").read_bytes(), markers=MARKERS)
+    assert "warmed 1 model(s)" in capsys.readouterr().err
     assert not (in_tmp / SENTINEL).exists()
 
 
-def test_non_utf8_file_names_are_escaped(in_tmp):
-    raw = os.fsencode(str(in_tmp)) + b"/q\xff\xfe.lyr"
-    Path(os.fsdecode(raw)).write_text(TINY)
-    out = in_tmp / "m.py"
-    driver.compile_file(Path(os.fsdecode(raw)), out)
-    source = out.read_bytes().decode("utf-8")  # valid UTF-8: the surrogates are escaped
-    assert_inert(source)
-    module = driver.import_module(out)
-    close(module.M()(np.array([[1.0, -1.0]])), TINY_REF)
+# Model names are identifiers, so they cannot hold a declaration or a quote; these are the
+# ones nearest to it: the words of a declaration, codec names, the longest name allowed.
+HOSTILE_MODEL_NAMES = ("coding", "unicode_escape", "utf_7", "latin_1", "vim", "N" * MAX_NAME_LENGTH)
 
 
-@pytest.mark.parametrize("index", [0, 1, 4, 5, 7])
-def test_output_names_never_become_code(in_tmp, index):
-    """The output's name reaches the module as its weights file's name (non-finite weights
-    always go to a weights file)."""
-    payload = PAYLOADS[index]
+def test_model_names_never_become_code(in_tmp):
+    models = "".join(
+        f"model {name} {{ Linear(2, 2) {{ weight = [[1, 2], [3, 4]]; bias = [0.5, -0.5] }} }}\n"
+        for name in HOSTILE_MODEL_NAMES
+    )
+    src = in_tmp / f"x {COOKIES[0]}.lyr"
+    src.write_text(models)
+    driver.compile_file(src, in_tmp / "names.py")
+    assert_inert((in_tmp / "names.py").read_bytes(), markers=MARKERS)
+    module = driver.import_module(in_tmp / "names.py")
+    assert [getattr(module, n)()._get_name() for n in module.__all__] == list(HOSTILE_MODEL_NAMES)
+    for name in module.__all__:
+        close(getattr(module, name)()(np.array([[1.0, -1.0]])), TINY_REF)
+
+
+def test_output_folders_never_become_code(in_tmp):
+    """The output's folder reaches the module only as `__file__` at run time; its own name is
+    a Python module name (see tests/test_output_names.py), as is the weights file's."""
+    folder = hostile_path(in_tmp, f"{PAYLOADS[0]}\n{COOKIES[0]}\u2028", "")
+    folder.mkdir()
     src = in_tmp / "n.lyr"
     src.write_text(
         "model M(allow_nonfinite=true) {\n"
         "    Linear(2, 2) { weight = [[1, 2], [3, nan]]; bias = [0.5, -inf] }\n}\n"
     )
-    out = in_tmp / f"{payload}.py"
+    out = folder / "n.py"
     written = driver.compile_file(src, out)[1]
     assert [p.suffix for p in written] == [".weights", ".py"]
-    assert_inert(out.read_text(encoding="utf-8"), markers=(SENTINEL,))
+    data = out.read_bytes()
+    assert_inert(data, markers=MARKERS)
+    assert os.fsencode(folder.name) not in data and SENTINEL.encode() not in data
     module = driver.import_module(out)
     expected = mlp([[1.0, -1.0]], ([[1, 2], [3, np.nan]], [0.5, -np.inf]))
     np.testing.assert_array_equal(module.M()(np.array([[1.0, -1.0]])), expected)
@@ -466,7 +646,7 @@ def test_load_paths_and_test_strings_never_become_code(in_tmp):
     )
     module = compile_source(text, in_tmp, "p")
     src = in_tmp / "p.lyr"
-    assert_inert((in_tmp / "p.py").read_text(), markers=(SENTINEL,))
+    assert_inert((in_tmp / "p.py").read_bytes(), markers=MARKERS)
     close(module.M()(np.array([[1.0, -1.0]])), TINY_REF)
     _, results = driver.run_tests(src)
     assert [r.passed for r in results] == [True]
@@ -492,6 +672,181 @@ def test_hostile_strings_in_the_source_are_located_errors(tmp_path, text, where)
         driver.check_file(src)
     assert info.value.loc is not None
     assert (info.value.loc.line, info.value.loc.col) == (1, text.index(where) + 1)
+
+
+# --------------------------------------------------------------------------- other artifacts
+
+# An ONNX name with every trick above, and a NUL (legal in ONNX, impossible in a file name).
+ONNX_PAYLOAD = f'"""+{RUN}+"""\n# {COOKIES[0]}\r\x00\u2028\x85\\\'{RUN2}'
+ONNX_X = np.array([[1.0, 2.0]], dtype=np.float32)
+
+
+def hostile_onnx(path: Path) -> Path:
+    """Gemm + Relu whose graph, nodes, initializers, input, output and doc strings all carry
+    ONNX_PAYLOAD, saved at `path`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    p = ONNX_PAYLOAD
+    w, b = np.array([[1, 2], [3, 4]], np.float32), np.array([0.5, -0.5], np.float32)
+    x, h, y = f"x{p}", f"h{p}", f"y{p}"
+    nodes = [
+        helper.make_node("Gemm", [x, f"W{p}", f"B{p}"], [h], name=f"gemm{p}", transB=1),
+        helper.make_node("Relu", [h], [y], name=f"relu{p}", doc_string=p),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"graph{p}",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w, f"W{p}"), numpy_helper.from_array(b, f"B{p}")],
+        doc_string=p,
+    )
+    opsets = [helper.make_opsetid("", 17)]
+    model = helper.make_model(graph, opset_imports=opsets, doc_string=p, producer_name=p)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("name", [f"x {COOKIES[0]}", ATTACKS[0], ATTACKS[2]])
+def test_onnx_names_never_become_code(in_tmp, capsys, name):
+    """`layerc import` of a model whose file name and every name inside carry payloads writes
+    a .lyr whose payloads are all in comments; compiled, it imports without running them and
+    computes what ONNX Runtime computes."""
+    from test_onnx import run_ort
+
+    from layerc.tools.fmt import _parser
+
+    onnx_path = hostile_onnx(in_tmp / f"{name}.onnx")
+    assert cli.main(["import", str(onnx_path)]) == 0
+    lyr = onnx_path.with_suffix(".lyr")
+    text = lyr.read_text(encoding="utf-8")
+    # Lines 1-2 carry no ONNX name or file name (a coding declaration there steers editors
+    # and tools that honour PEP 263 as it steers Python).
+    assert not any(SENTINEL in line for line in text.splitlines()[:2])
+    # The ONNX names are in comments; the file name is also in load("...") strings and, its
+    # letters only, in the model's name.
+    types = {t.type for t in _parser().lex(text, dont_ignore=True) if SENTINEL in t}
+    assert "COMMENT" in types and types <= {"COMMENT", "STRING", "NAME"}
+    assert cli.main(["compile", str(lyr), "-o", "imported.py"]) == 0
+    # (SENTINEL is part of the model's name here, so the marker is the payload's call.)
+    assert_inert((in_tmp / "imported.py").read_bytes(), markers=("__import__",))
+    module = driver.import_module(in_tmp / "imported.py")
+    (cls,) = (getattr(module, n) for n in module.__all__)
+    close(cls()(ONNX_X), run_ort(onnx_path, ONNX_X))
+    assert not (in_tmp / SENTINEL).exists()
+
+
+def test_onnx_file_names_a_lyr_string_cannot_hold_are_refused(in_tmp, capsys):
+    onnx_path = hostile_onnx(in_tmp / f"{ATTACKS[1]}.onnx")
+    assert cli.main(["import", str(onnx_path)]) == 1
+    err = capsys.readouterr().err
+    assert "a .lyr string cannot hold" in err and "Traceback" not in err
+    assert sorted(p.name for p in in_tmp.iterdir()) == [onnx_path.name]
+
+
+@pytest.mark.parametrize("name", [ATTACKS[1], b"q\xff\xfe" + COOKIES[0].encode()])
+def test_export_names_stay_data(in_tmp, capsys, name):
+    """`layerc export` from a source with a hostile file name and keyword layer names: valid
+    ONNX whose names are the state_dict keys, whose doc string holds the file name's repr,
+    and which ONNX Runtime runs as the module computes; imported back, it compiles inert."""
+    import onnx
+    from test_onnx import run_ort
+
+    src = hostile_path(in_tmp, name, ".lyr")
+    src.write_text(
+        "model M {\n"
+        "    import = Linear(2, 2) { weight = [[1, 2], [3, 4]]; bias = [0.5, -0.5] }\n"
+        "    class = ReLU\n}\n"
+    )
+    assert cli.main(["export", str(src), "--onnx", "out.onnx"]) == 0
+    model = onnx.load(in_tmp / "out.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert model.doc_string == f"M, compiled by layerc from {src.name!r}"
+    names = [model.graph.name, *(n.name for n in model.graph.node)]
+    names += [t.name for t in model.graph.initializer]
+    names += [v for n in model.graph.node for v in (*n.input, *n.output)]
+    assert all(n.isascii() and n.isprintable() for n in names), names
+    assert sorted(t.name for t in model.graph.initializer) == ["import.bias", "import.weight"]
+    driver.compile_file(src, in_tmp / "exported.py")
+    net = driver.import_module(in_tmp / "exported.py").M()
+    close(run_ort(in_tmp / "out.onnx", ONNX_X), net(ONNX_X))
+    assert cli.main(["import", "out.onnx", "-o", "back.lyr"]) == 0
+    assert cli.main(["compile", "back.lyr"]) == 0
+    assert_inert((in_tmp / "back.py").read_bytes(), markers=MARKERS)
+    assert not (in_tmp / SENTINEL).exists()
+
+
+DOT_KEYWORDS = ("graph", "node", "edge", "digraph", "subgraph", "strict")
+
+
+def test_dot_text_quotes_every_name(tmp_path):
+    """Model and layer names that are DOT keywords change only the insides of DOT's quoted
+    strings: the same models under plain names give the same text once the strings are
+    blanked, and each string is well-formed. (graphviz's own parser, where installed.)"""
+    import re
+    import shutil
+
+    from layerc.tools.graph import to_dot
+
+    def source(inner: str, outer: str, names: tuple[str, ...]) -> str:
+        a, b, c, d, e, f = names
+        return (
+            f"model {inner} {{\n    {a} = Linear(2, 3) {{ init = uniform(seed=0) }}\n"
+            f"    {b} = ReLU\n}}\n"
+            f"model {outer} {{\n    {c} = {inner}\n    {d} = Linear(3, 2) {{ init = uniform(seed=1) }}"
+            f"\n    {e} = Tanh\n    {f} = Softmax\n}}\n"
+        )
+
+    string = r'"(?:[^"\\\n]|\\.)*"'
+    dots = []
+    for label, names in (("plain", tuple("abcdef")), ("keywords", DOT_KEYWORDS)):
+        src = tmp_path / f"{label}.lyr"
+        inner, outer = ("Inner", "Outer") if label == "plain" else ("node", "digraph")
+        src.write_text(source(inner, outer, names))
+        program, _ = driver.check_file(src)
+        dot = to_dot(program.models[-1])
+        assert re.sub(string, "", dot).count('"') == 0, "a quote outside a string"
+        dots.append(dot)
+        if shutil.which("dot"):
+            done = subprocess.run(["dot", "-Tcanon"], input=dot, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+    plain, keywords = (re.sub(string, '""', dot) for dot in dots)
+    assert plain == keywords
+    for name in DOT_KEYWORDS:
+        assert re.search(rf'"[^"]*\b{name}\b[^"]*"', dots[1]), name
+
+
+def test_fmt_keeps_hostile_text_in_comments_and_strings(in_tmp):
+    """`layerc fmt` keeps comments (a coding declaration on line 1, payloads, line separators
+    that are no line break to layerc) and strings as they are, and the formatted source
+    compiles to the same bytes."""
+    from test_fmt import assert_formats_well
+
+    folder = in_tmp / f'w"""\\{RUN}'
+    folder.mkdir()
+    np.save(folder / "w.npy", np.array([[1.0, 2.0], [3.0, 4.0]]))
+    path = str(folder.name + "/w.npy").replace("\\", "\\\\").replace('"', '\\"')
+    text = (
+        f"# {COOKIES[0]}\n# {COOKIES[2]}\n"
+        f'model   M {{ fc = Linear(2, 2) {{ weight = load("{path}")\n'
+        f'bias = [0.5, -0.5] }}  # a\r{RUN}\r#\u2028{RUN2}\x85\x0c """\n'
+        "}\n"
+    )
+    formatted = assert_formats_well(text, in_tmp)
+    assert formatted != text
+    modules = []
+    for label, body in (("a", text), ("b", formatted)):
+        (in_tmp / label).mkdir()
+        src = in_tmp / label / "m.lyr"
+        src.write_text(body, encoding="utf-8")
+        (in_tmp / label / folder.name).symlink_to(folder)
+        driver.compile_file(src)
+        modules.append((in_tmp / label / "m.py").read_bytes())
+    assert modules[0] == modules[1]
+    assert_inert(modules[0], markers=MARKERS)
+    assert not (in_tmp / SENTINEL).exists()
 
 
 # --------------------------------------------------------------------------- faults
@@ -656,18 +1011,21 @@ def test_sources_that_are_not_regular_files_are_refused_at_once(tmp_path, kind):
         src.mkdir()
     else:
         src.symlink_to(kind)
-    with time_limit(5), pytest.raises(LayercError) as info:
+    # A hang guard, not a speed test: refusing takes microseconds, a blocked read forever.
+    with time_limit(120), pytest.raises(LayercError) as info:
         driver.compile_file(src, tmp_path / "m.py")
     assert info.value.file == str(src) and info.value.loc is None
     assert "not a regular file" in info.value.message or "is a directory" in info.value.message
 
 
 def test_compiling_over_the_source_is_refused(tmp_path):
-    src = tmp_path / "m.lyr"
-    src.write_text(TINY)
-    with pytest.raises(LayercError, match="is the source file itself"):
-        driver.compile_file(src, src)
-    assert src.read_text() == TINY
+    """Given as the output, or as the default output of a source named like a module."""
+    for name, out in (("m.lyr", "m.lyr"), ("m.py", None)):
+        src = tmp_path / name
+        src.write_text(TINY)
+        with pytest.raises(LayercError, match="is the source file itself"):
+            driver.compile_file(src, None if out is None else tmp_path / out)
+        assert src.read_text() == TINY
 
 
 def test_stale_weights_files_are_removed_only_after_success(tmp_path):

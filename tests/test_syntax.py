@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import keyword
 import math
+import re
 import string
+import tracemalloc
+from unittest import mock
 
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from layerc import syntax as S
@@ -576,3 +580,304 @@ def test_render_at_end_of_file() -> None:
     assert rendered(b"model M {\n") == (
         "t.lyr:2:1: unexpected end of file; expected '}' or a name\n    \n    ^"
     )
+
+
+# --------------------------------------------------------------------------- list literals
+
+
+def digit_matrix(side: int) -> tuple[str, np.ndarray]:
+    """A side x side matrix of single digits written `[[3,1,...],...]`: two characters a
+    number, the most numbers a megabyte can hold."""
+    digits = np.random.default_rng(0).integers(0, 10, size=(side, side))
+    text = "[" + ",\n".join("[" + ",".join(map(str, row)) + "]" for row in digits) + "]"
+    return text, digits.astype(np.float64)
+
+
+def decimal_matrix(side: int) -> tuple[str, np.ndarray]:
+    """A side x side matrix of 7-decimal fractions with some comments, as exported weights
+    look; the reference values are Python's float() of each number's text."""
+    weights = np.random.default_rng(1).uniform(-1, 1, size=(side, side))
+    rows = [[f"{v:.7f}" for v in row] for row in weights]
+    text = "[" + ",  # a row\n".join("[" + ", ".join(row) + "]" for row in rows) + "]"
+    return text, np.array([[float(t) for t in row] for row in rows])
+
+
+def weight_of(program: S.Program) -> S.Value:
+    (model,) = program.items
+    return model.layers[0].entries[0].value
+
+
+def in_model(literal: str) -> str:
+    return f"model M {{\n    fc = Linear(1, 1) {{\n        weight = {literal}\n    }}\n}}\n"
+
+
+@pytest.mark.parametrize("matrix", [digit_matrix, decimal_matrix], ids=["digits", "decimals"])
+def test_a_megabyte_literal_parses_in_a_few_bytes_per_byte(matrix) -> None:
+    """A ~1 MB weight literal: lark with one token and node per number took about 620 bytes of
+    Python memory per byte of text (and 9 s); the list reader keeps the float64 values and a
+    byte per number. Bounded at 40 bytes per byte, a wide margin over what it takes (~13)."""
+    literal, expected = matrix(710 if matrix is digit_matrix else 280)
+    text = in_model(literal)
+    assert len(text) > 900_000
+    tracemalloc.start()
+    try:
+        program = parse(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * len(text), f"{peak / len(text):.0f} bytes per byte"
+    node = weight_of(program)
+    assert isinstance(node, S.ListLit) and node.loc == at(3, 18)
+    assert node.scan.shape == expected.shape
+    np.testing.assert_array_equal(node.scan.values.reshape(expected.shape), expected)
+
+
+def loc_at(text: str, offset: int) -> Loc:
+    """The line and column of text[offset], counted with str methods."""
+    return at(text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset))
+
+
+def test_a_syntax_error_deep_in_a_large_literal_is_cheap_and_located() -> None:
+    """A missing comma near the end of a ~1 MB literal: lark reports it, with its own message,
+    having read a few tokens rather than the million before it."""
+    literal, _ = digit_matrix(710)
+    text = in_model(literal)
+    cut = text.rindex(",", 0, len(text) - 40)
+    text = text[:cut] + " " + text[cut + 1 :]
+    tracemalloc.start()
+    try:
+        error = parse_error(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * len(text)
+    assert error.message == f"unexpected {text[cut + 1]!r}; expected ',' or ']'"
+    assert error.loc == loc_at(text, cut + 1)
+
+
+def test_a_literal_longer_than_the_limit_is_refused_at_its_bracket(monkeypatch) -> None:
+    """Both readers stop at MAX_LITERAL characters: a literal of numbers only and one with a
+    name in it. The limit counts from '[' to ']' inclusive."""
+    monkeypatch.setattr(S, "MAX_LITERAL", 40)
+    exactly = "[" + "1, " * 11 + "12345]"
+    assert len(exactly) == 40
+    for literal in (exactly, exactly.replace("12345", "x2345")):
+        assert isinstance(weight_of(parse(in_model(literal))), S.ListLit)
+        longer = literal.replace("2345", "23456")
+        error = parse_error(in_model(longer))
+        assert error.message.startswith("this list literal is longer than 40 characters")
+        assert error.loc == at(3, 18)
+        # Refused before lark reads it, even with a syntax error further on.
+        assert parse_error(in_model(longer[:-1] + " 2]")).message == error.message
+
+
+def test_the_text_outside_literals_is_bounded_before_lark_reads_it(monkeypatch) -> None:
+    """MAX_STRUCTURE counts the characters other than white space outside list literals (a
+    literal's inside is free, its brackets count); the error stands at the first character
+    past the limit, and comes before any syntax error lark would find further on."""
+    text = "model A {\n  fc = Linear(2, 2) { weight = [[1, 2], [3, 4]] }\n}\n"
+    outside = sum(len(run) for run in re.sub(r"\[\[.*\]\]", "[]", text).split())
+    monkeypatch.setattr(S, "MAX_STRUCTURE", outside)
+    assert parse(text).items[0].name == "A"
+    monkeypatch.setattr(S, "MAX_STRUCTURE", outside - 1)
+    error = parse_error(text + "model !")
+    assert error.message.startswith(f"this source has more than {outside - 1} characters")
+    assert error.loc == loc_at(text, text.rindex("}"))
+
+
+def test_a_long_source_is_refused_in_bounded_memory() -> None:
+    """Without the bound, lark reads a few megabytes of layers at 150-300 bytes of memory per
+    character; with it, the source is refused after a linear scan."""
+    layers = "".join(f"    l{i} = ReLU()\n" for i in range(S.MAX_STRUCTURE // 8))
+    text = "model A {\n" + layers + "}\n"
+    tracemalloc.start()
+    try:
+        error = parse_error(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error.message.startswith(f"this source has more than {S.MAX_STRUCTURE} characters")
+    assert peak < 8 * len(text), peak
+
+
+def test_list_entries_are_nodes_with_their_locations() -> None:
+    """`items` gives the entries of any list literal as nodes, located as lark places them."""
+    text = in_model('[[1, -inf], # note\n  [x, "s"], f(1, k=[2]), true]')
+    node = weight_of(parse(text))
+    first, second, call, flag = node.items
+    assert first.items == (
+        S.Number(1.0, True, "1", at(3, 20)),
+        S.Number(-math.inf, False, "-inf", at(3, 23)),
+    )
+    assert second.items == (S.Name("x", at(4, 4)), S.String("s", at(4, 7)))
+    assert (call.func, call.loc) == ("f", loc_at(text, text.index("f(")))
+    assert flag == S.Bool(True, loc_at(text, text.index("true")))
+    (keyword,) = [a for a in call.args if a.name == "k"]
+    assert keyword.value.loc == loc_at(text, text.index("[2]"))
+    assert keyword.value.items[0].loc == loc_at(text, text.index("2]"))
+    assert node.calls == (call,)
+    assert node.scan.problem == S.Problem(text.index("x,"))
+
+
+# The spellings a number can have, and the other values a list may hold.
+_NUMBER_SPELLINGS = st.one_of(
+    st.sampled_from(
+        ["0", "-0", "7", "+3", "0.5", ".5", "-.25", "2.", "+2.", "3e-4", "1E+3", "-6.5e2",
+         "1e400", "-1e-400", "00012", "inf", "-inf", "+inf", "nan", "-nan", "+nan"]
+    ),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(10**30), 10**30).map(str),
+)
+_OTHER_VALUES = st.sampled_from(
+    ["x", "NaN", "infinity", "true", "false", '"s"', '"a\\"b"', "f()", "load(\"w.npy\", k=[1, x])"]
+)
+_GAPS = st.sampled_from(["", " ", "\n", "  ", " # note\n", "\t", "\r\n"])
+
+
+@st.composite
+def list_literals(draw, depth: int = 3, numbers_only: bool = False) -> str:
+    """A list literal's text: numbers (and, unless `numbers_only`, other values) in nested
+    lists, rectangular or ragged, with whitespace, comments and trailing commas between."""
+    count = draw(st.integers(0, 4))
+    entries = []
+    for _ in range(count):
+        if depth > 0 and draw(st.booleans()):
+            entries.append(draw(list_literals(depth - 1, numbers_only)))
+        elif numbers_only or draw(st.integers(0, 5)):
+            entries.append(draw(_NUMBER_SPELLINGS))
+        else:
+            entries.append(draw(_OTHER_VALUES))
+    gaps = [draw(_GAPS) for _ in range(2 * count + 2)]
+    body = "".join(f"{gaps[2 * i]}{e}{gaps[2 * i + 1]}," for i, e in enumerate(entries))
+    if entries and not draw(st.booleans()):
+        body = body[:-1]  # no trailing comma
+    return "[" + body + gaps[-1] + "]"
+
+
+@st.composite
+def damaged(draw, text: str) -> str:
+    """`text` with up to two characters deleted, replaced or inserted."""
+    for _ in range(draw(st.integers(0, 2))):
+        i = draw(st.integers(0, len(text)))
+        new = draw(st.sampled_from(list("[](){},;=@-+.e\"#\n 1x")) | st.just(""))
+        text = text[:i] + new + text[i + draw(st.integers(0, 1)) :]
+    return text
+
+
+def reference_array(value: S.Value):
+    """What a literal means as an array, from the entries lark builds (`items`), by the
+    definition: every list's entries have the shape of its first; the first entry that is
+    not a number or breaks that rule, in reading order, is the problem."""
+
+    class Bad(Exception):
+        pass
+
+    numbers: list[S.Number] = []
+
+    def shape(v: S.Value) -> tuple[int, ...]:
+        if isinstance(v, S.Number):
+            numbers.append(v)
+            return ()
+        if not isinstance(v, S.ListLit):
+            raise Bad(v.loc, None, None)
+        shapes = [shape(item) for item in v.items]
+        for item, s in zip(v.items, shapes, strict=True):
+            if s != shapes[0]:
+                raise Bad(item.loc, s, shapes[0])
+        return (len(shapes), *shapes[0]) if shapes else (0,)
+
+    try:
+        return shape(value), numbers
+    except Bad as bad:
+        return bad.args, None
+
+
+def outcome(function) -> object:
+    try:
+        return function()
+    except LayercError as error:
+        return (error.message, error.loc)
+
+
+@given(list_literals().flatmap(damaged), st.booleans())
+@settings(max_examples=500, deadline=None)
+def test_list_literals_read_as_lark_reads_them(literal: str, fast: bool) -> None:
+    """Any list text, valid or damaged: the list readers refuse exactly what lark refuses, with
+    lark's message at lark's place; what they accept means what lark's own tree of it means
+    (shape, first problem, each number as Python's float() reads its text). With `fast`, the
+    NumPy reader takes every literal of numbers, however short."""
+    with mock.patch.object(S, "_FAST_MIN", 0 if fast else S._FAST_MIN):
+        check_against_lark(in_model(literal))
+
+
+def check_against_lark(text: str) -> None:
+    lark_alone = outcome(lambda: S._lark_parse(text, FILE))
+    program = outcome(lambda: parse(text))
+    if isinstance(lark_alone, tuple):
+        assert program == lark_alone
+        return
+    strings = [t for t in S._parser().lex(text) if t.type == "STRING"]
+    escapes = [(t, m) for t in strings for m in re.finditer(r"\\(.)", str(t)[1:-1])]
+    bad = [(t, m) for t, m in escapes if m.group(1) not in '"\\']
+    if bad:  # the first unknown escape in the text is the error
+        token, m = bad[0]
+        assert program == (
+            f"unknown escape '\\{m.group(1)}' in string: only \\\" and \\\\ are escapes",
+            at(token.line, token.column + 1 + m.start()),
+        )
+        return
+    assert isinstance(program, S.Program), program
+    node = weight_of(program)
+    if not isinstance(node, S.ListLit):
+        return  # the damage made it something else (a number, a call)
+    shape, numbers = reference_array(node)
+    scan = node.scan
+    if numbers is None:
+        loc, bad_shape, first_shape = shape
+        problem = scan.problem
+        assert problem is not None and node.offset_loc(problem.offset) == loc
+        assert (problem.shape, problem.first_shape) == (bad_shape, first_shape)
+        return
+    assert scan.problem is None and scan.shape == shape
+    expected = np.array([float(n.text) for n in numbers], dtype=np.float64)
+    np.testing.assert_array_equal(scan.values.view(np.uint64), expected.view(np.uint64))
+    integer = [bool(re.fullmatch(r"[+-]?[0-9]+", n.text)) for n in numbers]
+    assert [k == S.INT for k in scan.kinds] == integer
+    assert node.number_locs(range(len(numbers))) == {i: n.loc for i, n in enumerate(numbers)}
+
+
+@st.composite
+def rectangular_literals(draw) -> str:
+    """A list of numbers of a drawn shape (sizes 0 to 3, up to 4 deep)."""
+    shape = draw(st.lists(st.integers(0, 3), min_size=1, max_size=4))
+
+    def build(dims: list[int]) -> str:
+        if not dims:
+            return draw(_NUMBER_SPELLINGS)
+        entries = [build(dims[1:]) for _ in range(dims[0])]
+        return "[" + draw(_GAPS) + f",{draw(_GAPS)}".join(entries) + draw(_GAPS) + "]"
+
+    return build(shape)
+
+
+@given((list_literals(numbers_only=True) | rectangular_literals()).flatmap(damaged))
+@settings(max_examples=500, deadline=None)
+def test_the_fast_and_the_general_reader_agree(literal: str) -> None:
+    """A list of numbers is read by NumPy passes over its text; the token-by-token reader must
+    read it the same. The NumPy reader leaves anything else to it: ragged lists, and text
+    that is no list of numbers at all."""
+    assume(literal.startswith("["))
+    end = S._numeric_end(literal, 0, len(literal))
+    fast = S._scan_numeric(literal, 0, end) if isinstance(end, int) else None
+    try:
+        slow = S._ListReader(literal, 0, len(literal)).read()
+    except S._Stop:
+        assert fast is None
+        return
+    if fast is None:
+        assert not isinstance(end, int) or slow.problem is not None
+        return
+    assert isinstance(fast, S.ListScan)
+    assert (fast.end, fast.shape, fast.problem) == (slow.end, slow.shape, None)
+    np.testing.assert_array_equal(fast.values.view(np.uint64), slow.values.view(np.uint64))
+    np.testing.assert_array_equal(fast.kinds, slow.kinds)

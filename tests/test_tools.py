@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_dot
 
 from layerc import driver
 from layerc.cli import main
@@ -289,7 +290,7 @@ def test_run_reports_bad_arrays(folder: Path, capsys: pytest.CaptureFixture[str]
         "files only",
         "scalar.npy": "scalar.npy: the array has shape () but model Net takes (4,) or (N, 4)",
         "text.npy": "text.npy: the array has dtype <U1; layerc reads real numbers",
-        "missing.csv": "missing.csv: cannot read the input: No such file or directory",
+        "missing.csv": "missing.csv: cannot read the file: No such file or directory",
     }
     for name, message in expected.items():
         code, out, err = run_cli(capsys, "run", "net.lyr", "-i", name)
@@ -406,6 +407,250 @@ def test_npy_header_is_what_numpy_writes() -> None:
         assert array.shape == shape and array.dtype == dtype and len(header) == 128
 
 
+LINE_LIMIT = (
+    "65536 bytes, the most layerc reads for a model of 4 input features (65536 bytes, or 64 per "
+    "feature for wider models)"
+)
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("long.csv", b"1,2,3,4\n" + b"1," * 4_000_000, "long.csv:2: the line is longer than "),
+        (
+            "long.jsonl",
+            b"[1, 2, 3, 4]\n[" + b"1," * 4_000_000,
+            "long.jsonl:2: the line is longer than ",
+        ),
+        # 2,000,000 one-character cells, each quoted across a line break: one row of 8 MB
+        (
+            "rows.csv",
+            b"1,2,3,4\n" + b'"\n",' * 2_000_000,
+            "rows.csv:16387: the row is longer than ",
+        ),
+    ],
+)
+def test_run_stops_at_an_overlong_line_without_reading_it(
+    name: str, content: bytes, message: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line (or a CSV row across lines) of 8 MB is an error at its line, found once the
+    limit's worth of it is read: the memory used stays far below the line's size."""
+    (folder / name).write_bytes(content)
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    assert main(["run", "net.lyr", "-i", "x.csv"]) == 0  # the model compiled and imported
+    capsys.readouterr()
+    tracemalloc.start()
+    try:
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", name)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (code, out, err) == (1, "", message + LINE_LIMIT + "\n")
+    assert peak < 2_000_000, peak
+
+
+def test_run_line_limit_grows_with_the_model(folder: Path) -> None:
+    assert run_tool.line_limit(4) == run_tool.MAX_LINE_BYTES == 65536
+    assert run_tool.line_limit(10_000) == 640_000 == 10_000 * run_tool.LINE_BYTES_PER_FEATURE
+
+
+def npy_with_header(path: Path, header: str, data: bytes = b"") -> None:
+    """A .npy file (version 1.0) with the header dict `header`, as a hostile file may have."""
+    body = header.ljust(-(-(len(header) + 11) // 64) * 64 - 11) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode() + data)
+
+
+def test_run_checks_npy_headers_before_mapping_them(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header that claims more data than the file holds, or too many dimensions, is a clean
+    error; a 30-dimensional input runs, and its output keeps the 29 batch dimensions."""
+    npy_with_header(
+        folder / "huge.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 4), }",
+        b"\0" * 64,
+    )
+    np.save(folder / "d33.npy", np.zeros((1,) * 32 + (4,), np.float32))
+    npy_with_header(
+        folder / "long.npy",
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }" + " " * 20_000,
+    )
+    expected = {
+        "huge.npy": "huge.npy: the file is truncated: its header declares shape (1000000000000, 4) "
+        "of float32 (16000000000000 bytes) but only 64 bytes follow",
+        "d33.npy": "d33.npy: the array has 33 dimensions; layerc reads at most 32",
+        "long.npy": "long.npy: is not a valid .npy file: its header is 20086 bytes long, more than "
+        "layerc reads",
+    }
+    for name, message in expected.items():
+        assert run_cli(capsys, "run", "net.lyr", "-i", name) == (1, "", message + "\n")
+
+    x = np.random.default_rng(4).normal(size=(1,) * 29 + (2, 4))
+    np.save(folder / "d31.npy", x)
+    code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "d31.npy", "-o", "d31-out.npy")
+    assert (code, err) == (0, "")
+    close(np.load(folder / "d31-out.npy"), reference(x))
+
+
+def test_run_delimiter(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV separated by ';' or tabs is misread as one value a row: the error says which
+    --delimiter to give, and with it the file runs."""
+    for separator, option in ((";", "';'"), ("\t", "tab")):
+        rows = [separator.join(repr(v) for v in row) for row in SAMPLES.tolist()]
+        (folder / "sep.csv").write_text(
+            separator.join("abcd") + "\n" + "\n".join(rows) + "\n", encoding="utf-8"
+        )
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "sep.csv")
+        assert (code, out) == (1, "")
+        assert err == (
+            "sep.csv:1:2: the header has 1 value but model Net takes 4; its values look "
+            f"separated by {option}: use --delimiter {option}\n"
+        )
+        given = separator if separator != "\t" else "tab"
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "sep.csv", "--delimiter", given)
+        assert (code, err) == (0, "")
+        close(np.loadtxt(io.StringIO(out), delimiter=","), reference(SAMPLES))
+    write_input(folder / "x.jsonl", "jsonl", SAMPLES)
+    for extra, message in [
+        (["-i", "sep.csv", "--delimiter", ";;"], "--delimiter ';;' is not a separator"),
+        (["-i", "sep.csv", "--delimiter", "."], "--delimiter '.' is not a separator"),
+        (["-i", "x.jsonl", "--delimiter", ";"], "--delimiter is for CSV input, and the input is"),
+    ]:
+        code, out, err = run_cli(capsys, "run", "net.lyr", *extra)
+        assert code == 2 and out == "" and message in err, err
+
+
+RUN_CHILD = [sys.executable, "-m", "layerc", "run", "net.lyr", "-i"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "folder"])
+@pytest.mark.parametrize("fmt", ["csv", "npy"])
+def test_run_reads_only_regular_files(kind: str, fmt: str, folder: Path) -> None:
+    """A FIFO (which would block), a device (endless) or a folder given as the input is
+    refused at once."""
+    path = folder / f"special-{kind.strip('/').replace('/', '-')}.{fmt}"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(kind)
+    result = subprocess.run(
+        [*RUN_CHILD, path.name], capture_output=True, text=True, timeout=60, cwd=folder
+    )
+    what = "a data file" if fmt == "csv" else "a .npy file"
+    message = (
+        f"is a directory, not {what}"
+        if kind == "folder"
+        else "is not a regular file (a device, pipe or socket), so layerc will not read it"
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"{path.name}: {message}\n")
+
+
+def test_no_command_writes_over_its_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An output that is the source, a weights file the source loads or the input data, by its
+    own name or through a symlink, is refused before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    np.save("w.npy", W2.astype(np.float32))
+    Path("m.lyr").write_text(
+        'model M {\n    fc = Linear(6, 3, bias=false) { weight = load("w.npy") }\n}\n'
+    )
+    write_input(tmp_path / "x.csv", "csv", SAMPLES @ W1.T)
+    os.symlink("m.lyr", "link.py")
+    os.symlink("m.lyr", "link.dot")
+    before = {p.name: (p.is_symlink(), p.read_bytes()) for p in tmp_path.iterdir()}
+    source, weights, data = "the source file", "the file 'w.npy' it loads", "the input data file"
+    cases = [
+        (["run", "m.lyr", "-i", "x.csv", "-o", "m.lyr", "--output-format", "csv"], "m.lyr", source),
+        (["run", "m.lyr", "-i", "x.csv", "-o", "x.csv"], "x.csv", data),
+        (["run", "m.lyr", "-i", "x.csv", "-o", "w.npy"], "w.npy", weights),
+        (["compile", "m.lyr", "-o", "w.npy"], "w.npy", weights),
+        (["compile", "m.lyr", "-o", "link.py"], "link.py", source),
+        (["graph", "m.lyr", "-o", "link.dot"], "link.dot", source),
+        (["export", "m.lyr", "--onnx", "w.npy"], "w.npy", weights),
+    ]
+    for argv, out, what in cases:
+        code, stdout, err = run_cli(capsys, *argv)
+        assert (code, stdout) == (1, ""), argv
+        assert err == (
+            f"{out}: the output {out} is {what} itself; layerc never writes over a command's "
+            "inputs: choose another output\n"
+        )
+        assert {p.name: (p.is_symlink(), p.read_bytes()) for p in tmp_path.iterdir()} == before
+
+
+def test_every_writer_removes_temporaries_whose_writer_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Temporary files name the process writing them. Those a dead process left beside an
+    output are removed by the next command that writes that output (here: compile, run, graph
+    as DOT text and drawn by `dot`, export, fmt and import); those of a running process are
+    kept."""
+    from layerc import files
+
+    monkeypatch.chdir(tmp_path)
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    fake_dot = bin_folder / "dot"  # writes an SVG to the file after -o, as graphviz's would
+    fake_dot.write_text(
+        f"#!{sys.executable}\nimport sys\n"
+        "open(sys.argv[sys.argv.index('-o') + 1], 'w').write('<svg/>')\n"
+    )
+    fake_dot.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    Path("net.lyr").write_text(MODEL, encoding="utf-8")
+    write_input(tmp_path / "x.csv", "csv", SAMPLES)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    outputs = ["net.py", "out.npy", "net.dot", "net.svg", "net.onnx", "net.lyr", "imported.lyr"]
+    stale = [f".{name}.layerc-{files._HOST}-{gone.pid}-abcd1234.tmp" for name in outputs]
+    running = [f".{name}.layerc-{files._HOST}-{os.getpid()}-abcd1234.tmp" for name in outputs]
+    for name in stale + running:
+        Path(name).write_bytes(b"\0" * 100_000)
+    Path("net.lyr").write_text(MODEL.replace("    act = Tanh()", "    act = Tanh"))  # for fmt
+    commands = [
+        ["compile", "net.lyr"],
+        ["run", "net.lyr", "-i", "x.csv", "-o", "out.npy"],
+        ["graph", "net.lyr", "-o", "net.dot"],
+        ["graph", "net.lyr", "-o", "net.svg"],
+        ["export", "net.lyr", "--onnx", "net.onnx"],
+        ["fmt", "net.lyr"],
+        ["import", "net.onnx", "-o", "imported.lyr"],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, capsys.readouterr().err
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert left == sorted(running)
+    assert Path("net.svg").read_text() == "<svg/>"
+
+
+def test_out_of_memory_is_a_one_line_error(tmp_path: Path) -> None:
+    """Under a memory limit a source that needs more (8 GiB of weights to draw) ends in one
+    line naming the file, and exit 1, not a traceback."""
+    import resource
+
+    (tmp_path / "big.lyr").write_text(
+        "model Big {\n    fc = Linear(32768, 32768) { init = uniform(seed=0) }\n}\n"
+    )
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))  # 1.5 GiB
+
+    result = subprocess.run(
+        [sys.executable, "-m", "layerc", "check", "big.lyr"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        preexec_fn=limit,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith("big.lyr: out of memory")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -465,6 +710,7 @@ def test_summary_model_choice(folder: Path, capsys: pytest.CaptureFixture[str]) 
 # --------------------------------------------------------------------------- graph
 
 
+@needs_dot
 def test_graph_dot_describes_the_layers(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The DOT text, laid out by graphviz itself: one node per layer in order, edges labelled
     with the shapes, the nested model as a cluster."""
@@ -486,6 +732,7 @@ def test_graph_dot_describes_the_layers(folder: Path, capsys: pytest.CaptureFixt
     assert sorted(nodes[i][0] for i in clusters[0]["nodes"]) == ["hidden.act", "hidden.fc"]
 
 
+@needs_dot
 def test_graph_renders_svg_png_and_dot(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graph", "net.lyr", "-o", "net.svg"]) == 0
     svg = (folder / "net.svg").read_text()
@@ -558,7 +805,9 @@ def test_colour_adds_styles_around_the_plain_text() -> None:
         ),
         (
             "model A { Linear(2, 2) { init = zeros() } Relu() }\n",
-            "1:43: unknown layer kind 'Relu'; did you mean 'ReLU'?",
+            "1:43: unknown layer kind 'Relu'; did you mean 'ReLU'? (layer kinds: Linear, ReLU, "
+            "Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
+            "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)",
         ),
         (
             "model A { Linear(2, 2) { init = zeros() } }\n"
@@ -637,7 +886,9 @@ def test_terminal_gets_colour_pipes_and_no_color_do_not(
     assert piped.returncode == 1 and "\x1b[" not in piped.stderr
     assert ANSI.sub("", shown) == piped.stderr
     assert piped.stderr == (
-        "typo.lyr:2:10: unknown layer kind 'Linaer'; did you mean 'Linear'?\n"
+        "typo.lyr:2:10: unknown layer kind 'Linaer'; did you mean 'Linear'? (layer kinds: Linear, "
+        "ReLU, Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
+        "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)\n"
         "        fc = Linaer(2, 2)\n"
         "             ^\n"
     )

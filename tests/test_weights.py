@@ -12,6 +12,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -247,8 +248,10 @@ def test_torch_save_files_are_never_read(tmp_path: Path) -> None:
 def test_devices_and_folders_are_refused_before_opening(tmp_path: Path) -> None:
     os.symlink("/dev/zero", tmp_path / "zero.npy")
     (tmp_path / "folder.npz").mkdir()
-    for expr in ('load("/dev/zero")', 'load("zero.npy")', 'load("folder.npz", "w")'):
+    for expr in ('load("/dev/zero")', 'load("zero.npy")'):
         assert_refused(tmp_path, linear_source(expr), "load(", "is not a regular file")
+    expr = 'load("folder.npz", "w")'
+    assert_refused(tmp_path, linear_source(expr), "load(", "'folder.npz' is a directory")
 
 
 def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
@@ -291,7 +294,9 @@ def test_npy_headers_are_checked_before_reading(tmp_path: Path) -> None:
     test_text = linear_source("[[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]") + (
         'test M { input = load("liar.npy"); expect = [0, 0, 0] }\n'
     )
-    assert_refused(tmp_path, test_text, 'load("liar.npy")', "truncated", "(1000000, 1000000)")
+    assert_refused(tmp_path, test_text, 'load("liar.npy")', "(1000000, 1000000)", "takes (4,)")
+    (tmp_path / "liar.npy").write_bytes(npy_header((10**6, 4)) + b"\0" * 16)
+    assert_refused(tmp_path, test_text, 'load("liar.npy")', "truncated", "(1000000, 4)")
     # Right shape, too few bytes.
     (tmp_path / "short.npy").write_bytes(npy_header((3, 4)) + b"\0" * 47)
     assert_refused(tmp_path, linear_source('load("short.npy")'), "load(", "truncated", "47 bytes")
@@ -318,6 +323,74 @@ def test_npz_members_are_checked(tmp_path: Path) -> None:
     data = (tmp_path / "full.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     assert_refused(tmp_path, linear_source('load("cut.npz", "w")'), "load(", "not a valid .npz")
+
+
+def source_with_test_from(load: str, entry: str = "input") -> str:
+    """A 4 -> 3 model with a test whose `entry` (input or expect) is `load`."""
+    values = {"input": "[1, 2, 3, 4]", "expect": "[0, 0, 0]", entry: load}
+    return linear_source("[[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]]") + (
+        f"test M {{ input = {values['input']}; expect = {values['expect']} }}\n"
+    )
+
+
+def deflated_zeros_npz(path: Path, shape: tuple[int, ...], key: str = "x") -> None:
+    """A .npz whose member declares `shape` of float64 zeros, deflated (about 1000:1), so a
+    small file stands for a large array."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+            member.write(npy_header(shape, "<f8"))
+            block = bytes(1 << 20)
+            left = math.prod(shape) * 8
+            while left:
+                member.write(block[: min(left, len(block))])
+                left -= min(left, len(block))
+
+
+def peak_while_refused(folder: Path, text: str, marker: str, *needles: str) -> int:
+    """Peak Python memory (tracemalloc) while `text` is refused at `marker`."""
+    tracemalloc.start()
+    try:
+        assert_refused(folder, text, marker, *needles)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_test_arrays_are_bounded_before_their_data_is_read(tmp_path: Path) -> None:
+    """A 130 KB .npz of deflated zeros declaring 2**22 + 1 rows of 4 float64 (134 MB): one row
+    more than a test may hold. It is refused at the load(...) from its header, before a byte
+    of it is decompressed: far less memory than the array (it used to be read whole)."""
+    deflated_zeros_npz(tmp_path / "zeros.npz", (2**22 + 1, 4))
+    assert (tmp_path / "zeros.npz").stat().st_size < 200_000
+    text = source_with_test_from('load("zeros.npz", "x")')
+    peak = peak_while_refused(tmp_path, text, "load(", "(4194305, 4)", "at most 16777216")
+    assert peak < 16 * 2**20
+    # The same bound for .npy and .safetensors files (here they hold the data: 134 MB).
+    rows = np.lib.format.open_memmap(tmp_path / "big.npy", "w+", np.float64, (2**22 + 1, 4))
+    del rows
+    text = source_with_test_from('load("big.npy")')
+    assert peak_while_refused(tmp_path, text, "load(", "at most 16777216") < 16 * 2**20
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])
+def test_test_array_widths_are_checked_before_reading(tmp_path: Path, suffix: str) -> None:
+    """A 40 MB array of the wrong width for the model is refused from its declared shape."""
+    data = np.zeros((2**20, 5))
+    if suffix == ".npy":
+        np.save(tmp_path / "wide.npy", data)
+        load = 'load("wide.npy")'
+    elif suffix == ".npz":
+        np.savez(tmp_path / "wide.npz", x=data)
+        load = 'load("wide.npz", "x")'
+    else:
+        np_save_safetensors({"x": data}, str(tmp_path / "wide.safetensors"))
+        load = 'load("wide.safetensors", "x")'
+    del data
+    text = source_with_test_from(load)
+    peak = peak_while_refused(tmp_path, text, "load(", "(1048576, 5)", "takes (4,) or (N, 4)")
+    assert peak < 8 * 2**20
+    expect = source_with_test_from(load, "expect")
+    assert peak_while_refused(tmp_path, expect, "load(", "gives (3,) or (N, 3)") < 8 * 2**20
 
 
 def test_missing_keys_list_the_keys_that_exist(tmp_path: Path) -> None:
@@ -570,3 +643,36 @@ def test_mlp_weights_are_stored_compactly(tmp_path: Path) -> None:
     assert len(data) == 1
     assert count * 4 <= data[0].stat().st_size <= count * 4 + 6 * 64  # alignment padding only
     assert (tmp_path / "mlp.py").stat().st_size < 32 * 1024
+
+
+# --------------------------------------------------------------------------- large literals
+
+
+def test_errors_in_a_megabyte_literal_point_at_the_number(tmp_path: Path) -> None:
+    """A 500 x 500 weight literal (about 1 MB of text) with one nan and one number float32
+    cannot hold: each error points at its number, found from the text on demand, and checking
+    stays within a few bytes of memory per byte of source (one node per number used to cost
+    about 620)."""
+    side = 500
+    cells = [[f"{(r * side + c) % 997 / 1000:.6f}" for c in range(side)] for r in range(side)]
+    cells[321][123] = "nan"
+
+    def source() -> str:
+        rows = ",\n                  ".join("[" + ", ".join(row) + "]" for row in cells)
+        return linear_source(f"[{rows}]", shape=(side, side))
+
+    text = source()
+    assert len(text) > 1_000_000
+    marker = text.index("nan")
+    error = assert_refused(tmp_path, text, "nan", "weight[321, 123] is nan, not a finite number")
+    assert error.loc.line == text.count("\n", 0, marker) + 1
+    cells[321][123] = "0"
+    cells[499][498] = "-1e39"
+    text = source()
+    tracemalloc.start()
+    try:
+        assert_refused(tmp_path, text, "-1e39", "weight[499, 498] = -1e+39 overflows float32")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * len(text), f"{peak / len(text):.0f} bytes per byte"

@@ -19,7 +19,7 @@ from .layers import (
     Tanh,
     child,
 )
-from .module import Module
+from .module import Module, ShapeError
 from .threads import get_num_threads, set_num_threads
 
 # Generated modules call `check_abi(N)` with the oldest runtime ABI that runs them: a module
@@ -47,6 +47,7 @@ __all__ = [
     "Module",
     "ReLU",
     "RemovableHandle",
+    "ShapeError",
     "Sigmoid",
     "Softmax",
     "Tanh",

@@ -8,11 +8,30 @@ can see when it changes)."""
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any, TypeVar
 
 import numpy as np
 
-from .module import Module, to_numpy
+from .module import Module, ShapeError, child, kernel_forward, to_numpy
+
+__all__ = [
+    "Identity",
+    "LeakyReLU",
+    "Linear",
+    "Model",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "child",
+    "reserved_names",
+]
+
+_V = TypeVar("_V")
 
 
 class Layer(Module):
@@ -127,33 +146,102 @@ class Softmax(_Activation):
 
 
 class Model(Module):
-    """A compiled model: children run in order; its kernel runs them all in one native call."""
+    """A compiled model: children run in order; its kernel runs them all in one native call.
 
+    It is also torch.nn.Sequential's counterpart: `Model(layer, ...)` or
+    `Model(OrderedDict(name=layer, ...))` holds the given modules and runs them in order (layer
+    by layer, each through its own kernel), and indexing a model works as Sequential's."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__()
+        if not args:
+            return
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            items = list(args[0].items())
+        else:
+            items = [(str(i), module) for i, module in enumerate(args)]
+        for name, module in items:
+            self.add_module(name, module)
+        self._take_shape()
+
+    @kernel_forward
     def forward(self, x: Any, *, out: np.ndarray | None = None) -> Any:
         y = x
-        for module in self._modules.values():
-            y = module(y)  # type: ignore[misc]  # a None child fails here, as in torch
+        for name, module in self._modules.items():
+            try:
+                y = module(y)  # type: ignore[misc]  # a None child fails here, as in torch
+            except ShapeError as error:
+                error.within(name)
+                raise
         if out is None:
             return y
-        target = self._output_for(self._as_input(x), out)
+        target = self._output_for(self._as_input(x), out, np.shape(y))
         np.copyto(target, y)
         return target
 
+    def _take_shape(self) -> None:
+        """Set this instance's width, dtype and output shape from its children (for a model
+        built from given modules rather than by generated code)."""
+        children = [m for m in self._modules.values() if m is not None]
+        d = self.__dict__
+        d["in_features"] = next(
+            (m.in_features for m in children if m.in_features is not None), None
+        )
+        out = next((m.out_features for m in reversed(children) if m.out_features is not None), None)
+        d["out_features"] = out
+        d["_out_tail"] = None if out is None else (out,)
+        if children:
+            d["dtype"] = children[0].dtype
 
-class child:
-    """A class attribute that reads the child registered under a name that is not an identifier
-    (an unnamed layer's position, "1"), so the generated class can offer `net.layer_1`."""
+    # ------------------------------------------------------------------ torch.nn.Sequential
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def _get_item_by_idx(self, iterator: Iterable[_V], idx: Any) -> _V:
+        size = len(self)
+        idx = operator.index(idx)
+        if not -size <= idx < size:
+            raise IndexError(f"index {idx} is out of range")
+        idx %= size
+        return next(islice(iterator, idx, None))
 
-    def __get__(self, obj: Module | None, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return obj._modules[self.key]
+    def __getitem__(self, idx: Any) -> Any:
+        """`net[i]` is the i-th child (negative indices and NumPy integers too); `net[a:b]` is a
+        new model of the same class holding those children (the same objects), as
+        torch.nn.Sequential's slices. The new model runs its children in order; it takes the
+        fused kernel only when it holds exactly the layers the kernel was generated for."""
+        if isinstance(idx, slice):
+            cls = type(self)
+            new = cls.__new__(cls)
+            Module.__init__(new)
+            for name, module in list(self._modules.items())[idx]:
+                new._set_child(name, module)
+            new._take_shape()
+            new.__dict__["_compiled_layout"] = self.__dict__.get("_compiled_layout", ())
+            return new
+        return self._get_item_by_idx(self._modules.values(), idx)
 
-    def __set__(self, obj: Module, value: Module) -> None:
-        obj.add_module(self.key, value)
+    def __setitem__(self, idx: Any, module: Module) -> None:
+        key: str = self._get_item_by_idx(self._modules.keys(), idx)
+        setattr(self, key, module)
+
+    def __delitem__(self, idx: Any) -> None:
+        """Remove children by position; the rest are renamed "0", "1", ... as torch renames
+        them (so state_dict keys change too)."""
+        if isinstance(idx, slice):
+            for key in list(self._modules.keys())[idx]:
+                delattr(self, key)
+        else:
+            delattr(self, self._get_item_by_idx(self._modules.keys(), idx))
+        modules = list(self._modules.values())
+        for key in list(self._modules):
+            delattr(self, key)
+        for i, module in enumerate(modules):
+            self._set_child(str(i), module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module | None]:
+        return iter(self._modules.values())
 
 
 def reserved_names() -> frozenset[str]:

@@ -7,25 +7,89 @@ methods match PyTorch's.
 Speed: each module class names a numba kernel that computes its whole forward (`_kernel`) and
 the parameters it takes (`_kernel_params`). When no hook is registered anywhere in the tree or
 globally, `__call__` makes one call into that kernel; the decision is cached against
-`hooks.state.version`, which every hook registration, removal and module change bumps.
+`hooks.state.version`, which every hook registration, removal and module change bumps. The
+kernel stands for the module's `forward` only while that is the runtime's own (a subclass that
+overrides `forward` runs its own code, decided once per class) and while the tree of children has
+the layout the kernel was generated for (a child replaced by one of another kind, deleted or added
+makes the model run layer by layer, as torch.nn.Sequential would run what it holds).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import hooks as H
 from .hooks import RemovableHandle, state
 
-__all__ = ["Module"]
+__all__ = ["Module", "ShapeError"]
 
 _ndarray = np.ndarray
 _empty = np.empty
 _NO_FAST_PATH: tuple = (-1, None, (), None, None, 1)
+_F = TypeVar("_F", bound=Callable[..., Any])
+# The `forward` methods the fused kernels compute: a class whose `forward` is one of these may
+# take the fast path; one that overrides `forward` may not.
+_KERNEL_FORWARDS: set[Callable[..., Any]] = set()
+
+
+def kernel_forward(function: _F) -> _F:
+    """Mark a runtime `forward` as one the module's kernel computes."""
+    _KERNEL_FORWARDS.add(function)
+    return function
+
+
+class ShapeError(RuntimeError, ValueError):
+    """An input whose last axis is not the width a layer takes. Its message names the layer by
+    its path from the module that was called and by its repr. It is a RuntimeError, as torch's
+    error for the same mistake is, and a ValueError, as layerc's was."""
+
+    def __init__(self, layer: str, detail: str, path: str = "") -> None:
+        self.layer = layer
+        self.detail = detail
+        self.path = path
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = f"{self.path} ({self.layer})" if self.path else self.layer
+        return f"{where} {self.detail}"
+
+    def within(self, name: str) -> None:
+        """The error passed through the child `name` of a model: put it in front of the path."""
+        self.path = name + "." + self.path if self.path else name
+        self.args = (self._message(),)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.layer, self.detail, self.path))
+
+
+def _typename(value: Any) -> str:
+    """torch.typename: `int`, `numpy.ndarray`, `torch.FloatTensor` (without importing torch)."""
+    if _is_torch_tensor(value):
+        return str(value.type())
+    module = getattr(value, "__module__", "") or ""
+    if hasattr(value, "__qualname__"):
+        qualname = value.__qualname__
+    elif hasattr(value, "__name__"):
+        qualname = value.__name__
+    else:
+        module = type(value).__module__ or ""
+        qualname = type(value).__qualname__
+    return qualname if module in ("", "builtins") else f"{module}.{qualname}"
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    return hasattr(value, "detach") and hasattr(value, "numpy") and hasattr(value, "dtype")
+
+
+def _layout(module: Module) -> tuple[tuple[str, type], ...]:
+    """The names and classes of a module's children, in order: what its kernel was made for."""
+    return tuple((name, type(child)) for name, child in module._modules.items())
 
 
 def drop_stale_cache(module_name: str) -> bool:
@@ -83,11 +147,17 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """A NumPy view or copy of an array-like; torch tensors are detached first."""
-    if hasattr(value, "detach") and hasattr(
-        value, "numpy"
-    ):  # a torch.Tensor, without importing torch
-        value = value.detach().cpu().numpy()
+    """A NumPy view or copy of an array-like; torch tensors are detached first. A floating-point
+    tensor of a dtype NumPy lacks (bfloat16, the float8 types) becomes float32, which holds every
+    value of those exactly."""
+    if _is_torch_tensor(value):  # a torch.Tensor, without importing torch
+        tensor = value.detach().cpu()
+        try:
+            return np.asarray(tensor.numpy())
+        except TypeError:
+            if not tensor.is_floating_point():
+                raise
+            return np.asarray(tensor.float().numpy())
     return np.asarray(value)
 
 
@@ -122,6 +192,25 @@ def _checked_value(key: str, param: np.ndarray, value: Any, errors: list[str]) -
     return array if array.flags.writeable else array.copy()
 
 
+class child:
+    """A class attribute that reads the child registered under a name that is not an identifier
+    (an unnamed layer's position, "1"), so the generated class can offer `net.layer_1`."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, obj: Module | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj._modules[self.key]
+        except KeyError:  # deleted, or not in this slice of the model
+            raise AttributeError(f"'{obj._get_name()}' object has no child {self.key!r}") from None
+
+    def __set__(self, obj: Module, value: Module) -> None:
+        obj.add_module(self.key, value)
+
+
 class Module:
     """Base class of generated modules. Subclasses set `_kernel`, `_kernel_params`, `dtype`, and
     the per-sample input and output shapes: `in_features` and `out_features` when they are 1-D,
@@ -129,6 +218,9 @@ class Module:
 
     _kernel: Callable[..., np.ndarray] | None = None
     _kernel_params: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Whether this class's `forward` is one the kernel computes (set per class).
+    _kernel_forward: bool = True
+    _version: int = 1  # torch's state_dict version of a module, in state_dict()._metadata
     dtype: np.dtype = np.dtype(np.float32)
     in_features: int | None = None
     out_features: int | None = None
@@ -155,6 +247,8 @@ class Module:
     _in_rank: int = 1
     # buffers a state_dict without version metadata may leave out (torch's BatchNorm)
     _legacy_defaults: tuple[str, ...] = ()
+    # The children's names and classes when the generated __init__ returned (see _layout)
+    _compiled_layout: tuple[tuple[str, type], ...]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -165,6 +259,16 @@ class Module:
             cls.out_shape = None if cls.out_features is None else (cls.out_features,)
         cls._out_tail = cls.out_shape
         cls._in_rank = len(cls.in_shape) if cls.in_shape is not None else 1
+        cls._kernel_forward = cls.forward in _KERNEL_FORWARDS
+        init = d.get("__init__")
+        if init is not None and "_kernel" in d:
+            # A generated model: remember the children its __init__ made, which its kernel runs.
+            @functools.wraps(init)
+            def __init__(self: Module, *args: Any, **kwargs: Any) -> None:
+                init(self, *args, **kwargs)
+                self.__dict__["_compiled_layout"] = _layout(self)
+
+            cls.__init__ = __init__  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         d = self.__dict__
@@ -180,9 +284,11 @@ class Module:
         d["_fast"] = _NO_FAST_PATH
         d["_fast_checked"] = -1
         d["_params_tuple"] = ()
+        d["_compiled_layout"] = ()
 
     # ------------------------------------------------------------------ calling
 
+    @kernel_forward
     def forward(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Run this module's kernel on `x`, into `out` if given; models override this to call
         their children one by one."""
@@ -210,6 +316,13 @@ class Module:
             if not drop_stale_cache(type(self).__module__):
                 raise
             self._kernel(x, y, *params)  # type: ignore[misc]
+        except Exception:
+            for (key, _), value in zip(self._kernel_params, params, strict=False):
+                if value is None:  # deleted with `del module.weight`, as torch's forward finds
+                    raise AttributeError(
+                        f"'{self._get_name()}' object has no attribute '{key}'"
+                    ) from None
+            raise
         return y
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -373,7 +486,15 @@ class Module:
         if self._kernel is None or H.global_forward_hooks or H.global_forward_pre_hooks:
             return False
         for module in self.modules():
-            if module._forward_hooks or module._forward_pre_hooks or type(module)._kernel is None:
+            cls = type(module)
+            if (
+                module._forward_hooks
+                or module._forward_pre_hooks
+                or cls._kernel is None
+                or not cls._kernel_forward
+                or "forward" in module.__dict__
+                or _layout(module) != module.__dict__.get("_compiled_layout")
+            ):
                 return False
         args = []
         for key, shape in self._kernel_params:
@@ -412,10 +533,13 @@ class Module:
             self._tensor(key) for key, _ in self._kernel_params if "." not in key
         )
 
-    def _output_for(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        """A new output array for input `x`, or `out` checked to fit it."""
-        tail = self._out_tail
-        shape = x.shape if tail is None else x.shape[: x.ndim - self._in_rank] + tail
+    def _output_for(
+        self, x: np.ndarray, out: np.ndarray | None, shape: tuple[int, ...] | None = None
+    ) -> np.ndarray:
+        """A new output array for input `x` (of `shape` when given), or `out` checked to fit."""
+        if shape is None:
+            tail = self._out_tail
+            shape = x.shape if tail is None else x.shape[: x.ndim - self._in_rank] + tail
         if out is None:
             return np.empty(shape, self.dtype)
         if (
@@ -464,13 +588,26 @@ class Module:
         if x.ndim == 0 or (
             shape is not None and (x.ndim < len(shape) or x.shape[x.ndim - len(shape) :] != shape)
         ):
-            raise ValueError(
-                f"{self._get_name()}: expected input of shape {expected}, "
-                f"got shape {_fmt_shape(x.shape)}"
-            )
+            raise self._width_error(x.shape)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         return x
+
+    def _width_error(self, shape: tuple[int, ...]) -> ShapeError:
+        """The error for an input of `shape`, naming the layer that takes the input: this module,
+        or in a model the first layer that has a width (its path from this module)."""
+        path, layer = "", self
+        for name, module in self.named_modules():
+            if not module._modules and module.in_shape is not None:
+                path, layer = name, module
+                break
+        wanted = "expected input with at least one axis"
+        if layer.in_shape is not None and len(layer.in_shape) == 1:
+            n = layer.in_shape[0]
+            wanted = f"expected input with {n} features, shape ({n},) or (*, {n})"
+        elif layer.in_shape is not None:
+            wanted = f"expected input of shape {_expected(layer.in_shape)}"
+        return ShapeError(repr(layer), f"{wanted}, got shape {_fmt_shape(shape)}", path)
 
     # ------------------------------------------------------------------ hooks
 
@@ -519,9 +656,15 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         if isinstance(value, Module):
-            if name in d.get("_parameters", ()) or name in d.get("_buffers", ()):
+            if "_modules" not in d:
+                raise AttributeError("cannot assign module before Module.__init__() call")
+            if name in d["_parameters"] or name in d.get("_buffers", ()):
                 raise TypeError(f"cannot assign a module to parameter or buffer {name!r}")
-            self.add_module(name, value)
+            alias = getattr(type(self), name, None)
+            if isinstance(alias, child):  # net.layer_1 = ... replaces the child "1"
+                name = alias.key
+            # As torch: whatever the name held before, it now names this child.
+            self._set_child(name, value)
         elif name in d.get("_parameters", ()) or name in d.get("_buffers", ()):
             self._set_parameter(name, value)
         elif name in d.get("_modules", ()):
@@ -534,31 +677,54 @@ class Module:
             H.bump()
         else:
             object.__setattr__(self, name, value)
+            if name == "forward":  # an instance's own forward: the kernel no longer stands for it
+                H.bump()
 
     # No __getattr__: children and parameters live in the instance __dict__ too (positional
     # children such as "1" included, so getattr(net, "1") works), and a __getattr__ would turn
     # off CPython's attribute caches on the per-call path.
 
     def __delattr__(self, name: str) -> None:
-        if name in self._parameters or name in self._buffers or name in self._modules:
-            raise AttributeError(f"cannot delete {name!r}: the generated forward needs it")
-        object.__delattr__(self, name)
+        """As torch: `del net.fc` removes a child and `del net.fc.bias` a parameter (or a
+        buffer). A model without one of its children runs the others in order; a layer without
+        one of its parameters raises AttributeError when called, as torch's forward does."""
+        d = self.__dict__
+        if name in self._parameters or name in self._buffers:
+            registry = self._parameters if name in self._parameters else self._buffers
+            del registry[name]
+            d.pop(name, None)
+            self._update_params_tuple()
+            H.bump()
+        elif name in self._modules:
+            del self._modules[name]
+            d.pop(name, None)
+            H.bump()
+        else:
+            object.__delattr__(self, name)
+            if name == "forward":
+                H.bump()
 
     def add_module(self, name: str, module: Module | None) -> None:
-        """Register a child module under `name` (`"1"` for unnamed layers, as Sequential)."""
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"module name must be a non-empty string without '.', got {name!r}")
-        if module is not None and not isinstance(module, Module):
-            raise TypeError(f"{type(module).__name__} is not a layerc Module")
-        if name not in self._modules and (
-            hasattr(type(self), name) or name in self._parameters or name in self._buffers
-        ):
-            raise KeyError(f"attribute {name!r} already exists")
+        """Register a child module under `name` (`"1"` for unnamed layers, as Sequential), with
+        torch's checks, exception types and messages."""
+        if not isinstance(module, Module) and module is not None:
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        if not isinstance(name, str):
+            raise TypeError(f"module name should be a string. Got {_typename(name)}")
+        if hasattr(self, name) and name not in self._modules:
+            raise KeyError(f"attribute '{name}' already exists")
+        if "." in name:
+            raise KeyError(f'module name can\'t contain ".", got: {name}')
+        if name == "":
+            raise KeyError('module name can\'t be empty string ""')
+        self._set_child(name, module)
+
+    register_module = add_module
+
+    def _set_child(self, name: str, module: Module | None) -> None:
         self._modules[name] = module
         self.__dict__[name] = module
         H.bump()
-
-    register_module = add_module
 
     def _register_parameter(self, name: str, value: np.ndarray | None) -> None:
         self._parameters[name] = value
@@ -592,16 +758,6 @@ class Module:
         self.__dict__[name] = array
         self._update_params_tuple()
         H.bump()
-
-    def __getitem__(self, index: int | str) -> Module:
-        """Children by position, as torch.nn.Sequential indexes them."""
-        children = list(self._modules.values())
-        if isinstance(index, int):
-            return children[index]  # type: ignore[return-value]
-        return self._modules[index]  # type: ignore[return-value]
-
-    def __len__(self) -> int:
-        return len(self._modules)
 
     def __dir__(self) -> list[str]:
         return sorted(set(dir(type(self))) | {k for k in self.__dict__ if k.isidentifier()})
@@ -707,13 +863,35 @@ class Module:
     # ------------------------------------------------------------------ state
 
     def state_dict(
-        self, *, destination: dict | None = None, prefix: str = "", keep_vars: bool = False
+        self,
+        *args: Any,
+        destination: dict | None = None,
+        prefix: str = "",
+        keep_vars: bool = False,
     ) -> OrderedDict[str, np.ndarray]:
         """Parameters and buffers under PyTorch's keys (`fc.weight`, `bn.running_mean`), in
         PyTorch's order (each module's parameters, then its buffers, then its children's). The
-        values are the module's own arrays, as torch returns tensors sharing storage."""
+        values are the module's own arrays, as torch returns tensors sharing storage. A new
+        dict carries torch's `_metadata` (each module's path -> `{"version": N}`); positional
+        arguments `(destination, prefix, keep_vars)` work with a FutureWarning, as in torch."""
+        if args:
+            warnings.warn(
+                "Positional args are being deprecated, use kwargs instead.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            if destination is None:
+                destination = args[0]
+            if len(args) > 1 and prefix == "":
+                prefix = args[1]
+            if len(args) > 2 and keep_vars is False:
+                keep_vars = args[2]
         if destination is None:
             destination = OrderedDict()
+            destination._metadata = OrderedDict()  # type: ignore[attr-defined]
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None:
+            metadata[prefix[:-1]] = {"version": self._version}
         for registry in (self._parameters, self._buffers):
             for name, value in registry.items():
                 if value is not None:
@@ -814,8 +992,12 @@ class Module:
     # ------------------------------------------------------------------ misc
 
     def train(self, mode: bool = True) -> Module:
-        for module in self.modules():
-            module.__dict__["training"] = mode
+        """Set `training` here and in every child, as torch does; changes no computation."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.__dict__["training"] = mode
+        for module in self.children():
+            module.train(mode)
         return self
 
     def eval(self) -> Module:
@@ -862,6 +1044,8 @@ class Module:
 
     def __setstate__(self, st: dict) -> None:
         self.__dict__.update(st)
+        if "_compiled_layout" not in st:  # pickled before layouts were recorded
+            self.__dict__["_compiled_layout"] = _layout(self)
         # Hook ids restored from a pickle must not be handed out again (torch does not guard
         # this: a new hook could silently replace an unpickled one in a fresh process).
         registries = (self._forward_hooks, self._forward_pre_hooks)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from .. import ir
 from ..errors import LayercError, UsageError
-from ..files import mode_for
+from ..files import Inputs, commit, refuse_inputs, temporary_for, unlink_quietly
 from .summary import kind_text
 
 RENDERED = ("svg", "png", "pdf")
@@ -107,9 +106,10 @@ def output_format(path: Path) -> str:
     )
 
 
-def render(dot_text: str, fmt: str, target: Path) -> None:
-    """Run graphviz's `dot` to write `target` in `fmt` (through a temporary file and a rename).
-    A missing `dot`, or one that fails, is a `LayercError` that says what to do."""
+def render(dot_text: str, fmt: str, target: Path, inputs: Inputs = ()) -> None:
+    """Run graphviz's `dot` to write `target` in `fmt` (through a temporary file and a rename;
+    `target` may not be one of `inputs`). A missing `dot`, or one that fails, is a
+    `LayercError` that says what to do."""
     program = shutil.which("dot")
     if program is None:
         raise LayercError(
@@ -118,12 +118,15 @@ def render(dot_text: str, fmt: str, target: Path) -> None:
             f"with -o {target.with_suffix('.dot').name}",
             file=str(target),
         )
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    refuse_inputs([target], inputs)
+    try:
+        fd, tmp = temporary_for(target)
+    except OSError as exc:
+        raise LayercError(f"cannot write {target}: {exc.strerror}", file=str(target)) from None
     os.close(fd)
     try:
         result = subprocess.run(
-            [program, f"-T{fmt}", "-o", tmp],
+            [program, f"-T{fmt}", "-o", str(tmp)],
             input=dot_text.encode("utf-8"),
             capture_output=True,
             timeout=120,
@@ -132,11 +135,10 @@ def render(dot_text: str, fmt: str, target: Path) -> None:
         if result.returncode != 0:
             detail = result.stderr.decode("utf-8", errors="replace").strip()
             raise LayercError(f"graphviz's dot failed: {detail}", file=str(target))
-        os.chmod(tmp, mode_for(target))
-        os.replace(tmp, target)
+        commit(tmp, target)
+    except OSError as exc:
+        unlink_quietly(tmp)
+        raise LayercError(f"cannot write {target}: {exc.strerror}", file=str(target)) from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quietly(tmp)
         raise

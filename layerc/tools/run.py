@@ -3,7 +3,10 @@ or without a header, or JSON lines), the model's outputs out (.npy, .csv or JSON
 stdout), in chunks of bounded size so a large CSV never has to fit in memory.
 
 Data mistakes are `DataError`s located as `file:row:col`, where row is the line of the file (as
-an editor counts it, header included) and col the 1-based column (CSV cell or JSON list item).
+an editor counts it, header included) and col the 1-based column (CSV cell or JSON list item),
+or as `file:row` for a line as a whole. Lines are read in bounded pieces (`line_limit`), and a
+.npy header is checked against the file's size before anything is mapped, so no input can make
+`layerc run` hold more than a chunk and a line in memory.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
-import re
 import shutil
 import struct
 import sys
@@ -23,13 +26,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Protocol, TextIO
+from typing import IO, Any, Literal, Protocol, TextIO
 
 import numpy as np
 
 from .. import codegen, driver, ir
+from .. import weights as W
 from ..errors import LayercError, Loc, UsageError
-from ..files import mode_for
+from ..files import (
+    Inputs,
+    commit,
+    open_regular,
+    read_regular,
+    refuse_inputs,
+    temporary_for,
+    unlink_quietly,
+)
 from .term import Progress
 
 INPUT_FORMATS = ("npy", "csv", "jsonl")
@@ -40,10 +52,41 @@ _EXTENSIONS = {".npy": "npy", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "json
 # whatever the file's size: 1M float64 values are 8 MB.
 CHUNK_VALUES = 1 << 20
 
+# The longest line of a CSV or JSON-lines input, in bytes: MAX_LINE_BYTES, or
+# LINE_BYTES_PER_FEATURE for each input feature of a wider model (a number written out in full
+# takes 25 characters). A longer line is an error, found without reading the rest of it.
+MAX_LINE_BYTES = 1 << 16
+LINE_BYTES_PER_FEATURE = 64
+
+# The most dimensions a .npy input may have (the batch dimensions and the features).
+MAX_NPY_DIMS = 32
+
+# What `--delimiter` may be called besides the character itself, and the separators a one-cell
+# row is checked for, to suggest the right `--delimiter`.
+_DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "space": " "}
+_LIKELY_DELIMITERS = (";", "\t", "|")
+
 
 class DataError(LayercError):
     """A mistake in an input data file (not in the .lyr source): reported as `file:row:col:
-    message` without a source excerpt."""
+    message`, or `file:row: message` when given a `line` and no `loc`, without a source
+    excerpt."""
+
+    def __init__(
+        self,
+        message: str,
+        loc: Loc | None = None,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message, loc, file=file)
+        self.line = line
+
+    def __str__(self) -> str:
+        if self.loc is None and self.line is not None:
+            return f"{self.file}:{self.line}: {self.message}"
+        return super().__str__()
 
 
 def format_of(path: str, given: str | None, formats: tuple[str, ...], what: str) -> str:
@@ -67,6 +110,23 @@ def chunk_rows(width: int) -> int:
     return max(1, CHUNK_VALUES // max(width, 1))
 
 
+def line_limit(width: int) -> int:
+    """The longest line, in bytes (its line break not counted), read for `width` features."""
+    return max(MAX_LINE_BYTES, LINE_BYTES_PER_FEATURE * width)
+
+
+def parse_delimiter(text: str) -> str:
+    """The CSV separator `--delimiter` names: one character, or `tab` (also written `\\t`) or
+    `space`. A character that can be part of a number, a quote or a line break is refused."""
+    char = _DELIMITER_NAMES.get(text, text)
+    if len(char) != 1 or char.isalnum() or char in '.+-"\r\n':
+        raise UsageError(
+            f"--delimiter {text!r} is not a separator layerc can use: give one character that "
+            "is not part of a number (such as ';' or '|'), or tab or space"
+        )
+    return char
+
+
 # --------------------------------------------------------------------------- compiling
 
 
@@ -84,9 +144,7 @@ def load_module(program: ir.Program, source: Path) -> ModuleType:
     when missing. Folders are named by a hash of the generated code, so an edited source gets
     a new folder and numba's on-disk cache beside each module stays valid; where the cache
     cannot be written, a temporary folder is used instead."""
-    stem = re.sub(r"[^0-9A-Za-z_]", "_", source.stem) or "model"
-    if stem[0].isdigit():
-        stem = "_" + stem
+    stem = driver.safe_module_name(source.stem)
     output = driver.generate(program, Path(f"{stem}.py"))
     digest = hashlib.sha256(output.source.encode("utf-8"))
     if output.data is not None:
@@ -110,8 +168,8 @@ def load_module(program: ir.Program, source: Path) -> ModuleType:
 
 def _write_if_changed(out: Path, output: codegen.Output) -> Path:
     try:
-        current = out.read_bytes()
-    except OSError:
+        current: bytes | None = read_regular(out, str(out))
+    except LayercError:
         current = None
     data_ok = output.data_name is None or (out.parent / output.data_name).is_file()
     if current != output.source.encode("utf-8") or not data_ok:
@@ -142,8 +200,11 @@ class Source:
     leading_shape: tuple[int, ...] | None  # the batch shape of a .npy input, kept in a .npy output
 
 
-def open_input(path: str, fmt: str, model: ir.Model, stdin: IO[bytes]) -> Source:
-    """Open `path` ("-" for stdin) as `fmt` for `model`; nothing is read beyond headers yet."""
+def open_input(
+    path: str, fmt: str, model: ir.Model, stdin: IO[bytes], delimiter: str = ","
+) -> Source:
+    """Open `path` ("-" for stdin) as `fmt` for `model`; nothing is read beyond headers yet.
+    A path must name a regular file (`-` reads a pipe)."""
     if fmt == "npy":
         if path == "-":
             raise UsageError("a .npy input must be a file, not stdin")
@@ -153,18 +214,18 @@ def open_input(path: str, fmt: str, model: ir.Model, stdin: IO[bytes]) -> Source
         total = None
         display = "<stdin>"
     else:
-        try:
-            stream = open(path, "rb")  # closed when the batches are exhausted
-            total = os.fstat(stream.fileno()).st_size
-        except OSError as exc:
-            raise DataError(f"cannot read the input: {exc.strerror}", file=path) from None
+        fd = open_regular(Path(path), path, what="a data file")
+        stream = os.fdopen(fd, "rb")  # closed when the batches are exhausted
+        total = os.fstat(fd).st_size
         display = path
-    counter = _ByteCounter(stream)
-    reader = _csv_batches if fmt == "csv" else _jsonl_batches
+    counter = _ByteCounter(stream, display, line_limit(model.in_features), model.in_features)
 
     def batches() -> Iterator[np.ndarray]:
         try:
-            yield from reader(counter.lines(), display, model)
+            if fmt == "csv":
+                yield from _csv_batches(counter, display, model, delimiter)
+            else:
+                yield from _jsonl_batches(counter.lines(), display, model)
         finally:
             if stream is not stdin:
                 stream.close()
@@ -173,41 +234,75 @@ def open_input(path: str, fmt: str, model: ir.Model, stdin: IO[bytes]) -> Source
 
 
 class _ByteCounter:
-    """Decodes a binary stream line by line as UTF-8 and counts the bytes read (the progress)."""
+    """Decodes a binary stream line by line as UTF-8, reading no line longer than `limit` bytes
+    (a longer one is a `DataError`), and counts the bytes read (the progress) and the lines."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], file: str, limit: int, width: int) -> None:
         self.stream = stream
+        self.file = file
+        self.limit = limit
+        self.width = width
         self.count = 0
+        self.line = 0
 
     def lines(self) -> Iterator[str]:
-        for raw in self.stream:
+        while raw := self.stream.readline(self.limit + 1):
+            self.line += 1
+            if len(raw) > self.limit and not raw.endswith(b"\n"):
+                raise self.too_long("the line")
             # A byte-order mark (as spreadsheet programs write) is not part of the first cell.
             text = raw.decode("utf-8-sig" if self.count == 0 else "utf-8", errors="replace")
             self.count += len(raw)
             yield text
 
+    def too_long(self, what: str) -> DataError:
+        return DataError(
+            f"{what} is longer than {self.limit} bytes, the most layerc reads for a model of "
+            f"{self.width} input feature{'' if self.width == 1 else 's'} ({MAX_LINE_BYTES} bytes, "
+            f"or {LINE_BYTES_PER_FEATURE} per feature for wider models)",
+            file=self.file,
+            line=self.line,
+        )
+
 
 def _npy_source(path: str, model: ir.Model) -> Source:
-    try:
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            if "pickle" in str(exc) or "object" in str(exc):
-                raise
-            array = np.load(path, allow_pickle=False)  # e.g. an empty array cannot be mapped
-    except OSError as exc:
-        raise DataError(f"cannot read the input: {exc.strerror or exc}", file=path) from None
-    except ValueError as exc:
-        if "pickle" in str(exc) or "object" in str(exc):
+    """A .npy input, mapped into memory rather than read: its header is checked first (dtype,
+    at most MAX_NPY_DIMS dimensions, a size the file holds)."""
+    fd = open_regular(Path(path), path, what="a .npy file")
+    with os.fdopen(fd, "rb") as f:
+        shape, fortran, dtype = _npy_header(f, path)
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+        if dtype.hasobject:
             raise DataError(
                 "the array holds Python objects; layerc reads numeric .npy files only", file=path
-            ) from None
-        raise DataError(f"not a valid .npy file: {exc}", file=path) from None
-    if not isinstance(array, np.ndarray):
-        raise DataError("not a .npy file (an .npz archive?)", file=path)
+            )
+        if dtype.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None:
+            raise DataError(f"the array has dtype {dtype}; layerc reads real numbers", file=path)
+        if len(shape) > MAX_NPY_DIMS:
+            raise DataError(
+                f"the array has {len(shape)} dimensions; layerc reads at most {MAX_NPY_DIMS}",
+                file=path,
+            )
+        if any(d < 0 for d in shape):
+            raise DataError(f"the header declares a negative shape {shape}", file=path)
+        needed = math.prod(shape) * dtype.itemsize
+        if needed > size - offset:
+            raise DataError(
+                f"the file is truncated: its header declares shape {_shape(shape)} of {dtype} "
+                f"({needed} bytes) but only {size - offset} bytes follow",
+                file=path,
+            )
+        order: Literal["F", "C"] = "F" if fortran else "C"
+        array: np.ndarray
+        if needed == 0:
+            array = np.empty(shape, dtype=dtype, order=order)
+        else:
+            try:
+                array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot map the file into memory: {exc}", file=path) from None
     width = model.in_features
-    if array.dtype.kind not in "biuf":
-        raise DataError(f"the array has dtype {array.dtype}; layerc reads real numbers", file=path)
     if array.ndim == 0 or array.shape[-1] != width:
         raise DataError(
             f"the array has shape {_shape(array.shape)} but model {model.name} takes "
@@ -229,25 +324,49 @@ def _npy_source(path: str, model: ir.Model) -> Source:
     return Source(batches, lambda: state["done"], count or None, leading)
 
 
-def _csv_batches(lines: Iterator[str], file: str, model: ir.Model) -> Iterator[np.ndarray]:
+def _npy_header(f: IO[bytes], path: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the .npy header at the start of `f`, read and checked
+    as for weights files (a bounded header, no code run); a bad one is a `DataError`."""
+    source = W._Source(path, None, Loc(path, 1, 1))
+    try:
+        return W._read_npy_header(f, source)
+    except LayercError as exc:
+        raise DataError(exc.message.removeprefix(f"{source.what} "), file=path) from None
+
+
+def _csv_batches(
+    counter: _ByteCounter, file: str, model: ir.Model, delimiter: str
+) -> Iterator[np.ndarray]:
     """CSV rows in chunks. The first non-blank row is a header when none of its cells is a
-    number; a row with some numbers and some words is data with a bad cell."""
+    number; a row with some numbers and some words is data with a bad cell. A row that spans
+    lines (a quoted line break) is held to the same length as a line."""
     width = model.in_features
-    reader = csv.reader(lines)
+    record = 0  # bytes of the row being read so far
+
+    def lines() -> Iterator[str]:
+        nonlocal record
+        for line in counter.lines():
+            record += len(line)
+            if record > counter.limit + 2:  # a line's own break ("\r\n") is not counted
+                raise counter.too_long("the row")
+            yield line
+
+    reader = csv.reader(lines(), delimiter=delimiter)
     step = chunk_rows(width)
     pending: list[list[str]] = []
     pending_lines: list[int] = []
     first = True
     try:
         for row in reader:
+            record = 0
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank lines carry no sample
             if first:
                 first = False
                 if not any(_is_number(cell) for cell in row):
-                    _check_width(len(row), width, file, reader.line_num, model, "the header")
+                    _check_width(row, width, file, reader.line_num, model, "the header", delimiter)
                     continue
-            _check_width(len(row), width, file, reader.line_num, model, "the row")
+            _check_width(row, width, file, reader.line_num, model, "the row", delimiter)
             pending.append(row)
             pending_lines.append(reader.line_num)
             if len(pending) >= step:
@@ -267,14 +386,33 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _check_width(count: int, width: int, file: str, line: int, model: ir.Model, what: str) -> None:
-    if count != width:
-        col = width + 1 if count > width else count + 1
-        raise DataError(
-            f"{what} has {count} value{'' if count == 1 else 's'} but model {model.name} takes "
-            f"{width}",
-            Loc(file, line, col),
-        )
+def _check_width(
+    row: list[Any],
+    width: int,
+    file: str,
+    line: int,
+    model: ir.Model,
+    what: str,
+    delimiter: str | None = None,
+) -> None:
+    """Refuse a CSV row (given its `delimiter`) or JSON list of other than `width` values. A
+    CSV row of one cell that another common separator splits gets a `--delimiter` hint."""
+    count = len(row)
+    if count == width:
+        return
+    hint = ""
+    if delimiter is not None and count == 1 and width > 1:
+        found = [d for d in _LIKELY_DELIMITERS if d != delimiter and d in row[0]]
+        if found:
+            best = max(found, key=lambda d: (row[0].count(d) + 1 == width, row[0].count(d)))
+            name = "tab" if best == "\t" else repr(best)
+            hint = f"; its values look separated by {name}: use --delimiter {name}"
+    col = width + 1 if count > width else count + 1
+    raise DataError(
+        f"{what} has {count} value{'' if count == 1 else 's'} but model {model.name} takes "
+        f"{width}{hint}",
+        Loc(file, line, col),
+    )
 
 
 def _parse_rows(rows: list[list[str]], lines: list[int], file: str) -> np.ndarray:
@@ -316,7 +454,7 @@ def _jsonl_batches(lines: Iterator[str], file: str, model: ir.Model) -> Iterator
                 f"expected a JSON list of {width} numbers, got {type(value).__name__}",
                 Loc(file, number, 1),
             )
-        _check_width(len(value), width, file, number, model, "the row")
+        _check_width(value, width, file, number, model, "the row")
         for col, item in enumerate(value, 1):
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise DataError(
@@ -361,7 +499,7 @@ class _TextWriter:
     """CSV (no header) or JSON lines, to a stream; into a temporary file renamed at the end
     when writing to a path."""
 
-    def __init__(self, fmt: str, stream: TextIO, target: Path | None, tmp: str | None) -> None:
+    def __init__(self, fmt: str, stream: TextIO, target: Path | None, tmp: Path | None) -> None:
         self.fmt = fmt
         self.stream = stream
         self.target = target
@@ -383,29 +521,33 @@ class _TextWriter:
         if self.target is not None and self.tmp is not None:
             os.fsync(self.stream.fileno())
             self.stream.close()
-            os.chmod(self.tmp, mode_for(self.target))
-            os.replace(self.tmp, self.target)
+            commit(self.tmp, self.target)
 
     def abort(self) -> None:
         if self.tmp is not None:
             self.stream.close()
-            _unlink(self.tmp)
+            unlink_quietly(self.tmp)
 
 
 class _NpyWriter:
-    """A .npy file written as the rows come: the header is reserved at a fixed size and
-    rewritten with the final shape at the end, so no chunk has to stay in memory."""
+    """A .npy file written as the rows come: the header is reserved at the size the largest
+    shape of `ndim` dimensions needs and rewritten with the final shape at the end, so no chunk
+    has to stay in memory."""
 
-    HEADER = 128  # bytes: room for any shape layerc can produce, a multiple of 64 as numpy aligns
+    HEADER = 128  # bytes, at least: a multiple of 64, as numpy aligns
 
-    def __init__(self, target: Path, tmp: str, stream: IO[bytes], dtype: np.dtype, width: int):
+    def __init__(
+        self, target: Path, tmp: Path, stream: IO[bytes], dtype: np.dtype, width: int, ndim: int
+    ):
         self.target = target
         self.tmp = tmp
         self.stream = stream
         self.dtype = dtype
         self.width = width
         self.rows = 0
-        stream.write(b"\0" * self.HEADER)
+        largest = npy_header(dtype, (2**63 - 1,) * ndim, None)
+        self.header = max(self.HEADER, len(largest))
+        stream.write(b"\0" * self.header)
 
     def write(self, rows: np.ndarray) -> None:
         self.stream.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
@@ -414,23 +556,25 @@ class _NpyWriter:
     def close(self, leading_shape: tuple[int, ...] | None) -> None:
         shape = (leading_shape if leading_shape is not None else (self.rows,)) + (self.width,)
         self.stream.seek(0)
-        self.stream.write(npy_header(self.dtype, shape, self.HEADER))
+        self.stream.write(npy_header(self.dtype, shape, self.header))
         self.stream.flush()
         os.fsync(self.stream.fileno())
         self.stream.close()
-        os.chmod(self.tmp, mode_for(self.target))
-        os.replace(self.tmp, self.target)
+        commit(self.tmp, self.target)
 
     def abort(self) -> None:
         self.stream.close()
-        _unlink(self.tmp)
+        unlink_quietly(self.tmp)
 
 
-def npy_header(dtype: np.dtype, shape: tuple[int, ...], size: int) -> bytes:
-    """A .npy version 1.0 header of exactly `size` bytes (the format's padding is spaces)."""
+def npy_header(dtype: np.dtype, shape: tuple[int, ...], size: int | None) -> bytes:
+    """A .npy version 1.0 header of exactly `size` bytes (the format's padding is spaces), or
+    of the smallest multiple of 64 bytes that holds it when `size` is None."""
     text = repr(
         {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     )
+    if size is None:
+        size = -(-(len(text) + 11) // 64) * 64
     body_len = size - 10  # magic (6), version (2), header length (2)
     if len(text) + 1 > body_len:
         raise ValueError(f"shape {shape} does not fit a {size}-byte .npy header")
@@ -438,8 +582,16 @@ def npy_header(dtype: np.dtype, shape: tuple[int, ...], size: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", body_len) + body.encode("latin1")
 
 
-def open_output(path: str | None, fmt: str, model: ir.Model, stdout: TextIO) -> Writer:
-    """A writer for `path` (None or "-": stdout) in `fmt`."""
+def open_output(
+    path: str | None,
+    fmt: str,
+    model: ir.Model,
+    stdout: TextIO,
+    inputs: Inputs = (),
+    ndim: int = 2,
+) -> Writer:
+    """A writer for `path` (None or "-": stdout) in `fmt`, for results of `ndim` dimensions;
+    `path` may not be one of the command's `inputs`."""
     if path is None or path == "-":
         if fmt == "npy":
             raise UsageError("a .npy output must be a file: give --output FILE.npy")
@@ -447,22 +599,16 @@ def open_output(path: str | None, fmt: str, model: ir.Model, stdout: TextIO) -> 
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"the output {path!r} is a folder; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
+    refuse_inputs([target], inputs)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = temporary_for(target)
     except OSError as exc:
         raise DataError(f"cannot write the output: {exc.strerror}", file=path) from None
     if fmt == "npy":
-        return _NpyWriter(target, tmp, os.fdopen(fd, "w+b"), model.dtype, model.out_features)
-    stream = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline="\n")
-    return _TextWriter(fmt, stream, target, tmp)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        stream = os.fdopen(fd, "w+b")
+        return _NpyWriter(target, tmp, stream, model.dtype, model.out_features, ndim)
+    text = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline="\n")
+    return _TextWriter(fmt, text, target, tmp)
 
 
 # --------------------------------------------------------------------------- running
