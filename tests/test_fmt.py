@@ -560,6 +560,8 @@ def literal_texts(draw: st.DrawFn) -> str:
 )
 @given(literal_texts())
 def test_lists_are_laid_out_as_by_the_tree_formatter(text: str) -> None:
+    """Byte for byte the oracle's output, on nested lists, matrices, rows that wrap, calls,
+    strings and names in lists, and comments in and between brackets."""
     out = format_source(text)
     assert out == old_format_source(text)
     assert format_source(out) == out
@@ -597,6 +599,7 @@ CORNERS = [
 
 @pytest.mark.parametrize("text", CORNERS)
 def test_corner_cases_are_laid_out_as_by_the_tree_formatter(text: str) -> None:
+    """The oracle's output where a slip would show: at WIDTH, in comments, at the limits."""
     assert format_source(text) == old_format_source(text)
 
 

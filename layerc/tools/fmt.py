@@ -454,17 +454,17 @@ class _Printer:
             self.last_src = max(self.last_src, src_line)
 
     def fill(self, items: list[str]) -> None:
-        """Write the items of a list of scalars, just after its '[' (and before its ']', which
-        comes from the source and may end a line): ", " between two items, or "," and a line
-        break when the next item and the ',' or ']' after it would go past WIDTH; continuation
-        lines are aligned after the bracket. This is `text_` and `brk` for each item (no comment
-        stands among them), in one loop for the sake of long rows of numbers."""
+        """Write a row's items, just after its '[': ", " between two items, or "," and a line
+        break when the next item and the ',' or ']' after it would end past WIDTH, continuation
+        lines starting under the first item. This is what `text_`, `sp` and `brk` would do item
+        by item (no comment stands among them, so none is written), in one loop for the sake of
+        rows of thousands of numbers."""
         cur = self.cur
         assert cur is not None and not self.space
         column = at = self.cur_len
         for i, item in enumerate(items):
             if i:
-                if at + 3 + len(item) >= WIDTH:  # ", ", the item and the ',' or ']' after it
+                if at + 3 + len(item) > WIDTH:  # ", ", the item and the ',' or ']' after it
                     cur.append(",")
                     self.out.append("".join(cur).rstrip())
                     cur = self.cur = [" " * column]
