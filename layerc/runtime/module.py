@@ -601,12 +601,15 @@ class Module:
             if not module._modules and module.in_shape is not None:
                 path, layer = name, module
                 break
+        # What the called module takes (a model over samples of several axes takes more than
+        # its first layer does).
+        shape_in = self.in_shape if self.in_shape is not None else layer.in_shape
         wanted = "expected input with at least one axis"
-        if layer.in_shape is not None and len(layer.in_shape) == 1:
-            n = layer.in_shape[0]
+        if shape_in is not None and len(shape_in) == 1:
+            n = shape_in[0]
             wanted = f"expected input with {n} features, shape ({n},) or (*, {n})"
-        elif layer.in_shape is not None:
-            wanted = f"expected input of shape {_expected(layer.in_shape)}"
+        elif shape_in is not None:
+            wanted = f"expected input of shape {_expected(shape_in)}"
         return ShapeError(repr(layer), f"{wanted}, got shape {_fmt_shape(shape)}", path)
 
     # ------------------------------------------------------------------ hooks
