@@ -278,8 +278,12 @@ def resolve_path(path: str, base_dir: Path, loc: Loc) -> Path:
     if "\0" in path:
         raise LayercError("file path contains a NUL character", loc)
     full = base_dir / path
-    if not os.path.lexists(full):
-        raise LayercError(f"no such file: {path!r} (looked in {base_dir or '.'})", loc)
+    try:
+        os.stat(full)  # a stat never blocks, whatever the file is
+    except FileNotFoundError:
+        raise LayercError(f"no such file: {path!r} (looked in {base_dir or '.'})", loc) from None
+    except OSError as exc:  # a name too long, a folder that cannot be searched
+        raise LayercError(f"cannot read {path!r}: {exc.strerror}", loc) from None
     return full
 
 
