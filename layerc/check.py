@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +130,22 @@ def _describe_call(spec: Kind, args: binder.Bound) -> str:
 
 def _gives(shape: Shape) -> str:
     return str(shape[0]) if len(shape) == 1 else f"shape {fmt_shape(shape)}"
+
+
+def _entries(given: Sequence[S.Entry], allowed: Sequence[str], what: str) -> dict[str, S.Entry]:
+    """A block's entries by name: each one `allowed` (what: "Linear", "test"), none twice."""
+    entries: dict[str, S.Entry] = {}
+    for entry in given:
+        if entry.name not in allowed:
+            raise LayercError(
+                f"unknown {what} entry {entry.name!r}{suggest(entry.name, list(allowed))} "
+                f"(entries: {', '.join(allowed)})",
+                entry.loc,
+            )
+        if entry.name in entries:
+            raise LayercError(f"{entry.name!r} is given twice", entry.loc)
+        entries[entry.name] = entry
+    return entries
 
 
 class _Checker:
@@ -525,19 +541,7 @@ class _Checker:
         return _Built(spec, args, tuple(tensors))
 
     def entries(self, node: S.LayerDef, spec: Kind) -> dict[str, S.Entry]:
-        allowed = spec.entries()
-        entries: dict[str, S.Entry] = {}
-        for entry in node.entries or ():
-            if entry.name not in allowed:
-                raise LayercError(
-                    f"unknown {spec.name} entry {entry.name!r}"
-                    f"{suggest(entry.name, list(allowed))} (entries: {', '.join(allowed)})",
-                    entry.loc,
-                )
-            if entry.name in entries:
-                raise LayercError(f"{entry.name!r} is given twice", entry.loc)
-            entries[entry.name] = entry
-        return entries
+        return _entries(node.entries or (), spec.entries(), spec.name)
 
     def draw(
         self,
@@ -671,17 +675,7 @@ class _Checker:
                 node.model_loc,
             )
         model = self.models[node.model]
-        entries: dict[str, S.Entry] = {}
-        for entry in node.entries:
-            if entry.name not in TEST_ENTRIES:
-                raise LayercError(
-                    f"unknown test entry {entry.name!r}{suggest(entry.name, list(TEST_ENTRIES))} "
-                    f"(entries: {', '.join(TEST_ENTRIES)})",
-                    entry.loc,
-                )
-            if entry.name in entries:
-                raise LayercError(f"{entry.name!r} is given twice", entry.loc)
-            entries[entry.name] = entry
+        entries = _entries(node.entries, TEST_ENTRIES, "test")
         for needed in ("input", "expect"):
             if needed not in entries:
                 raise LayercError(f"test of {node.model!r} has no {needed!r}", node.loc)

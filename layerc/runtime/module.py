@@ -805,18 +805,7 @@ class Module:
     def named_parameters(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, np.ndarray]]:
-        modules = (
-            self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
-            if recurse
-            else [(prefix, self)]
-        )
-        seen: set[int] = set()
-        for module_prefix, module in modules:
-            for name, param in module._parameters.items():
-                if param is None or (remove_duplicate and id(param) in seen):
-                    continue
-                seen.add(id(param))
-                yield module_prefix + ("." if module_prefix else "") + name, param
+        return self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
         for _, buffer in self.named_buffers(recurse=recurse):
@@ -825,6 +814,13 @@ class Module:
     def named_buffers(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, np.ndarray]]:
+        return self._named_members("_buffers", prefix, recurse, remove_duplicate)
+
+    def _named_members(
+        self, registry: str, prefix: str, recurse: bool, remove_duplicate: bool
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """The arrays of each module's `registry` (`_parameters` or `_buffers`) under their
+        dotted names, as torch's `_named_members`: each array once when `remove_duplicate`."""
         modules = (
             self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
             if recurse
@@ -832,11 +828,11 @@ class Module:
         )
         seen: set[int] = set()
         for module_prefix, module in modules:
-            for name, buffer in module._buffers.items():
-                if buffer is None or (remove_duplicate and id(buffer) in seen):
+            for name, value in getattr(module, registry).items():
+                if value is None or (remove_duplicate and id(value) in seen):
                     continue
-                seen.add(id(buffer))
-                yield module_prefix + ("." if module_prefix else "") + name, buffer
+                seen.add(id(value))
+                yield module_prefix + ("." if module_prefix else "") + name, value
 
     def get_submodule(self, target: str) -> Module:
         module: Module = self
