@@ -654,7 +654,7 @@ def test_out_of_memory_is_a_one_line_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def torch_net() -> torch.nn.Module:
+def torch_net() -> torch.nn.Sequential:
     net = torch.nn.Sequential(
         torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh()),
         torch.nn.Linear(6, 3, bias=False),
@@ -662,9 +662,19 @@ def torch_net() -> torch.nn.Module:
     return net
 
 
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The summary's rows by layer path: the cells, split where two spaces or more part them
+    (a layer's repr has single spaces only)."""
+    lines = text.splitlines()
+    rules = [i for i, line in enumerate(lines) if line and set(line) == {"="}]
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines[rules[1] + 1 : rules[2]]]
+    return {row[0]: row[1:] for row in cells}
+
+
 def test_summary_counts_match_torch(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Parameter counts from torch's own parameters; FLOPs from torch's FlopCounterMode (which
-    counts 2*in*out per matrix product and leaves bias adds out, so those are added)."""
+    counts 2*in*out per matrix product and leaves bias adds out, so those are added); each
+    layer as torch prints it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     reference_net = torch_net()
@@ -677,13 +687,138 @@ def test_summary_counts_match_torch(folder: Path, capsys: pytest.CaptureFixture[
     assert (code, err) == (0, "")
     assert f"Parameters:       {params:,} (42 weights, 6 biases)" in out
     assert f"Parameter memory: {params * 4:,} B (float32, 4 bytes each)" in out
+    assert "Buffers:          0 (0 B)\n" in out
     assert f"FLOPs per sample: {flops:,}\n" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[4:8]}
-    assert rows["hidden"][1:] == ["Hidden", "(*,", "6)", "30", "120", "54"]
-    assert rows["hidden.fc"][1:] == ["Linear(4,", "6)", "(*,", "6)", "30", "120", "54"]
-    assert rows["hidden.act"][1:] == ["Tanh()", "(*,", "6)", "0", "0", "0"]
-    assert rows["out"][1:] == ["Linear(6,", "3,", "bias=false)", "(*,", "3)", "18", "72", "36"]
+    rows = table_rows(out)
+    fc, act = list(reference_net[0].children())
+    assert rows["hidden"] == ["Hidden", "(*, 6)", "30", "0", "120", "54"]
+    assert rows["hidden.fc"] == [repr(fc), "(*, 6)", "30", "0", "120", "54"]
+    assert rows["hidden.act"] == [repr(act), "(*, 6)", "0", "0", "0", "0"]
+    assert rows["out"] == [repr(reference_net[1]), "(*, 3)", "18", "0", "72", "36"]
+    assert rows["out"][0] == "Linear(in_features=6, out_features=3, bias=False)"
     assert "\n  hidden.fc " in out  # nested layers are indented under their model
+
+
+KINDS_MODEL = """\
+model Head {
+    norm = LayerNorm(6)
+    slopes = PReLU(6)
+    out = Linear(6, 3) {
+        init = uniform(seed=1)
+    }
+}
+
+model Kinds(input=[2, 3, 4]) {
+    Flatten()
+    fc = Linear(24, 6) {
+        init = uniform(seed=0)
+    }
+    bn = BatchNorm1d(6)
+    act = GELU()
+    drop = Dropout(0.1)
+    head = Head()
+    plain = BatchNorm1d(3, affine=false, momentum=0.2)
+    LogSoftmax(dim=-1)
+}
+
+model Channels(input=[4, 5], dtype=float64) {
+    bn = BatchNorm1d(4, eps=0.001)
+    fc = Linear(5, 3) {
+        init = uniform(seed=2)
+    }
+    Tanh()
+}
+"""
+
+
+def torch_kinds() -> torch.nn.Sequential:
+    """Kinds as torch builds it: the same layers under the same state_dict keys."""
+    head = torch.nn.Sequential()
+    head.add_module("norm", torch.nn.LayerNorm(6))
+    head.add_module("slopes", torch.nn.PReLU(6))
+    head.add_module("out", torch.nn.Linear(6, 3))
+    net = torch.nn.Sequential()
+    net.add_module("0", torch.nn.Flatten())
+    net.add_module("fc", torch.nn.Linear(24, 6))
+    net.add_module("bn", torch.nn.BatchNorm1d(6))
+    net.add_module("act", torch.nn.GELU())
+    net.add_module("drop", torch.nn.Dropout(0.1))
+    net.add_module("head", head)
+    net.add_module("plain", torch.nn.BatchNorm1d(3, affine=False, momentum=0.2))
+    net.add_module("7", torch.nn.LogSoftmax(dim=-1))
+    return net.eval()
+
+
+def test_summary_of_every_kinds_parameters_and_buffers_matches_torch(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BatchNorm1d's weight and bias are parameters and its running statistics and
+    num_batches_tracked buffers, LayerNorm's and PReLU's weights parameters: every count
+    (per layer, per nested model and in total), every byte and every layer's text is torch's
+    for the same model; shapes of several axes are shown whole."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    (folder / "kinds.lyr").write_text(KINDS_MODEL, encoding="utf-8")
+    reference_net = torch_kinds()
+    code, out, err = run_cli(capsys, "summary", "kinds.lyr", "--model", "Kinds")
+    assert (code, err) == (0, "")
+    assert out.startswith("Model Kinds (float32): input (*, 2, 3, 4) -> output (*, 3)\n")
+    rows = table_rows(out)
+    modules = dict(reference_net.named_modules())
+    assert list(rows) == [
+        "0", "fc", "bn", "act", "drop", "head", "head.norm", "head.slopes", "head.out",
+        "plain", "7",
+    ]  # fmt: skip
+    shape = torch.zeros(1, 2, 3, 4)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, module in reference_net.named_modules():
+        if name:
+            module.register_forward_hook(
+                lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:]))
+            )
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        reference_net(shape)
+    for path, cells in rows.items():
+        module = modules[path]
+        held = list(module.parameters())
+        kept = list(module.buffers())
+        nbytes = sum(t.numel() * t.element_size() for t in [*held, *kept])
+        kind = "Head" if path == "head" else repr(module)
+        expected = [
+            kind,
+            "(*, " + ", ".join(map(str, shapes[path])) + ")",
+            f"{sum(p.numel() for p in held):,}",
+            f"{sum(b.numel() for b in kept):,}",
+            f"{nbytes:,}",
+        ]
+        assert cells[:5] == expected, path
+    assert rows["bn"][0] == (
+        "BatchNorm1d(6, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
+    )
+    assert rows["bn"][2:5] == ["12", "13", "104"]  # 4 * 12 + 4 * 12 + 8 (an int64 count)
+    params = sum(p.numel() for p in reference_net.parameters())
+    biases = sum(p.numel() for name, p in reference_net.named_parameters() if "bias" in name)
+    buffers = sum(b.numel() for b in reference_net.buffers())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in reference_net.buffers())
+    flops = counter.get_total_flops() + 6 + 3  # and the biased Linears' bias adds
+    assert f"Parameters:       {params:,} ({params - biases:,} weights, {biases:,} biases)" in out
+    assert f"Parameter memory: {params * 4:,} B (float32, 4 bytes each)" in out
+    assert f"Buffers:          {buffers:,} ({buffer_bytes:,} B)" in out
+    assert f"FLOPs per sample: {flops:,}" in out
+
+    # A Linear over samples of shape (4, 5) runs over 4 rows of 5: its FLOPs are per sample.
+    code, out, err = run_cli(capsys, "summary", "kinds.lyr", "--model", "Channels")
+    assert (code, err) == (0, "")
+    channels = torch.nn.Sequential(
+        torch.nn.BatchNorm1d(4, eps=0.001), torch.nn.Linear(5, 3), torch.nn.Tanh()
+    ).double()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        channels.eval()(torch.zeros(1, 4, 5, dtype=torch.float64))
+    rows = table_rows(out)
+    assert out.startswith("Model Channels (float64): input (*, 4, 5) -> output (*, 4, 3)\n")
+    assert rows["bn"] == [repr(channels[0]), "(*, 4, 5)", "8", "9", f"{8 * 8 + 9 * 8:,}", "0"]
+    assert rows["fc"] == [repr(channels[1]), "(*, 4, 3)", "18", "0", "144", f"{4 * 33}"]
+    assert f"FLOPs per sample: {counter.get_total_flops() + 4 * 3:,}" in out
 
 
 def test_summary_of_a_float64_model_and_large_counts(
@@ -696,6 +831,7 @@ def test_summary_of_a_float64_model_and_large_counts(
     text = summary(program.models[0])
     params = torch.nn.Linear(1000, 2000).weight.numel() + 2000
     assert f"{params:,}" in text and "(*, 2000)" in text and "Softmax(dim=-1)" in text
+    assert repr(torch.nn.Linear(1000, 2000)) in text
     assert f"Parameter memory: {params * 8 / 2**20:.1f} MiB (float64, 8 bytes each)" in text
     assert f"FLOPs per sample: {2 * 1000 * 2000 + 2000:,}" in text
 
@@ -726,17 +862,56 @@ def test_graph_dot_describes_the_layers(folder: Path, capsys: pytest.CaptureFixt
     edges = [(e["tail"], e["head"], e["label"]) for e in graph["edges"]]
     chain = [nodes[edges[0][0]]] + [nodes[head] for _, head, _ in edges]
     assert [label[0] for label in chain] == ["input", "hidden.fc", "hidden.act", "out", "output"]
-    assert chain[1][1:] == ["Linear(4, 6)", "30 parameters"]
+    assert chain[1][1:] == [repr(torch.nn.Linear(4, 6)), "30 parameters"]
+    assert chain[2][1:] == [repr(torch.nn.Tanh())]
     assert [label for _, _, label in edges] == ["(*, 4)", "(*, 6)", "(*, 6)", "(*, 3)"]
     assert len(clusters) == 1 and clusters[0]["label"] == "hidden: Hidden"
     assert sorted(nodes[i][0] for i in clusters[0]["nodes"]) == ["hidden.act", "hidden.fc"]
+
+
+def test_graph_labels_every_kind_from_the_table(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each box names the layer, shows it as torch prints it and says what it holds (torch's
+    counts); edges carry shapes of several axes whole. Compared as DOT text, which needs no
+    graphviz."""
+    (folder / "kinds.lyr").write_text(KINDS_MODEL, encoding="utf-8")
+    code, dot_text, err = run_cli(capsys, "graph", "kinds.lyr", "--model", "Kinds")
+    assert (code, err) == (0, "")
+    labels = re.findall(r'^ *n\d+ \[label="((?:[^"\\]|\\.)*)"', dot_text, re.M)
+    nodes = [label.split("\\n") for label in labels]
+    modules = dict(torch_kinds().named_modules())
+    assert [n[0] for n in nodes] == [
+        "input", "0", "fc", "bn", "act", "drop", "head.norm", "head.slopes", "head.out",
+        "plain", "7", "output",
+    ]  # fmt: skip
+    for node in nodes[1:-1]:
+        module = modules[node[0]]
+        assert node[1] == repr(module), node[0]
+        params = sum(p.numel() for p in module.parameters())
+        buffers = sum(b.numel() for b in module.buffers())
+        held = []
+        if params:
+            held.append(f"{params:,} parameters")
+        if buffers:
+            held.append(f"{buffers:,} buffer values")
+        assert node[2:] == ([", ".join(held)] if held else []), node[0]
+    assert nodes[3][1:] == [
+        "BatchNorm1d(6, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)",
+        "12 parameters, 13 buffer values",
+    ]
+    assert nodes[0] == ["input", "(*, 2, 3, 4)"] and nodes[-1] == ["output", "(*, 3)"]
+    edges = re.findall(r'-> n\d+ \[label="([^"]*)"\]', dot_text)
+    assert edges == ["(*, 2, 3, 4)", "(*, 24)", *["(*, 6)"] * 6, *["(*, 3)"] * 3]
+    assert 'label="head: Head";' in dot_text
 
 
 @needs_dot
 def test_graph_renders_svg_png_and_dot(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["graph", "net.lyr", "-o", "net.svg"]) == 0
     svg = (folder / "net.svg").read_text()
-    assert "<svg" in svg and "hidden.fc" in svg and "Linear(6, 3, bias=false)" in svg
+    assert "<svg" in svg and "hidden.fc" in svg
+    assert "Linear(in_features=6, out_features=3, bias=False)" in svg
     assert main(["graph", "net.lyr", "-o", "net.png"]) == 0
     assert (folder / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["graph", "net.lyr", "-o", "net.dot"]) == 0

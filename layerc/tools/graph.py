@@ -1,6 +1,9 @@
 """`layerc graph`: a checked model in, a diagram of its layers out, as graphviz DOT text (one box
 per layer, edges labelled with the shape that flows along them, nested models drawn as
-clusters), rendered to SVG, PNG or PDF by graphviz's `dot` program when it is installed."""
+clusters), rendered to SVG, PNG or PDF by graphviz's `dot` program when it is installed.
+
+Each box shows the layer's path, the layer as torch prints it (its kind with the arguments, from
+the kind's `extra_repr` in `kinds.KINDS`) and what it holds; the layers come from `ir.walk`."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 from .. import ir
 from ..errors import LayercError, UsageError
 from ..files import Inputs, commit, refuse_inputs, temporary_for, unlink_quietly
-from .summary import kind_text
+from .summary import layer_counts, layer_repr, shape_text
 
 RENDERED = ("svg", "png", "pdf")
 DOT_SUFFIXES = (".dot", ".gv")
@@ -41,39 +44,44 @@ class _Graph:
         self.lines.append(f"{indent}{name} [label={quote(label)}{extra}];")
         return name
 
-    def layers(
-        self, model: ir.Model, prefix: str, indent: str, previous: str, width: int
-    ) -> tuple[str, int]:
-        """Emit `model`'s layers after node `previous` (whose output has `width` features);
-        return the last node and its width."""
-        for layer in model.layers:
-            path = prefix + layer.name
+    def layers(self, model: ir.Model, previous: str) -> tuple[str, ir.Shape]:
+        """Emit `model`'s layers (from `ir.walk`, each nested model a cluster around its own)
+        after node `previous`, which gives the model's input; return the last node and the
+        shape it gives."""
+        shape = model.in_shape
+        open_clusters: list[str] = []  # path prefixes ("enc.") of the clusters being written
+        for path, layer in ir.walk(model, submodels=True):
+            while open_clusters and not path.startswith(open_clusters[-1]):
+                open_clusters.pop()
+                self.lines.append("    " * (len(open_clusters) + 1) + "}")
+            indent = "    " * (len(open_clusters) + 1)
             if isinstance(layer, ir.Submodel):
                 self.clusters += 1
                 self.lines.append(f"{indent}subgraph cluster_{self.clusters} {{")
                 self.lines.append(f"{indent}    label={quote(f'{path}: {layer.model.name}')};")
                 self.lines.append(f'{indent}    style="rounded,dashed"; color="#7f8c9d";')
-                previous, width = self.layers(
-                    layer.model, path + ".", indent + "    ", previous, width
-                )
-                self.lines.append(f"{indent}}}")
+                open_clusters.append(path + ".")
                 continue
-            out = ir.layer_sizes(layer)
-            new_width = out[1] if out is not None else width
-            label = f"{path}\n{kind_text(layer)}"
-            if layer.kind == "Linear":
-                assert layer.weight is not None
-                count = layer.weight.size + (layer.bias.size if layer.bias is not None else 0)
-                label += f"\n{count:,} parameters"
-                name = self.node(label, indent, fillcolor="#dbe8f7")
-            else:
-                name = self.node(label, indent, fillcolor="#eef5e9")
-            self.edge(previous, name, width)
-            previous, width = name, new_width
-        return previous, width
+            counts = layer_counts(layer)
+            label = f"{path}\n{layer_repr(layer)}"
+            held = []
+            if counts.params:
+                held.append(f"{counts.params:,} parameters")
+            if counts.buffers:
+                held.append(f"{counts.buffers:,} buffer values")
+            if held:
+                label += "\n" + ", ".join(held)
+            fill = "#dbe8f7" if counts.params or counts.buffers else "#eef5e9"
+            name = self.node(label, indent, fillcolor=fill)
+            self.edge(previous, name, shape)
+            previous, shape = name, layer.out_shape
+        while open_clusters:
+            open_clusters.pop()
+            self.lines.append("    " * (len(open_clusters) + 1) + "}")
+        return previous, shape
 
-    def edge(self, a: str, b: str, width: int) -> None:
-        self.edges.append(f"    {a} -> {b} [label={quote(f'(*, {width})')}];")
+    def edge(self, a: str, b: str, shape: ir.Shape) -> None:
+        self.edges.append(f"    {a} -> {b} [label={quote(shape_text(shape))}];")
 
 
 def to_dot(model: ir.Model) -> str:
@@ -86,10 +94,12 @@ def to_dot(model: ir.Model) -> str:
         '    node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=11];',
         "    edge [fontname=Helvetica, fontsize=10];",
     ]
-    first = g.node(f"input\n(*, {model.in_features})", "    ", shape="ellipse", fillcolor="#ffffff")
-    last, width = g.layers(model, "", "    ", first, model.in_features)
-    end = g.node(f"output\n(*, {model.out_features})", "    ", shape="ellipse", fillcolor="#ffffff")
-    g.edge(last, end, width)
+    inputs = f"input\n{shape_text(model.in_shape)}"
+    first = g.node(inputs, "    ", shape="ellipse", fillcolor="#ffffff")
+    last, shape = g.layers(model, first)
+    outputs = f"output\n{shape_text(model.out_shape)}"
+    end = g.node(outputs, "    ", shape="ellipse", fillcolor="#ffffff")
+    g.edge(last, end, shape)
     return "\n".join([*head, *g.lines, *g.edges, "}"]) + "\n"
 
 

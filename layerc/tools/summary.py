@@ -1,10 +1,18 @@
 """`layerc summary`: a checked model in, a table like torchinfo's out: one row per layer (nested
-models expanded beneath their own row) with its path, kind, output shape, parameter count, bytes
-and FLOPs per sample, then the totals.
+models expanded beneath their own row) with its path, the layer as torch prints it, its
+per-sample output shape, its parameter and buffer counts, their bytes and FLOPs per sample, then
+the totals.
 
-FLOPs are counted per sample for Linear layers only: each of the in*out weights costs a multiply
-and an add (2*in*out), and a bias adds one value per output (out). Activations are not counted,
-as torchinfo and fvcore leave them out; they are cheap next to the matrix products.
+Everything a row says about a layer comes from its kind in `kinds.KINDS`: the tensors it holds
+(parameters and buffers, as the torch.nn class registers them, so the counts are torch's
+`sum(p.numel() for p in model.parameters())` and the same over `buffers()`), and its text
+(`Linear(in_features=4, out_features=3, bias=True)`, from the kind's `extra_repr`). The rows
+come from `ir.walk`.
+
+FLOPs are counted per sample for matrix products (Linear) only: each of the in*out weights
+costs a multiply and an add (2*in*out), and a bias adds one value per output (out), for each
+row the product runs over (a sample of shape (4, 5) is 4 rows of 5). Other layers are not
+counted, as torchinfo and fvcore leave them out; they are cheap next to the matrix products.
 """
 
 from __future__ import annotations
@@ -12,6 +20,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import ir
+from ..kinds import MatMul
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a layer (or a nested model, totalled) holds and costs per sample."""
+
+    params: int = 0  # values in parameters
+    buffers: int = 0  # values in buffers
+    param_bytes: int = 0
+    buffer_bytes: int = 0
+    flops: int = 0
+    biases: int = 0  # values in parameters named `bias`
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.params + other.params,
+            self.buffers + other.buffers,
+            self.param_bytes + other.param_bytes,
+            self.buffer_bytes + other.buffer_bytes,
+            self.flops + other.flops,
+            self.biases + other.biases,
+        )
+
+    @property
+    def bytes(self) -> int:
+        return self.param_bytes + self.buffer_bytes
 
 
 @dataclass(frozen=True)
@@ -21,93 +56,90 @@ class Row:
     path: str
     depth: int
     kind: str
-    width: int  # features of the layer's output
-    params: int
-    bytes: int
-    flops: int
+    shape: ir.Shape  # per-sample output shape
+    counts: Counts
+
+    @property
+    def params(self) -> int:
+        return self.counts.params
+
+    @property
+    def buffers(self) -> int:
+        return self.counts.buffers
+
+    @property
+    def bytes(self) -> int:
+        return self.counts.bytes
+
+    @property
+    def flops(self) -> int:
+        return self.counts.flops
 
 
-def kind_text(layer: ir.Child) -> str:
-    """The layer as the source would write it: `Linear(4, 3, bias=false)`, `ReLU()`, a model's
-    name."""
+def layer_repr(layer: ir.Child) -> str:
+    """The layer as torch prints it, from its kind's `extra_repr`:
+    `Linear(in_features=4, out_features=3, bias=False)`, `ReLU()`; a nested model's name."""
     if isinstance(layer, ir.Submodel):
         return layer.model.name
-    if layer.kind == "Linear":
-        bias = "" if layer.bias is not None else ", bias=false"
-        return f"Linear({layer.in_features}, {layer.out_features}{bias})"
-    args = ", ".join(f"{key}={_value(value)}" for key, value in layer.args)
-    return f"{layer.kind}({args})"
+    return f"{layer.kind}({layer.spec.extra_repr(layer.argdict)})"
 
 
-def _value(value: object) -> str:
-    """An argument as the source would write it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def shape_text(shape: ir.Shape) -> str:
+    """A per-sample shape behind any batch axes: `(*, 16)`, `(*, 1, 28, 28)`."""
+    return "(" + ", ".join(["*", *map(str, shape)]) + ")"
 
 
-def linear_flops(layer: ir.Layer) -> int:
-    """2*in*out for the products and sums, plus out for the bias adds when there is a bias."""
-    flops = 2 * layer.in_features * layer.out_features
-    if layer.bias is not None:
-        flops += layer.out_features
-    return flops
-
-
-def rows(model: ir.Model, prefix: str = "", depth: int = 0) -> list[Row]:
-    """The table's rows for `model`'s layers, in execution order."""
-    out: list[Row] = []
-    width = model.in_features
-    itemsize = model.dtype.itemsize
-    for layer in model.layers:
-        path = prefix + layer.name
-        if isinstance(layer, ir.Layer) and layer.kind == "Linear":
-            assert layer.weight is not None
-            count = layer.weight.size + (layer.bias.size if layer.bias is not None else 0)
-            width = layer.out_features
-            out.append(
-                Row(
-                    path,
-                    depth,
-                    kind_text(layer),
-                    width,
-                    count,
-                    count * itemsize,
-                    linear_flops(layer),
-                )
-            )
-        elif isinstance(layer, ir.Submodel):
-            inner = rows(layer.model, path + ".", depth + 1)
-            leaves = _leaves(inner)
-            width = layer.model.out_features
-            out.append(
-                Row(
-                    path,
-                    depth,
-                    kind_text(layer),
-                    width,
-                    sum(r.params for r in leaves),
-                    sum(r.bytes for r in leaves),
-                    sum(r.flops for r in leaves),
-                )
-            )
-            out.extend(inner)
+def layer_counts(layer: ir.Layer) -> Counts:
+    """The values and bytes of the layer's parameters and buffers (those present, as the
+    kind's table declares them), and its FLOPs per sample."""
+    counts = Counts(flops=flops(layer))
+    for t in layer.spec.tensors:
+        value = layer.tensor(t.name)
+        if value is None:
+            continue
+        if t.buffer:
+            counts += Counts(buffers=value.size, buffer_bytes=value.nbytes)
         else:
-            out.append(Row(path, depth, kind_text(layer), width, 0, 0, 0))
+            bias = value.size if t.name == "bias" else 0
+            counts += Counts(params=value.size, param_bytes=value.nbytes, biases=bias)
+    return counts
+
+
+def flops(layer: ir.Layer) -> int:
+    """A matrix product's FLOPs per sample: 2*in*out for the products and sums, plus out for
+    the bias adds when there is a bias, times the rows of a sample it runs over; 0 for other
+    kinds."""
+    if not isinstance(layer.spec.native, MatMul):
+        return 0
+    rows, _ = layer.spec.rows(layer.argdict, layer.in_shape)
+    per_row = 2 * layer.in_features * layer.out_features
+    if layer.bias is not None:
+        per_row += layer.out_features
+    return rows * per_row
+
+
+def rows(model: ir.Model) -> list[Row]:
+    """The table's rows for `model`'s layers, in execution order, each nested model's row
+    just before its own."""
+    out: list[Row] = []
+    for path, child in ir.walk(model, submodels=True):
+        depth = path.count(".")
+        if isinstance(child, ir.Submodel):
+            total = Counts()
+            for _, layer in ir.layers(child.model):
+                total += layer_counts(layer)
+            out.append(Row(path, depth, layer_repr(child), child.out_shape, total))
+        else:
+            out.append(Row(path, depth, layer_repr(child), child.out_shape, layer_counts(child)))
     return out
 
 
-def _leaves(table: list[Row]) -> list[Row]:
-    """The rows that are layers of their own, not totals of a nested model."""
-    return [
-        r for i, r in enumerate(table) if not (i + 1 < len(table) and table[i + 1].depth > r.depth)
-    ]
+def totals(model: ir.Model) -> Counts:
+    """The whole model's counts."""
+    total = Counts()
+    for _, layer in ir.layers(model):
+        total += layer_counts(layer)
+    return total
 
 
 def fmt_bytes(count: int) -> str:
@@ -123,21 +155,21 @@ def fmt_bytes(count: int) -> str:
 def summary(model: ir.Model) -> str:
     """The whole table as text, ending with a newline."""
     table = rows(model)
-    leaves = _leaves(table)
-    headers = ("Layer", "Kind", "Output shape", "Params", "Bytes", "FLOPs")
+    headers = ("Layer", "Kind", "Output shape", "Params", "Buffers", "Bytes", "FLOPs")
     body = [
         (
             "  " * r.depth + r.path,
             r.kind,
-            f"(*, {r.width})",
+            shape_text(r.shape),
             f"{r.params:,}",
+            f"{r.buffers:,}",
             f"{r.bytes:,}",
             f"{r.flops:,}",
         )
         for r in table
     ]
     widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
-    numeric = (False, False, False, True, True, True)
+    numeric = (False, False, False, True, True, True, True)
 
     def fmt(line: tuple[str, ...]) -> str:
         cells = [
@@ -147,25 +179,23 @@ def summary(model: ir.Model) -> str:
         return "  ".join(cells).rstrip()
 
     rule = "=" * len(fmt(tuple("x" * w for w in widths)))
-    params = sum(r.params for r in leaves)
-    nbytes = sum(r.bytes for r in leaves)
-    flops = sum(r.flops for r in leaves)
-    weights = sum(lin.weight.size for _, lin in ir.linears(model) if lin.weight is not None)
-    biases = params - weights
+    total = totals(model)
+    weights = total.params - total.biases
     lines = [
-        f"Model {model.name} ({model.dtype.name}): input (*, {model.in_features}) -> "
-        f"output (*, {model.out_features})",
+        f"Model {model.name} ({model.dtype.name}): input {shape_text(model.in_shape)} -> "
+        f"output {shape_text(model.out_shape)}",
         rule,
         fmt(headers),
         rule,
         *(fmt(line) for line in body),
         rule,
-        f"Parameters:       {params:,} ({weights:,} weights, {biases:,} biases)",
-        f"Parameter memory: {fmt_bytes(nbytes)} ({model.dtype.name}, "
+        f"Parameters:       {total.params:,} ({weights:,} weights, {total.biases:,} biases)",
+        f"Parameter memory: {fmt_bytes(total.param_bytes)} ({model.dtype.name}, "
         f"{model.dtype.itemsize} bytes each)",
-        f"FLOPs per sample: {flops:,}",
+        f"Buffers:          {total.buffers:,} ({fmt_bytes(total.buffer_bytes)})",
+        f"FLOPs per sample: {total.flops:,}",
         rule,
         "FLOPs count Linear layers: 2*in*out (a multiply and an add per weight),",
-        "plus out when there is a bias (one add per output); activations are not counted.",
+        "plus out when there is a bias (one add per output); other layers are not counted.",
     ]
     return "\n".join(lines) + "\n"
