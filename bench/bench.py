@@ -3,6 +3,8 @@ one run on this machine.
 
     python bench/bench.py            # everything (about 3 minutes on 2 cores)
     python bench/bench.py --quick    # fewer repetitions
+    python bench/bench.py --only bnmlp   # only some groups: seed, mlp, hooks, threads,
+                                         # bnmlp, startup (comma-separated)
 
 For each case it checks that all outputs agree with a NumPy float64 reference, then prints the
 median time per call of each and its ratio to layerc (ratio > 1: layerc is that many times
@@ -25,12 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import layerc
 from layerc import driver
 
 MLP_SIZES = (784, 256, 128, 10)
+GROUPS = ("seed", "mlp", "hooks", "bnmlp", "threads", "startup")
 
 
 def median_time(fn: Callable[[], object], min_time: float, repeats: int) -> float:
@@ -151,6 +154,188 @@ def ort_session(model: bytes, threads: int):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+BN_MLP_EPS = 1e-5
+
+
+def bn_mlp_weights(seed: int = 7) -> dict[str, np.ndarray]:
+    """Random, seeded weights for the BatchNorm MLP, as a torch state_dict's keys: Linear as
+    torch initialises it (uniform in +-1/sqrt(in)), BatchNorm with non-trivial affine and running
+    statistics."""
+    rng = np.random.default_rng(seed)
+    sd: dict[str, np.ndarray] = {}
+    sizes = MLP_SIZES
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False), start=1):
+        bound = 1 / np.sqrt(n_in)
+        sd[f"fc{i}.weight"] = rng.uniform(-bound, bound, (n_out, n_in)).astype(np.float32)
+        sd[f"fc{i}.bias"] = rng.uniform(-bound, bound, n_out).astype(np.float32)
+        if i < len(sizes) - 1:
+            sd[f"bn{i}.weight"] = (1 + 0.2 * rng.standard_normal(n_out)).astype(np.float32)
+            sd[f"bn{i}.bias"] = (0.1 * rng.standard_normal(n_out)).astype(np.float32)
+            sd[f"bn{i}.running_mean"] = (0.3 * rng.standard_normal(n_out)).astype(np.float32)
+            sd[f"bn{i}.running_var"] = rng.uniform(0.05, 0.5, n_out).astype(np.float32)
+    return sd
+
+
+def bn_mlp_lyr_source(npz: str) -> str:
+    """784 -> 256 -> 128 -> 10 with Linear, BatchNorm1d, GELU and Dropout(0.1) per hidden layer,
+    every weight and buffer loaded from `npz` (a file next to the .lyr)."""
+
+    def entries(prefix: str, names: tuple[str, ...]) -> str:
+        return "; ".join(f'{n} = load("{npz}", "{prefix}.{n}")' for n in names)
+
+    lin, bn = ("weight", "bias"), ("weight", "bias", "running_mean", "running_var")
+    lines = ["model BNMLP {"]
+    sizes = MLP_SIZES
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False), start=1):
+        lines.append(f"    fc{i} = Linear({n_in}, {n_out}) {{ {entries(f'fc{i}', lin)} }}")
+        if i < len(sizes) - 1:
+            lines.append(f"    bn{i} = BatchNorm1d({n_out}) {{ {entries(f'bn{i}', bn)} }}")
+            lines.append(f"    act{i} = GELU()")
+            lines.append(f"    drop{i} = Dropout(0.1)")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def torch_bn_mlp(sd: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    from collections import OrderedDict
+
+    import torch
+
+    layers: list[tuple[str, torch.nn.Module]] = []
+    sizes = MLP_SIZES
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False), start=1):
+        layers.append((f"fc{i}", torch.nn.Linear(n_in, n_out)))
+        if i < len(sizes) - 1:
+            layers += [
+                (f"bn{i}", torch.nn.BatchNorm1d(n_out, eps=BN_MLP_EPS)),
+                (f"act{i}", torch.nn.GELU()),
+                (f"drop{i}", torch.nn.Dropout(0.1)),
+            ]
+    net = torch.nn.Sequential(OrderedDict(layers))
+    # strict=False: num_batches_tracked keeps torch's default (it plays no part in eval).
+    net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
+    return net.eval()
+
+
+def bn_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
+    """The eval-mode torch model exported with torch.onnx.export (the TorchScript exporter: the
+    torch.export-based one needs onnxscript); if that fails, the same graph built by hand."""
+    import io
+    import warnings
+
+    import torch
+
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                torch_net,
+                (torch.zeros(2, MLP_SIZES[0]),),
+                buf,
+                dynamo=False,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+                opset_version=17,
+            )
+        return buf.getvalue(), "torch.onnx.export"
+    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to the helper
+        print(f"torch.onnx.export failed ({type(exc).__name__}); building the ONNX graph by hand")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    current = "x"
+    n_layers = len(MLP_SIZES) - 1
+    for i in range(1, n_layers + 1):
+        for key in ("weight", "bias"):
+            inits.append(numpy_helper.from_array(sd[f"fc{i}.{key}"], f"fc{i}.{key}"))
+        nodes.append(
+            helper.make_node("Gemm", [current, f"fc{i}.weight", f"fc{i}.bias"], [f"g{i}"], transB=1)
+        )
+        current = f"g{i}"
+        if i < n_layers:
+            keys = ("weight", "bias", "running_mean", "running_var")
+            for key in keys:
+                inits.append(numpy_helper.from_array(sd[f"bn{i}.{key}"], f"bn{i}.{key}"))
+            nodes.append(
+                helper.make_node(
+                    "BatchNormalization",
+                    [current] + [f"bn{i}.{k}" for k in keys],
+                    [f"n{i}"],
+                    epsilon=BN_MLP_EPS,
+                )
+            )
+            nodes.append(helper.make_node("Gelu", [f"n{i}"], [f"a{i}"]))
+            nodes.append(helper.make_node("Identity", [f"a{i}"], [f"d{i}"]))
+            current = f"d{i}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "bnmlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", MLP_SIZES[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", MLP_SIZES[-1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return model.SerializeToString(), "onnx.helper (Gemm, BatchNormalization, Gelu)"
+
+
+def bn_mlp_reference(sd: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """NumPy float64: (h - mean) / sqrt(var + eps) * w + b, exact erf GELU, Dropout = identity."""
+    from scipy.special import erf
+
+    h = x.astype(np.float64)
+    n_layers = len(MLP_SIZES) - 1
+    for i in range(1, n_layers + 1):
+        f64 = {
+            k: v.astype(np.float64)
+            for k, v in sd.items()
+            if k.split(".")[0] in {f"fc{i}", f"bn{i}"}
+        }
+        h = h @ f64[f"fc{i}.weight"].T + f64[f"fc{i}.bias"]
+        if i < n_layers:
+            h = (h - f64[f"bn{i}.running_mean"]) / np.sqrt(f64[f"bn{i}.running_var"] + BN_MLP_EPS)
+            h = h * f64[f"bn{i}.weight"] + f64[f"bn{i}.bias"]
+            h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))
+    return h
+
+
+def bn_mlp_numpy_forward(sd: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A float32 NumPy forward as one would write it: the BatchNorm as a per-channel scale and
+    shift computed once, GELU with scipy.special.erf, in place where it can be."""
+    from scipy.special import erf
+
+    n_layers = len(MLP_SIZES) - 1
+    steps = []
+    for i in range(1, n_layers + 1):
+        wt = np.ascontiguousarray(sd[f"fc{i}.weight"].T)
+        b = sd[f"fc{i}.bias"]
+        if i < n_layers:
+            scale = sd[f"bn{i}.weight"] / np.sqrt(sd[f"bn{i}.running_var"] + np.float32(BN_MLP_EPS))
+            shift = (b - sd[f"bn{i}.running_mean"]) * scale + sd[f"bn{i}.bias"]
+            steps.append((wt, scale.astype(np.float32), shift.astype(np.float32), True))
+        else:
+            steps.append((wt, None, b, False))
+    inv_sqrt2 = np.float32(1 / np.sqrt(2.0))
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        h = x
+        for wt, scale, shift, gelu in steps:
+            h = h @ wt
+            if scale is not None:
+                h *= scale
+            h += shift
+            if gelu:
+                e = erf(h * inv_sqrt2)
+                e += 1
+                h *= 0.5
+                h *= e
+        return h
+
+    return forward
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -206,11 +391,94 @@ def numpy_forward(
     return forward
 
 
+class BNMLPBench:
+    """The BatchNorm MLP compiled by layerc, its torch twin, its ONNX Runtime session (one
+    thread), a NumPy float32 forward and the plan layerc lowered it to."""
+
+    def __init__(self, work: Path) -> None:
+        self.sd = bn_mlp_weights()
+        np.savez(work / "bnmlp_weights.npz", **self.sd)
+        src = work / "bnmlp.lyr"
+        src.write_text(bn_mlp_lyr_source("bnmlp_weights.npz"))
+        driver.compile_file(src, work / "bnmlp.py")
+        program, _ = driver.check_file(src)
+        self.plan = driver.plan_text(program)
+        self.module = driver.import_module(work / "bnmlp.py", "bnmlp")
+        self.net = self.module.BNMLP()
+        self.torch_net = torch_bn_mlp(self.sd)
+        self.onnx, self.onnx_how = bn_mlp_onnx(self.torch_net, self.sd)
+        self.np_forward = bn_mlp_numpy_forward(self.sd)
+
+    @classmethod
+    def build(cls, work: Path) -> BNMLPBench:
+        return cls(work)
+
+    def fused_steps(self) -> list[str]:
+        """The plan's lines that mention the BatchNorm MLP's first Linear (its fused step)."""
+        return [line.strip() for line in self.plan.splitlines() if "(fc1)" in line]
+
+
+def bn_mlp_cases(
+    bn: BNMLPBench, table: Table, rng: np.random.Generator, min_time: float, repeats: int
+) -> None:
+    """784-256-128-10 with BatchNorm1d, GELU and Dropout at batch 1 and 64, one thread; the
+    issue's goals: layerc >= 5x torch (inference_mode) at batch 1, and no slower than ONNX
+    Runtime at batch 1 and 64."""
+    import torch
+
+    sess = ort_session(bn.onnx, 1)
+    print(f"\nBatchNorm MLP: ONNX graph from {bn.onnx_how}; layerc plan's fused step(s):")
+    for line in bn.fused_steps():
+        print(f"  {line}")
+    for batch in (1, 64):
+        xb = rng.standard_normal((batch, 784), dtype=np.float32)
+        # layerc and NumPy take one sample as (784,), as in the MLP rows above; torch's
+        # BatchNorm1d wants (N, C), so torch (and ONNX Runtime) get (1, 784) at batch 1.
+        xin = xb[0] if batch == 1 else xb
+        txb = torch.from_numpy(xb)
+        ref = bn_mlp_reference(bn.sd, xin)
+        check_close("layerc", bn.net(xin), ref)
+        check_close("layerc (N, C)", bn.net(xb).reshape(ref.shape), ref)
+        with torch.no_grad():
+            check_close("torch", bn.torch_net(txb).numpy().reshape(ref.shape), ref)
+        check_close("onnxruntime", sess.run(None, {"x": xb})[0].reshape(ref.shape), ref)
+        check_close("numpy", bn.np_forward(xin), ref)
+        eager = median_time(lambda: bn.torch_net(txb), min_time, repeats)
+        with torch.inference_mode():
+            times = {
+                "layerc": median_time(lambda: bn.net(xin), min_time, repeats),
+                "torch eager": eager,
+                "torch eager (inference_mode)": median_time(
+                    lambda: bn.torch_net(txb), min_time, repeats
+                ),
+                "onnxruntime": median_time(lambda: sess.run(None, {"x": xb}), min_time, repeats),
+                "numpy": median_time(lambda: bn.np_forward(xin), min_time, repeats),
+            }
+        goals = []
+        if batch == 1:
+            vs_torch = times["torch eager (inference_mode)"] / times["layerc"]
+            goals.append(f">=5x torch inference_mode: {'met' if vs_torch >= 5 else 'MISSED'}")
+        vs_ort = times["onnxruntime"] / times["layerc"]
+        goals.append(f"<= onnxruntime: {'met' if vs_ort >= 1 else 'MISSED'}")
+        table.case(
+            f"MLP 784-256-128-10 +BatchNorm1d+GELU+Dropout, batch {batch}, 1 thread",
+            times,
+            "goals: " + ", ".join(goals),
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
     min_time = 0.05 if args.quick else 0.2
     repeats = 5 if args.quick else 9
+    only = set(args.only.split(",")) if args.only else None
+    if only is not None and only - set(GROUPS):
+        raise SystemExit(f"--only: unknown group(s) {sorted(only - set(GROUPS))}; groups: {GROUPS}")
+
+    def want(group: str) -> bool:
+        return only is None or group in only
+
     work = Path(tempfile.mkdtemp(prefix="layerc-bench-"))
     src = work / "benchmodels.lyr"
     src.write_text(lyr_source())
@@ -227,133 +495,162 @@ def run(args: argparse.Namespace) -> None:
         (sd["fc3.weight"], sd["fc3.bias"], False),
     ]
     seed_layers = [(seed_net.fc.weight, None, False)]
+    np_forward = numpy_forward(mlp_layers)
+    mlp_one_thread: float | None = None
     table = Table()
     rng = np.random.default_rng(0)
+    bn = BNMLPBench.build(work) if want("bnmlp") else None
 
     # Load every BLAS before limiting threads: threadpoolctl limits only loaded libraries.
     seed_net(np.ones(4, np.float32))
     mlp_net(np.ones((2, 784), np.float32))
+    if bn is not None:
+        bn.net(np.ones((2, 784), np.float32))
     print(
         f"layerc {layerc.__version__} | Python {platform.python_version()} | "
         f"numpy {np.__version__} | torch {torch.__version__} | "
         f"{platform.processor() or platform.machine()} | {os.cpu_count()} cores"
     )
+    # The BLAS kernels in use decide the batched rows (OPENBLAS_CORETYPE can force older ones).
+    blas = sorted(
+        {
+            f"{i['internal_api']} {i.get('version')} {i.get('architecture')}"
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        }
+    )
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    print(f"BLAS: {'; '.join(blas)}" + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else ""))
 
     with threadpool_limits(1):
         torch.set_num_threads(1)
-        # Linear(4, 3), one sample
-        x = np.array([1, 2, 3, 4], dtype=np.float32)
-        tx = torch.from_numpy(x)
-        sess = ort_session(onnx_model(seed_layers, 4), 1)
-        x2 = x.reshape(1, 4)
-        kernel, weight, out = module._forward_Seed, seed_net.fc.weight, np.empty(3, np.float32)
-        ref = reference(seed_layers, x)
-        check_close("layerc", seed_net(x), ref)
-        check_close("torch", torch_seed(tx).detach().numpy(), ref)
-        check_close("onnxruntime", sess.run(None, {"x": x2})[0][0], ref)
-        w = seed_net.fc.weight
-        eager = median_time(lambda: torch_seed(tx), min_time, repeats)
-        with torch.inference_mode():
-            times = {
-                "layerc": median_time(lambda: seed_net(x), min_time, repeats),
-                "torch eager": eager,
-                "torch eager (inference_mode)": median_time(
-                    lambda: torch_seed(tx), min_time, repeats
-                ),
-                "onnxruntime": median_time(lambda: sess.run(None, {"x": x2}), min_time, repeats),
-                "numpy W @ x": median_time(lambda: w @ x, min_time, repeats),
-                "bare numba kernel, prealloc": median_time(
-                    lambda: kernel(x, out, weight), min_time, repeats
-                ),
-            }
-        table.case("Linear(4, 3), 1 sample", times)
-
-        # MLP at batch 1, 64, 4096, one thread
-        sess = ort_session(onnx_model(mlp_layers, 784), 1)
-        np_forward = numpy_forward(mlp_layers)
-        for batch in (1, 64, 4096):
-            xb = rng.standard_normal((batch, 784), dtype=np.float32)
-            xin = xb[0] if batch == 1 else xb
-            txb = torch.from_numpy(xin)
-            ref = reference(mlp_layers, xin)
-            check_close("layerc", mlp_net(xin), ref)
-            check_close("torch", torch_mlp(txb).detach().numpy(), ref)
-            check_close("onnxruntime", sess.run(None, {"x": xb})[0].reshape(ref.shape), ref)
-            check_close("numpy", np_forward(xin), ref)
-            eager = median_time(lambda: torch_mlp(txb), min_time, repeats)
+        if want("seed"):
+            # Linear(4, 3), one sample
+            x = np.array([1, 2, 3, 4], dtype=np.float32)
+            tx = torch.from_numpy(x)
+            sess = ort_session(onnx_model(seed_layers, 4), 1)
+            x2 = x.reshape(1, 4)
+            kernel, weight, out = module._forward_Seed, seed_net.fc.weight, np.empty(3, np.float32)
+            ref = reference(seed_layers, x)
+            check_close("layerc", seed_net(x), ref)
+            check_close("torch", torch_seed(tx).detach().numpy(), ref)
+            check_close("onnxruntime", sess.run(None, {"x": x2})[0][0], ref)
+            w = seed_net.fc.weight
+            eager = median_time(lambda: torch_seed(tx), min_time, repeats)
             with torch.inference_mode():
                 times = {
-                    "layerc": median_time(lambda: mlp_net(xin), min_time, repeats),
+                    "layerc": median_time(lambda: seed_net(x), min_time, repeats),
                     "torch eager": eager,
+                    "torch eager (inference_mode)": median_time(
+                        lambda: torch_seed(tx), min_time, repeats
+                    ),
+                    "onnxruntime": median_time(
+                        lambda: sess.run(None, {"x": x2}), min_time, repeats
+                    ),
+                    "numpy W @ x": median_time(lambda: w @ x, min_time, repeats),
+                    "bare numba kernel, prealloc": median_time(
+                        lambda: kernel(x, out, weight), min_time, repeats
+                    ),
+                }
+            table.case("Linear(4, 3), 1 sample", times)
+
+        # MLP at batch 1, 64, 4096, one thread
+        if want("mlp"):
+            sess = ort_session(onnx_model(mlp_layers, 784), 1)
+            for batch in (1, 64, 4096):
+                xb = rng.standard_normal((batch, 784), dtype=np.float32)
+                xin = xb[0] if batch == 1 else xb
+                txb = torch.from_numpy(xin)
+                ref = reference(mlp_layers, xin)
+                check_close("layerc", mlp_net(xin), ref)
+                check_close("torch", torch_mlp(txb).detach().numpy(), ref)
+                check_close("onnxruntime", sess.run(None, {"x": xb})[0].reshape(ref.shape), ref)
+                check_close("numpy", np_forward(xin), ref)
+                eager = median_time(lambda: torch_mlp(txb), min_time, repeats)
+                with torch.inference_mode():
+                    times = {
+                        "layerc": median_time(lambda: mlp_net(xin), min_time, repeats),
+                        "torch eager": eager,
+                        "torch eager (inference_mode)": median_time(
+                            lambda: torch_mlp(txb), min_time, repeats
+                        ),
+                        "onnxruntime": median_time(
+                            lambda: sess.run(None, {"x": xb}), min_time, repeats
+                        ),
+                        "numpy": median_time(lambda: np_forward(xin), min_time, repeats),
+                    }
+                extra = ""
+                if batch == 4096:
+                    flops = (
+                        2
+                        * batch
+                        * sum(a * b for a, b in zip(MLP_SIZES, MLP_SIZES[1:], strict=False))
+                    )
+                    extra = f"layerc {flops / times['layerc'] / 1e9:.1f} GFLOP/s; " + sgemm_rate(
+                        min_time, repeats
+                    )
+                    mlp_one_thread = times["layerc"]
+                table.case(f"MLP 784-256-128-10, batch {batch}, 1 thread", times, extra)
+
+        # one forward hook per layer on both (each hook counts its calls)
+        if want("hooks"):
+            seen = []
+            handles = [
+                m.register_forward_hook(lambda mod, a, o: seen.append(1))
+                for m in mlp_net.children()
+            ]
+            thandles = [
+                m.register_forward_hook(lambda mod, a, o: seen.append(1))
+                for m in torch_mlp.children()
+            ]
+            for batch in (1, 64):
+                xb = rng.standard_normal((batch, 784), dtype=np.float32)
+                xin = xb[0] if batch == 1 else xb
+                txb = torch.from_numpy(xin)
+                check_close("layerc with hooks", mlp_net(xin), reference(mlp_layers, xin))
+                eager = median_time(lambda: torch_mlp(txb), min_time, repeats)
+                with torch.inference_mode():
+                    times = {
+                        "layerc": median_time(lambda: mlp_net(xin), min_time, repeats),
+                        "torch eager": eager,
+                        "torch eager (inference_mode)": median_time(
+                            lambda: torch_mlp(txb), min_time, repeats
+                        ),
+                    }
+                table.case(f"MLP batch {batch}, one forward hook per layer", times)
+            for h in handles + thandles:
+                h.remove()
+
+        if want("bnmlp"):
+            bn_mlp_cases(bn, table, rng, min_time, repeats)
+
+    # two threads
+    if want("threads"):
+        with threadpool_limits(2):
+            torch.set_num_threads(2)
+            sess = ort_session(onnx_model(mlp_layers, 784), 2)
+            xb = rng.standard_normal((4096, 784), dtype=np.float32)
+            txb = torch.from_numpy(xb)
+            check_close("layerc 2 threads", mlp_net(xb), reference(mlp_layers, xb))
+            with torch.inference_mode():
+                times = {
+                    "layerc": median_time(lambda: mlp_net(xb), min_time, repeats),
                     "torch eager (inference_mode)": median_time(
                         lambda: torch_mlp(txb), min_time, repeats
                     ),
                     "onnxruntime": median_time(
                         lambda: sess.run(None, {"x": xb}), min_time, repeats
                     ),
-                    "numpy": median_time(lambda: np_forward(xin), min_time, repeats),
+                    "numpy": median_time(lambda: np_forward(xb), min_time, repeats),
                 }
             extra = ""
-            if batch == 4096:
-                flops = (
-                    2 * batch * sum(a * b for a, b in zip(MLP_SIZES, MLP_SIZES[1:], strict=False))
-                )
-                extra = f"layerc {flops / times['layerc'] / 1e9:.1f} GFLOP/s; " + sgemm_rate(
-                    min_time, repeats
-                )
-                mlp_one_thread = times["layerc"]
-            table.case(f"MLP 784-256-128-10, batch {batch}, 1 thread", times, extra)
+            if mlp_one_thread is not None:
+                speedup = mlp_one_thread / times["layerc"]
+                extra = f"layerc 2 threads = {speedup:.2f}x its 1-thread rate"
+            table.case("MLP batch 4096, 2 threads", times, extra)
 
-        # one forward hook per layer on both (each hook counts its calls)
-        seen = []
-        handles = [
-            m.register_forward_hook(lambda mod, a, o: seen.append(1)) for m in mlp_net.children()
-        ]
-        thandles = [
-            m.register_forward_hook(lambda mod, a, o: seen.append(1)) for m in torch_mlp.children()
-        ]
-        for batch in (1, 64):
-            xb = rng.standard_normal((batch, 784), dtype=np.float32)
-            xin = xb[0] if batch == 1 else xb
-            txb = torch.from_numpy(xin)
-            check_close("layerc with hooks", mlp_net(xin), reference(mlp_layers, xin))
-            eager = median_time(lambda: torch_mlp(txb), min_time, repeats)
-            with torch.inference_mode():
-                times = {
-                    "layerc": median_time(lambda: mlp_net(xin), min_time, repeats),
-                    "torch eager": eager,
-                    "torch eager (inference_mode)": median_time(
-                        lambda: torch_mlp(txb), min_time, repeats
-                    ),
-                }
-            table.case(f"MLP batch {batch}, one forward hook per layer", times)
-        for h in handles + thandles:
-            h.remove()
-
-    # two threads
-    with threadpool_limits(2):
-        torch.set_num_threads(2)
-        sess = ort_session(onnx_model(mlp_layers, 784), 2)
-        xb = rng.standard_normal((4096, 784), dtype=np.float32)
-        txb = torch.from_numpy(xb)
-        check_close("layerc 2 threads", mlp_net(xb), reference(mlp_layers, xb))
-        with torch.inference_mode():
-            times = {
-                "layerc": median_time(lambda: mlp_net(xb), min_time, repeats),
-                "torch eager (inference_mode)": median_time(
-                    lambda: torch_mlp(txb), min_time, repeats
-                ),
-                "onnxruntime": median_time(lambda: sess.run(None, {"x": xb}), min_time, repeats),
-                "numpy": median_time(lambda: np_forward(xb), min_time, repeats),
-            }
-        speedup = mlp_one_thread / times["layerc"]
-        table.case(
-            "MLP batch 4096, 2 threads",
-            times,
-            f"layerc 2 threads = {speedup:.2f}x its 1-thread rate",
-        )
-
-    startup(work, compile_seconds)
+    if want("startup"):
+        startup(work, compile_seconds)
     print("\nMarkdown rows (case | layerc | others relative to layerc):")
     for row in table.rows:
         print(row)
@@ -424,6 +721,11 @@ def startup(work: Path, compile_seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
+    parser.add_argument(
+        "--only",
+        metavar="GROUPS",
+        help=f"run only these comma-separated groups of cases ({', '.join(GROUPS)})",
+    )
     run(parser.parse_args())
 
 
