@@ -1,8 +1,11 @@
 """ONNX in and out: an .onnx file in, a .lyr file plus one .safetensors weights file out
 (`import_onnx`), or a checked program in and a validated ONNX graph out (`export_onnx`).
 
-Import reads a single chain of Gemm / MatMul (+ Add) / Relu / Sigmoid / Tanh / LeakyRelu /
-Softmax / Identity / Flatten nodes and refuses anything else, naming the node. ONNX files have no
+Import reads a single chain of Gemm / MatMul (+ Add), Identity, Flatten, Dropout and the ops
+the table of kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`), and
+refuses anything else, naming the node. Export writes each layer as its kind's op, or as a small
+subgraph where ONNX has no op of the same meaning (SiLU, LogSigmoid, Softplus with beta or
+threshold). ONNX files have no
 lines, so every problem is a file-level `LayercError`. The file is parsed from bytes read through
 a checked descriptor; external data (paths inside the model, the source of CVE-2022-25882 and
 CVE-2024-27318) is refused, and nothing is written until the whole model has been read.
@@ -34,37 +37,40 @@ EXPORT_OPSET = 17
 MAX_IMPORT_WEIGHTS = MAX_WEIGHTS
 EXPORT_IR_VERSION = 8  # the IR version that came with opset 17: readable by older runtimes
 
-SUPPORTED_OPS = (
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Relu",
-    "Sigmoid",
-    "Tanh",
-    "LeakyRelu",
-    "Softmax",
-    "Identity",
-    "Flatten",
-    "Constant",
-)
-# ONNX op -> .lyr layer kind, for the activations that map one to one.
-_ACTIVATIONS = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
-# Attributes each supported op may carry; any other would change its meaning.
+
+# Kinds the table gives no op (export writes a subgraph) that a single op computes with the
+# kind's default arguments: op -> kind. Export writes that op for those arguments.
+_PLAIN_FORMS = {"Softplus": "Softplus"}
+
+
+def _reverse_index() -> dict[str, tuple[str, ...]]:
+    """ONNX op -> the layer kinds that export as it (from `Kind.onnx` in layerc.kinds), kinds
+    with fewer parameters first (Clip(0, 6) is a ReLU6 before it is a Hardtanh)."""
+    index: dict[str, list[str]] = {}
+    for kind in sorted(KINDS.values(), key=lambda k: len(k.params)):
+        if kind.onnx is not None:
+            index.setdefault(kind.onnx.op, []).append(kind.name)
+    for op, kind_name in _PLAIN_FORMS.items():
+        index.setdefault(op, []).append(kind_name)
+    return {op: tuple(kinds) for op, kinds in index.items()}
+
+
+# ONNX op -> .lyr layer kinds, read from the table of kinds.
+KINDS_BY_OP = _reverse_index()
+# Ops read by hand: a Linear's parts, ops that compute nothing, and constants.
+_STRUCTURAL_OPS = ("Gemm", "MatMul", "Add", "Identity", "Flatten", "Dropout", "Constant")
+SUPPORTED_OPS = (*_STRUCTURAL_OPS, *sorted(op for op in KINDS_BY_OP if op not in _STRUCTURAL_OPS))
+# Attributes each op read by hand may carry; any other would change its meaning. (The ops of
+# the table may carry the attributes their schema declares: each is matched to an argument of
+# the kind, or must have the value the kind exports.)
 _KNOWN_ATTRIBUTES = {
     "Gemm": {"alpha", "beta", "transA", "transB"},
-    "LeakyRelu": {"alpha"},
-    "Softmax": {"axis"},
     "Flatten": {"axis"},
     "Constant": {"value"},
-}
-# .lyr activation -> ONNX op, for export.
-_EXPORT_OPS = {
-    "ReLU": "Relu",
-    "Sigmoid": "Sigmoid",
-    "Tanh": "Tanh",
-    "Identity": "Identity",
-    "LeakyReLU": "LeakyRelu",
-    "Softmax": "Softmax",
+    "Dropout": {"ratio", "seed"},
+    "BatchNormalization": {"epsilon", "momentum", "training_mode"},
+    "LayerNormalization": {"axis", "epsilon", "stash_type"},
+    "Clip": {"min", "max"},
 }
 
 
@@ -88,6 +94,7 @@ class _Activation:
     kind: str
     args: str  # the argument text, already formatted
     nodes: list[str]
+    tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)  # its block's entries
 
 
 @dataclass
@@ -242,7 +249,7 @@ class _Reader:
         return LayercError(message, file=self.file)
 
     def run(self) -> _Imported:
-        opset = self.opset()
+        opset = self.opset_version = self.opset()
         for tensor in self.graph.initializer:
             self.constants[tensor.name] = tensor
         if self.graph.sparse_initializer:
@@ -307,6 +314,8 @@ class _Reader:
                 for attr in node.attribute:
                     if attr.name == "value" and attr.HasField("t"):
                         dims[node.output[0]] = tuple(attr.t.dims)
+            elif node.op_type == "Identity" and node.input and node.input[0] in dims:
+                dims[node.output[0]] = dims[node.input[0]]
             elif (
                 node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in dims
             ):
@@ -340,6 +349,10 @@ class _Reader:
                 raise self.error(f"{where}: only Constant nodes with a 'value' tensor are read")
             self.constants[node.output[0]] = attrs["value"]
             return
+        if node.op_type == "Identity" and node.input and node.input[0] in self.constants:
+            # a copy of a constant (torch.onnx.export writes these for shared weights)
+            self.constants[node.output[0]] = self.constants[node.input[0]]
+            return
         data = [name for name in node.input if name and name not in self.constants]
         # Add is commutative; every other op must take the chain's value as its first input
         # (MatMul(W, x) would multiply from the other side, which no Linear does).
@@ -349,21 +362,24 @@ class _Reader:
                 f"{where} does not take the output of the previous layer as its first input; "
                 "layerc imports a single chain of layers from the graph input to its output"
             )
-        handler = getattr(self, f"op_{node.op_type}")
+        handler = getattr(self, f"op_{node.op_type}", self.op_kind)
         handler(node, attrs, where, imported)
         self.current = node.output[0]
 
     def attributes(self, node, where: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
         import onnx
 
-        known = _KNOWN_ATTRIBUTES.get(node.op_type, set())
+        if node.op_type in _KNOWN_ATTRIBUTES:
+            known = _KNOWN_ATTRIBUTES[node.op_type]
+        else:
+            known = set(self.schema(node.op_type).attributes)
         out = {}
         for attr in node.attribute:
             if attr.name not in known:
                 raise self.error(
                     f"{where} has the attribute {attr.name!r}, which layerc does not read"
                 )
-            out[attr.name] = onnx.helper.get_attribute_value(attr)
+            out[attr.name] = _text(onnx.helper.get_attribute_value(attr))
         return out
 
     def array(self, name: str, where: str) -> np.ndarray:
@@ -528,26 +544,71 @@ class _Reader:
         layer.nodes.append(where)
         self.last_linear_output = node.output[0]
 
-    def activation(self, kind: str, args: str, where: str, imported: _Imported) -> None:
-        imported.layers.append(_Activation(kind, args, [where]))
+    def schema(self, op: str):  # type: ignore[no-untyped-def]
+        import onnx
 
-    def op_plain(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        """Relu, Sigmoid, Tanh: the layer of the same meaning, without arguments."""
-        self.activation(_ACTIVATIONS[node.op_type], "", where, imported)
+        return onnx.defs.get_schema(op, self.opset_version, "")
 
-    op_Relu = op_Sigmoid = op_Tanh = op_plain
+    def with_defaults(self, op: str, attrs: dict) -> dict[str, object]:
+        """`attrs` and the defaults of the attributes the node leaves out."""
+        import onnx
 
-    def op_LeakyRelu(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        alpha = float(attrs.get("alpha", 0.01))  # an ONNX float attribute is a float32
-        if not math.isfinite(alpha):
-            raise self.error(f"{where}: alpha = {alpha} is not a finite number")
+        full = dict(attrs)
+        for name, attr in self.schema(op).attributes.items():
+            if name not in full and attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+                full[name] = _text(onnx.helper.get_attribute_value(attr.default_value))
+        return full
+
+    def activation(
+        self,
+        kind: str,
+        args: dict[str, object],
+        where: str,
+        imported: _Imported,
+        tensors: list[tuple[str, np.ndarray]] | None = None,
+    ) -> None:
+        """A layer of `kind` with the arguments `args` (those with their default left out)."""
+        defaults = {p.name: p.default for p in KINDS[kind].params}
+        parts = []
+        order = list(defaults)
+        for name, value in sorted(args.items(), key=lambda item: order.index(item[0])):
+            if isinstance(value, float):
+                if not math.isfinite(value):
+                    raise self.error(f"{where}: {name} = {value} is not a finite number")
+                default = defaults.get(name)
+                if isinstance(default, float) and np.float32(value) == np.float32(default):
+                    continue
+                parts.append(f"{name}={self.number(value, imported)}")
+            elif value != defaults.get(name):
+                if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_]{1,40}", value):
+                    raise self.error(f"{where}: {name} = {_q(value)} is not a value layerc reads")
+                text = f'"{value}"' if isinstance(value, str) else str(value).lower()
+                parts.append(f"{name}={text}")
+        imported.layers.append(_Activation(kind, ", ".join(parts), [where], tensors or []))
+
+    @staticmethod
+    def number(value: float, imported: _Imported) -> str:
         # float32 models get the shortest text that rounds to the same float32; float64 models
-        # get the float32 value exactly, as ONNX Runtime widens it.
+        # get the float32 value exactly, as ONNX Runtime widens it (ONNX attributes are float32).
         if imported.dtype == np.float32:
-            text = np.format_float_positional(np.float32(alpha), unique=True, trim="0")
-        else:
-            text = repr(alpha)
-        self.activation("LeakyReLU", f"negative_slope={text}", where, imported)
+            return str(np.format_float_positional(np.float32(value), unique=True, trim="0"))
+        return repr(float(value))
+
+    def op_kind(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """An op of the table of kinds without tensors: the first kind it exports from whose
+        attributes match, each node attribute either an argument of the kind or the constant
+        the kind exports."""
+        full = self.with_defaults(node.op_type, attrs)
+        for kind in KINDS_BY_OP[node.op_type]:
+            args = _match_attributes(kind, full)
+            if args is not None:
+                self.activation(kind, args, where, imported)
+                return
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(full.items()))
+        raise self.error(
+            f"{where} has attributes ({shown}) that no layer kind computes "
+            f"(layerc maps {node.op_type} to {', '.join(KINDS_BY_OP[node.op_type])})"
+        )
 
     def op_Softmax(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         # opset >= 13: softmax along `axis` (default -1). Before 13: the input is flattened to 2-D
@@ -555,11 +616,98 @@ class _Reader:
         # values of a chain both mean the last axis exactly when axis is 1 or -1.
         axis = int(attrs.get("axis", -1 if imported.opset >= 13 else 1))
         if axis not in (1, -1):
+            what = node.op_type.lower()
             raise self.error(
-                f"{where} takes softmax over axis {axis}; layerc supports only the last (feature) "
+                f"{where} takes {what} over axis {axis}; layerc supports only the last (feature) "
                 "axis"
             )
-        self.activation("Softmax", "dim=-1", where, imported)
+        self.op_kind(node, {"axis": -1}, where, imported)
+
+    op_LogSoftmax = op_Softmax
+
+    def op_Clip(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """Clip with constant bounds (attributes before opset 11, inputs since)."""
+        bounds = dict(attrs)
+        for name, input_name in zip(("min", "max"), node.input[1:], strict=False):
+            if input_name:
+                value = self.array(input_name, where)
+                if value.size != 1:
+                    raise self.error(f"{where}: {name} must be a single number")
+                bounds[name] = float(value.reshape(()))
+        if set(bounds) != {"min", "max"}:
+            raise self.error(
+                f"{where} has no {' or '.join(sorted({'min', 'max'} - set(bounds)))} bound; "
+                "layerc maps a Clip with both bounds to Hardtanh or ReLU6"
+            )
+        self.op_kind(node, bounds, where, imported)
+
+    def op_Dropout(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """Dropout at inference: the identity, as a Dropout layer (with its rate, when given)."""
+        ratio = attrs.get("ratio")
+        if len(node.input) > 2 and node.input[2]:
+            if self.array(node.input[2], where).any():
+                raise self.error(f"{where} is in training mode; layerc models run in eval mode")
+        if len(node.input) > 1 and node.input[1]:
+            ratio = float(self.array(node.input[1], where).reshape(-1)[0])
+        args: dict[str, object] = {}
+        if ratio is not None:
+            if not 0.0 <= float(ratio) <= 1.0:  # type: ignore[arg-type]
+                raise self.error(f"{where}: ratio = {ratio} is not a probability")
+            args["p"] = float(ratio)  # type: ignore[arg-type]
+        self.activation("Dropout", args, where, imported)
+
+    def tensors(
+        self, node, kind: str, where: str, imported: _Imported, *, required: int
+    ) -> tuple[list[tuple[str, np.ndarray]], int]:  # type: ignore[no-untyped-def]
+        """The constant inputs after the data input, named by the kind's ONNX inputs, as 1-D
+        arrays of one size (the channels); the first `required` must be there."""
+        spec = KINDS[kind].onnx
+        assert spec is not None
+        out = []
+        for name, input_name in zip(spec.inputs, node.input[1:], strict=False):
+            if not input_name:
+                continue
+            array = self.array(input_name, where)
+            if array.ndim > 1 and any(d != 1 for d in array.shape[:-1]):
+                raise self.error(
+                    f"{where}: {name} {_q(input_name)} has shape {W.fmt_shape(array.shape)}; "
+                    "layerc reads one value per feature"
+                )
+            out.append((name, array.reshape(-1)))
+        if len(out) < required or len({a.size for _, a in out}) > 1:
+            raise self.error(
+                f"{where} needs {', '.join(spec.inputs[:required])} as constant inputs of one size"
+            )
+        size = out[0][1].size
+        features = self.features(imported)
+        if features is not None and size != features and not (kind == "PReLU" and size == 1):
+            raise self.error(f"{where} has {size} values per input but its input has {features}")
+        return out, size
+
+    def op_PRelu(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        tensors, size = self.tensors(node, "PReLU", where, imported, required=1)
+        self.activation("PReLU", {"num_parameters": size}, where, imported, tensors)
+
+    def op_BatchNormalization(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        if attrs.get("training_mode", 0):
+            raise self.error(f"{where} is in training mode; layerc models run in eval mode")
+        tensors, size = self.tensors(node, "BatchNorm1d", where, imported, required=4)
+        eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
+        args: dict[str, object] = {"num_features": size, "eps": eps}
+        self.activation("BatchNorm1d", args, where, imported, tensors)
+
+    def op_LayerNormalization(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        axis = int(attrs.get("axis", -1))  # type: ignore[call-overload]
+        if axis not in (1, -1):
+            raise self.error(
+                f"{where} normalises from axis {axis}; layerc supports only the last (feature) axis"
+            )
+        tensors, size = self.tensors(node, "LayerNorm", where, imported, required=1)
+        eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
+        args: dict[str, object] = {"normalized_shape": size, "eps": eps}
+        if len(tensors) == 1:
+            args["bias"] = False
+        self.activation("LayerNorm", args, where, imported, tensors)
 
     def op_Identity(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         """Nothing to compute: the chain's value just takes the output's name."""
@@ -584,6 +732,54 @@ class _Reader:
             )
         if not any(isinstance(layer, _Linear) for layer in imported.layers):
             raise self.error("the model has no Gemm or MatMul, so there is no Linear layer")
+
+
+def _text(value: object) -> object:
+    """An ONNX string attribute (bytes) as text; any other value as it is."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def _match_attributes(kind: str, attrs: dict[str, object]) -> dict[str, object] | None:
+    """The arguments of a layer of `kind` that exports as an op with the attributes `attrs`
+    (every attribute, defaults filled in), or None if none does. An attribute the kind's
+    `Onnx.attributes` copies from an argument gives that argument (found by passing a marker
+    for each argument in turn); any other must equal, as a float32, the value the kind exports."""
+    spec = KINDS[kind]
+    if spec.onnx is None:  # a plain form (_PLAIN_FORMS): the op without attributes
+        return {} if not attrs else None
+    defaults = {p.name: p.default for p in spec.params}
+    source: dict[str, str] = {}  # attribute -> the argument it copies
+    for param in spec.params:
+        marker = object()
+        try:
+            probed = spec.onnx.attributes({**defaults, param.name: marker})
+        except Exception:  # an attribute computed from the argument: not a copy
+            continue
+        for name, value in probed.items():
+            if value is marker:
+                source[name] = param.name
+    exported = spec.onnx.attributes(defaults)
+    args: dict[str, object] = {}
+    for name, value in attrs.items():
+        if name in source:
+            args[source[name]] = value
+        elif name in exported:
+            if not _same_attribute(value, exported[name]):
+                return None
+        else:
+            return None
+    return args
+
+
+def _same_attribute(value: object, exported: object) -> bool:
+    if isinstance(exported, float) or isinstance(value, float):
+        try:
+            return bool(np.float32(value) == np.float32(exported))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+    return value == exported
 
 
 # --------------------------------------------------------------------------- .lyr text
@@ -646,7 +842,14 @@ def _render(
     for position, layer in enumerate(imported.layers):
         lines.append(f"    # from {_comment(', '.join(layer.nodes))}")
         if isinstance(layer, _Activation):
-            lines.append(f"    {layer.kind}({layer.args})")
+            if not layer.tensors:
+                lines.append(f"    {layer.kind}({layer.args})")
+                continue
+            lines.append(f"    {layer.kind}({layer.args}) {{")
+            for name, array in layer.tensors:
+                key = store(array, None, f"{position}.{name}")
+                lines.append(f'        {name} = load({path}, "{key}")')
+            lines.append("    }")
             continue
         out_features, in_features = layer.weight.shape
         has_bias = layer.bias is not None
@@ -669,7 +872,7 @@ def _render(
 
 def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: str) -> Path:
     """`layerc export --onnx`: write the chosen model of `program` (checked from the .lyr file
-    `source`) to `out` as an ONNX graph (opset 17, dynamic batch), validated by onnx.checker;
+    `source`) to `out` as an ONNX graph (dynamic batch), validated by onnx.checker;
     return the path written."""
     _require_onnx(source)
     from .driver import inputs_of
@@ -684,21 +887,21 @@ def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: 
 
 
 def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
-    """The ModelProto of `model`: Gemm (transB=1) per Linear with its state_dict keys as
-    initializer names, one ONNX op per activation; input 'input' and output 'output' of shape
-    (batch, features) with a symbolic batch dimension."""
+    """The ModelProto of `model`: each layer as its kind's ONNX operator (`Kind.onnx` in
+    layerc.kinds; Gemm with transB=1 for a Linear), its weights and buffers as initializers named
+    by their state_dict keys, or as a small subgraph where ONNX has no operator of the same
+    meaning (`_SUBGRAPHS`); input 'input' and output 'output' of shape (batch, features) with a
+    symbolic batch dimension. The opset is EXPORT_OPSET, or the newest its operators need."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
-    nodes, initializers = [], []
-    value = "input"
     layers = list(ir.layers(model))
     for path, layer in layers:
-        if layer.kind != "Linear" and layer.kind not in _EXPORT_OPS:
+        if layer.spec.onnx is None and layer.kind not in _SUBGRAPHS:
             raise LayercError(
-                f"layerc export cannot write {layer.kind} layers yet (layer {path!r} of model "
-                f"{model.name!r}); it writes Linear, {', '.join(_EXPORT_OPS)}",
+                f"layerc export cannot write {layer.kind} layers (layer {path!r} of model "
+                f"{model.name!r}): ONNX has no operator of the same meaning",
                 file=source,
             )
     if len(model.in_shape) != 1:
@@ -707,30 +910,25 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
             f"takes samples of shape {model.in_shape}",
             file=source,
         )
+    opset = export_opset(model)
+    graph = _Graph(model.dtype, opset, source, model.name)
+    value = "input"
     for index, (path, layer) in enumerate(layers):
         out = "output" if index == len(layers) - 1 else f"/{path}/output"
-        if layer.kind == "Linear":
-            assert layer.weight is not None
-            inputs = [value, f"{path}.weight"]
-            initializers.append(numpy_helper.from_array(layer.weight, f"{path}.weight"))
-            if layer.bias is not None:
-                inputs.append(f"{path}.bias")
-                initializers.append(numpy_helper.from_array(layer.bias, f"{path}.bias"))
-            nodes.append(helper.make_node("Gemm", inputs, [out], name=f"/{path}/Gemm", transB=1))
-        else:
-            nodes.append(_activation_node(layer, value, out, path))
+        graph.layer(path, layer, value, out)
         value = out
-    graph = helper.make_graph(
-        nodes,
+    onnx_graph = helper.make_graph(
+        graph.nodes,
         model.name,
         [helper.make_tensor_value_info("input", elem, ["batch", model.in_features])],
         [helper.make_tensor_value_info("output", elem, ["batch", model.out_features])],
-        initializers,
+        graph.initializers,
     )
+    opset_id = helper.make_opsetid("", opset)
     proto = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
-        ir_version=EXPORT_IR_VERSION,
+        onnx_graph,
+        opset_imports=[opset_id],
+        ir_version=max(EXPORT_IR_VERSION, helper.find_min_ir_version_for([opset_id])),
         producer_name="layerc",
         producer_version=__version__,
         doc_string=f"{model.name}, compiled by layerc from {source!r}",
@@ -739,20 +937,149 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     return proto
 
 
-def _activation_node(layer: ir.Layer, value: str, out: str, path: str):  # type: ignore[no-untyped-def]
-    from onnx import helper
+def export_opset(model: ir.Model) -> int:
+    """EXPORT_OPSET, or the newest opset that one of the model's operators needs."""
+    needed = [EXPORT_OPSET]
+    for _, layer in ir.layers(model):
+        if layer.kind in _SUBGRAPHS:
+            needed.append(_SUBGRAPHS[layer.kind][0])
+        if layer.spec.onnx is not None:
+            needed.append(layer.spec.onnx.opset)
+    return max(needed)
 
-    op = _EXPORT_OPS.get(layer.kind)
-    if op is None:
-        raise AssertionError(f"no ONNX op for activation {layer.kind!r} ({path})")
-    node = helper.make_node(op, [value], [out], name=f"/{path}/{op}")
-    if op == "LeakyRelu":
-        slope = layer.arg("negative_slope")
-        assert isinstance(slope, float)
-        node.attribute.append(helper.make_attribute("alpha", slope))
-    elif op == "Softmax":
-        node.attribute.append(helper.make_attribute("axis", -1))
-    return node
+
+# Attributes that became inputs in a later opset: op -> (that opset, the attributes in input order)
+_ATTRIBUTE_INPUTS = {"Clip": (11, ("min", "max"))}
+
+
+class _Graph:
+    """The nodes and initializers of an exported graph, built layer by layer."""
+
+    def __init__(self, dtype: np.dtype, opset: int, source: str, model: str):
+        self.dtype = np.dtype(dtype)
+        self.opset = opset
+        self.source = source
+        self.model = model
+        self.nodes: list = []
+        self.initializers: list = []
+
+    def constant(self, name: str, value: np.ndarray | float) -> str:
+        from onnx import numpy_helper
+
+        array = np.asarray(value, dtype=self.dtype)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], out: str, name: str, **attrs: object) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))  # type: ignore[arg-type]
+        return out
+
+    def layer(self, path: str, layer: ir.Layer, value: str, out: str) -> None:
+        if layer.kind in _SUBGRAPHS:
+            if _SUBGRAPHS[layer.kind][1](self, layer.argdict, value, out, f"/{path}"):
+                return
+        spec = layer.spec.onnx
+        assert spec is not None, layer.kind
+        attrs = dict(spec.attributes(layer.argdict))
+        inputs = [value]
+        for name in spec.inputs:
+            inputs.append(self.tensor_input(path, layer, name))
+        while inputs[-1] == "":  # absent optional trailing inputs (a Linear's bias)
+            inputs.pop()
+        later = _ATTRIBUTE_INPUTS.get(spec.op)
+        if later is not None and self.opset >= later[0]:
+            for name in later[1]:
+                inputs.append(self.constant(f"/{path}/{name}", float(attrs.pop(name))))  # type: ignore[arg-type]
+        self.node(spec.op, inputs, out, f"/{path}/{spec.op}", **attrs)
+
+    def tensor_input(self, path: str, layer: ir.Layer, name: str) -> str:
+        """The initializer of the layer's tensor `name`, under its state_dict key; a tensor the
+        layer does not have (affine=false) is its torch initial value, which changes nothing
+        (weight 1, bias 0), or left out when the kind has no such value (a Linear's bias)."""
+        array = layer.tensor(name)
+        if array is not None:
+            from onnx import numpy_helper
+
+            self.initializers.append(numpy_helper.from_array(array, f"{path}.{name}"))
+            return f"{path}.{name}"
+        (tensor,) = [t for t in layer.spec.tensors if t.name == name]
+        if tensor.buffer:
+            raise LayercError(
+                f"layerc export cannot write layer {path!r} of model {self.model!r}: a "
+                f"{layer.kind} without {name} computes with each batch's own statistics, "
+                "which its ONNX operator does not",
+                file=self.source,
+            )
+        if tensor.initial is None:
+            return ""
+        args = layer.argdict
+        value = np.full(tensor.shape(args), tensor.initial_value(args), dtype=self.dtype)
+        return self.constant(f"/{path}/{name}", value)
+
+
+def _silu(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
+    """x * Sigmoid(x)."""
+    s = g.node("Sigmoid", [x], f"{at}/sigmoid", f"{at}/Sigmoid")
+    g.node("Mul", [x, s], out, f"{at}/Mul")
+    return True
+
+
+def _log_sigmoid(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
+    """-Softplus(-x)."""
+    neg = g.node("Neg", [x], f"{at}/neg", f"{at}/Neg")
+    sp = g.node("Softplus", [neg], f"{at}/softplus", f"{at}/Softplus")
+    g.node("Neg", [sp], out, f"{at}/Neg_1")
+    return True
+
+
+# torch's defaults, for which a single Softplus computes the same (to rounding: past the
+# threshold log(1 + exp(x)) is x + exp(-x), and exp(-20) is below a float32 ulp of 20)
+_PLAIN_SOFTPLUS = {"beta": 1.0, "threshold": 20.0}
+
+
+def _softplus(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
+    """Softplus; with other beta or threshold, Where(x * beta > threshold, x,
+    Softplus(x * beta) / beta)."""
+    if {k: float(args[k]) for k in _PLAIN_SOFTPLUS} == _PLAIN_SOFTPLUS:
+        g.node("Softplus", [x], out, f"{at}/Softplus")
+        return True
+    beta = g.constant(f"{at}/beta", float(args["beta"]))
+    threshold = g.constant(f"{at}/threshold", float(args["threshold"]))
+    scaled = g.node("Mul", [x, beta], f"{at}/scaled", f"{at}/Mul")
+    sp = g.node("Softplus", [scaled], f"{at}/softplus", f"{at}/Softplus")
+    soft = g.node("Div", [sp, beta], f"{at}/soft", f"{at}/Div")
+    above = g.node("Greater", [scaled, threshold], f"{at}/above", f"{at}/Greater")
+    g.node("Where", [above, x, soft], out, f"{at}/Where")
+    return True
+
+
+def _celu(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
+    """ONNX's Celu takes float32 only: in float64, Where(x > 0, x, alpha * (Exp(x / alpha) - 1));
+    in float32, the table's Celu (returns False)."""
+    if g.dtype == np.float32:
+        return False
+    alpha = g.constant(f"{at}/alpha", float(args["alpha"]))
+    zero = g.constant(f"{at}/zero", 0.0)
+    one = g.constant(f"{at}/one", 1.0)
+    scaled = g.node("Div", [x, alpha], f"{at}/scaled", f"{at}/Div")
+    exp = g.node("Exp", [scaled], f"{at}/exp", f"{at}/Exp")
+    minus = g.node("Sub", [exp, one], f"{at}/expm1", f"{at}/Sub")
+    below = g.node("Mul", [minus, alpha], f"{at}/below", f"{at}/Mul")
+    positive = g.node("Greater", [x, zero], f"{at}/positive", f"{at}/Greater")
+    g.node("Where", [positive, x, below], out, f"{at}/Where")
+    return True
+
+
+# Kinds whose ONNX form is a small subgraph: kind -> (opset it needs, writer); a writer that
+# returns False leaves the layer to its kind's op.
+_SUBGRAPHS: dict[str, tuple[int, Callable[[_Graph, dict, str, str, str], bool]]] = {
+    "SiLU": (1, _silu),
+    "LogSigmoid": (1, _log_sigmoid),
+    "Softplus": (1, _softplus),
+    "CELU": (1, _celu),
+}
 
 
 # =========================================================================== writing

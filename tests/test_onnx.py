@@ -397,26 +397,409 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.lyr"]
 
 
-def test_build_onnx_rejects_nothing_it_can_express() -> None:
-    """Every activation kind that export writes has an ONNX op; the others are refused with a
-    user error, not a crash."""
+def test_build_onnx_writes_every_kind() -> None:
+    """Every kind of the table exports (as its op or a subgraph) and passes onnx.checker with
+    full_check; the opset is 17 unless an op needs a newer one (Mish 18, Gelu 20)."""
     from layerc import syntax
     from layerc.check import check
-    from layerc.errors import LayercError
     from layerc.kinds import KINDS
 
-    exported = {"ReLU", "Sigmoid", "Tanh", "Identity", "LeakyReLU", "Softmax"}
     for kind in KINDS:
-        if kind in ("Linear", "Flatten"):
+        if kind == "Linear":
             continue
         args = {"LeakyReLU": "(0.3)", "BatchNorm1d": "(2)", "LayerNorm": "(2)"}.get(kind, "()")
         text = f"model M {{ fc = Linear(2, 2, bias=false) {{ init = zeros() }}; a = {kind}{args} }}"
         program = check(syntax.parse(text, "m.lyr"), Path("."))
-        if kind in exported:
-            build_onnx(program.models[0], "m.lyr")
-        else:  # the kinds export does not write yet are refused, naming the layer
-            with pytest.raises(LayercError, match=f"cannot write {kind} layers yet"):
-                build_onnx(program.models[0], "m.lyr")
+        proto = build_onnx(program.models[0], "m.lyr")
+        expected = {"GELU": 20, "Mish": 18}.get(kind, 17)
+        assert [o.version for o in proto.opset_import] == [expected], kind
+
+
+def test_batch_norm_without_running_stats_is_refused() -> None:
+    from layerc import syntax
+    from layerc.check import check
+
+    text = "model M { fc = Linear(2, 2) { init = zeros() }; bn = BatchNorm1d(2, track_running_stats=false) }"
+    program = check(syntax.parse(text, "m.lyr"), Path("."))
+    with pytest.raises(
+        LayercError, match="cannot write layer 'bn'.*BatchNorm1d without running_mean"
+    ):
+        build_onnx(program.models[0], "m.lyr")
+
+
+# --------------------------------------------------------------------------- every kind
+
+
+def _values(rng: np.random.Generator, n: int, low: float, high: float) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in rng.uniform(low, high, n)) + "]"
+
+
+_R = np.random.default_rng(5)
+# (name, .lyr layer, torch layer): each in `model M(input=[8]) { a = LAYER; fc = Linear(8, 3) }`
+KIND_CASES = [
+    ("ReLU", "ReLU()", "ReLU()"),
+    ("Sigmoid", "Sigmoid()", "Sigmoid()"),
+    ("Tanh", "Tanh()", "Tanh()"),
+    ("Identity", "Identity()", "Identity()"),
+    ("LeakyReLU", "LeakyReLU(0.3)", "LeakyReLU(0.3)"),
+    ("Softmax", "Softmax(dim=-1)", "Softmax(dim=-1)"),
+    ("Dropout", "Dropout(p=0.3)", "Dropout(p=0.3)"),
+    ("AlphaDropout", "AlphaDropout()", "AlphaDropout()"),
+    ("Flatten", "Flatten()", "Flatten()"),
+    (
+        "BatchNorm1d",
+        f"BatchNorm1d(8, eps=0.001) {{ weight = {_values(_R, 8, -2, 2)}; bias = "
+        f"{_values(_R, 8, -1, 1)}; running_mean = {_values(_R, 8, -1, 1)}; running_var = "
+        f"{_values(_R, 8, 0.1, 3)} }}",
+        "BatchNorm1d(8, eps=0.001)",
+    ),
+    (
+        "BatchNorm1d-no-affine",
+        f"BatchNorm1d(8, affine=false) {{ running_mean = {_values(_R, 8, -1, 1)}; "
+        f"running_var = {_values(_R, 8, 0.1, 3)} }}",
+        "BatchNorm1d(8, affine=False)",
+    ),
+    (
+        "LayerNorm",
+        f"LayerNorm(8) {{ weight = {_values(_R, 8, -2, 2)}; bias = {_values(_R, 8, -1, 1)} }}",
+        "LayerNorm(8)",
+    ),
+    (
+        "LayerNorm-no-affine",
+        "LayerNorm(8, eps=0.01, elementwise_affine=false)",
+        "LayerNorm(8, eps=0.01, elementwise_affine=False)",
+    ),
+    (
+        "LayerNorm-no-bias",
+        f"LayerNorm(8, bias=false) {{ weight = {_values(_R, 8, -2, 2)} }}",
+        "LayerNorm(8, bias=False)",
+    ),
+    ("PReLU", "PReLU(init=0.1)", "PReLU(init=0.1)"),
+    ("PReLU-8", f"PReLU(8) {{ weight = {_values(_R, 8, -1, 1)} }}", "PReLU(8)"),
+    ("GELU", "GELU()", "GELU()"),
+    ("GELU-tanh", 'GELU(approximate="tanh")', 'GELU(approximate="tanh")'),
+    ("ELU", "ELU(alpha=0.5)", "ELU(alpha=0.5)"),
+    ("CELU", "CELU(alpha=2.0)", "CELU(alpha=2.0)"),
+    ("Softplus", "Softplus()", "Softplus()"),
+    ("Softplus-beta", "Softplus(beta=2.0, threshold=1.5)", "Softplus(beta=2.0, threshold=1.5)"),
+    (
+        "Softplus-negative",
+        "Softplus(beta=-0.5, threshold=2.0)",
+        "Softplus(beta=-0.5, threshold=2.0)",
+    ),
+    ("Hardtanh", "Hardtanh(min_val=-2.0, max_val=0.5)", "Hardtanh(min_val=-2.0, max_val=0.5)"),
+    ("SiLU", "SiLU()", "SiLU()"),
+    ("Mish", "Mish()", "Mish()"),
+    ("SELU", "SELU()", "SELU()"),
+    ("ReLU6", "ReLU6()", "ReLU6()"),
+    ("Hardsigmoid", "Hardsigmoid()", "Hardsigmoid()"),
+    ("Hardswish", "Hardswish()", "Hardswish()"),
+    ("LogSigmoid", "LogSigmoid()", "LogSigmoid()"),
+    ("Softsign", "Softsign()", "Softsign()"),
+    ("LogSoftmax", "LogSoftmax(dim=-1)", "LogSoftmax(dim=-1)"),
+]
+# What each exports as that import reads back as another kind, or not at all
+ROUND_TRIP = {
+    "Dropout": None,  # exported as Identity, which imports as no layer
+    "AlphaDropout": None,
+    "Identity": None,
+    "Flatten": None,
+    "Softplus-beta": "refused",  # a subgraph (Mul, Softplus, Div, Greater, Where)
+    "Softplus-negative": "refused",
+    "SiLU": "refused",  # Sigmoid and Mul
+    "LogSigmoid": "refused",  # Neg, Softplus, Neg
+}
+# Values on and around the points where the kinds' formulas switch
+SWITCHES = [0.0, -3.0, 3.0, 6.0, -1.0, 1.0, 0.75, 0.5, -2.0, 2.0, 20.0, 10.0, -4.0, 40.0, -40.0]
+
+
+def kind_source(layer: str, opt: str = "") -> str:
+    options = "(input=[8], dtype=float64)" if opt else "(input=[8])"
+    return f"model M{options} {{\n    a = {layer}\n    fc = Linear(8, 3) {{ init = uniform(seed=4) }}\n}}\n"
+
+
+def kind_inputs(batch: int, dtype) -> np.ndarray:
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 8)) * 6
+    switches = np.array(SWITCHES + [v + d for v in SWITCHES for d in (1e-3, -1e-3)])
+    flat = x.reshape(-1)
+    flat[: min(flat.size, switches.size)] = switches[: flat.size]
+    return x.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def kind_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each case compiled, exported and (where it round-trips) imported and compiled again."""
+    out = {}
+    for name, layer, torch_layer in KIND_CASES:
+        for dtype in ("float32", "float64"):
+            folder = tmp_path_factory.mktemp(f"kind_{name}_{dtype}")
+            src = folder / "m.lyr"
+            src.write_text(kind_source(layer, "" if dtype == "float32" else "f64"))
+            onnx_path = folder / "m.onnx"
+            assert cli.main(["export", str(src), "--onnx", str(onnx_path)]) == 0
+            _, written = driver.compile_file(src)
+            module = driver.import_module(written[-1]).M()
+            torch_net = torch.nn.Sequential()
+            torch_net.add_module("a", eval(f"torch.nn.{torch_layer}"))
+            torch_net.add_module("fc", torch.nn.Linear(8, 3))
+            torch_net = torch_net.to(getattr(torch, dtype)).eval()
+            torch_net.load_state_dict(
+                {k: torch.as_tensor(np.asarray(v)) for k, v in module.state_dict().items()}
+            )
+            out[name, dtype] = (folder, onnx_path, module, torch_net, np.dtype(dtype))
+    return out
+
+
+def ort_or_skip(path: Path, x: np.ndarray) -> np.ndarray:
+    try:
+        return run_ort(path, x)
+    except Exception as exc:  # an op ONNX Runtime has no kernel for in this type
+        if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
+            pytest.skip(f"ONNX Runtime cannot run this in {x.dtype}: {str(exc)[:120]}")
+        raise
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", [case[0] for case in KIND_CASES])
+def test_every_kind_exports_and_matches_onnx_runtime_and_torch(
+    kind_models: dict, name: str, dtype: str
+) -> None:
+    _, onnx_path, module, torch_net, dt = kind_models[name, dtype]
+    model = onnx.load(onnx_path)
+    onnx.checker.check_model(model, full_check=True)
+    names = {i.name for i in model.graph.initializer}
+    assert {"fc.weight", "fc.bias"} <= names
+    assert {k for k in module.state_dict() if not k.endswith("num_batches_tracked")} <= names
+    tol = F32_TOL if dt == np.float32 else F64_TOL
+    for batch in (1, 16):
+        x = kind_inputs(batch, dt)
+        ours = np.asarray(module(x))
+        with torch.no_grad():
+            expected = torch_net(torch.from_numpy(x))
+        torch.testing.assert_close(torch.from_numpy(ours), expected, **tol)
+        got = ort_or_skip(onnx_path, x)
+        torch.testing.assert_close(torch.from_numpy(got), expected, **tol)
+
+
+@pytest.mark.parametrize("name", [case[0] for case in KIND_CASES])
+def test_every_kind_round_trips_through_import(kind_models: dict, name: str) -> None:
+    folder, onnx_path, module, _, dt = kind_models[name, "float32"]
+    lyr = folder / "back.lyr"
+    kind = name.split("-")[0]
+    expect = ROUND_TRIP.get(name, kind)
+    if expect == "refused":
+        with pytest.raises(LayercError, match="unsupported ONNX operator"):
+            import_onnx(onnx_path, lyr)
+        return
+    import_onnx(onnx_path, lyr)
+    program, written = driver.compile_file(lyr)
+    kinds = [layer.kind for layer in program.models[0].layers]
+    assert kinds == ([] if expect is None else [expect]) + ["Linear"], kinds
+    back = getattr(driver.import_module(written[-1]), program.models[0].name)()
+    x = kind_inputs(16, dt)
+    torch.testing.assert_close(
+        torch.from_numpy(np.asarray(back(x))), torch.from_numpy(np.asarray(module(x))), **F32_TOL
+    )
+
+
+def torch_chain(
+    folder: Path, *layers: torch.nn.Module, features: int = 6
+) -> tuple[Path, torch.nn.Module]:
+    """nn.Sequential(Linear, *layers, Linear) through torch.onnx.export at opset 20."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(4, features), *layers, torch.nn.Linear(features, 3))
+    for module in net.modules():  # running statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.2, 2)
+    net.eval()
+    path = folder / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net, (torch.zeros(2, 4),), str(path), opset_version=20)
+        except Exception:  # the default (dynamo) exporter needs onnxscript
+            torch.onnx.export(
+                net,
+                (torch.zeros(2, 4),),
+                str(path),
+                dynamo=False,
+                opset_version=20,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            )
+    return path, net
+
+
+TORCH_CHAINS = {
+    "norms": lambda: (
+        torch.nn.BatchNorm1d(6),
+        torch.nn.GELU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.LayerNorm(6),
+        torch.nn.ELU(0.5),
+        torch.nn.PReLU(6),
+    ),
+    "hard": lambda: (
+        torch.nn.Hardswish(),
+        torch.nn.Hardsigmoid(),
+        torch.nn.ReLU6(),
+        torch.nn.Hardtanh(-2.0, 1.0),
+        torch.nn.PReLU(),
+    ),
+    "smooth": lambda: (
+        torch.nn.CELU(2.0),
+        torch.nn.SELU(),
+        torch.nn.Softplus(),
+        torch.nn.GELU(approximate="tanh"),
+        torch.nn.LayerNorm(6, elementwise_affine=False),
+        torch.nn.LogSoftmax(dim=-1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_CHAINS))
+def test_torch_exported_kinds_import_and_match_torch(tmp_path: Path, name: str) -> None:
+    layers = TORCH_CHAINS[name]()
+    path, net = torch_chain(tmp_path, *layers)
+    lyr = import_onnx(path, tmp_path / "net.lyr")[-1]
+    program, written = driver.compile_file(lyr)
+    kinds = [layer.kind for layer in program.models[0].layers]
+    expected = [
+        "Linear",
+        *(type(m).__name__ for m in layers if not isinstance(m, torch.nn.Dropout)),
+    ]
+    assert kinds == [*expected, "Linear"]
+    module = driver.import_module(written[-1])
+    ours = module.__dict__[program.models[0].name]()
+    x = kind_inputs(16, np.float32)[:, :4]
+    with torch.no_grad():
+        expected_out = net(torch.from_numpy(x))
+    torch.testing.assert_close(torch.from_numpy(np.asarray(ours(x))), expected_out, **F32_TOL)
+    torch.testing.assert_close(torch.from_numpy(run_ort(path, x)), expected_out, **F32_TOL)
+
+
+def after_linear(node: onnx.NodeProto, inits: list, opset: int = 17) -> onnx.ModelProto:
+    """Gemm(x: 3 -> 4) then `node` from 'h' to 'y'."""
+    gemm = helper.make_node("Gemm", ["x", "W", "C"], ["h"], name="fc")
+    w = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    c = np.full(4, 0.5, np.float32)
+    return make_model([gemm, node], [init("W", w), init("C", c), *inits], 3, 4, opset=opset)
+
+
+@pytest.mark.parametrize(
+    ("node", "inits", "opset", "layer"),
+    [
+        (helper.make_node("Clip", ["h"], ["y"], min=0.0, max=6.0), [], 10, "ReLU6()"),
+        (
+            helper.make_node("Clip", ["h"], ["y"], min=-2.0, max=0.5),
+            [],
+            10,
+            "Hardtanh(min_val=-2.0, max_val=0.5)",
+        ),
+        (
+            helper.make_node("Clip", ["h", "lo", "hi"], ["y"]),
+            [init("lo", np.array(-1, np.float32)), init("hi", np.array(1, np.float32))],
+            17,
+            "Hardtanh()",
+        ),
+        (helper.make_node("HardSigmoid", ["h"], ["y"], alpha=1 / 6), [], 17, "Hardsigmoid()"),
+        (helper.make_node("Elu", ["h"], ["y"]), [], 17, "ELU()"),
+        (helper.make_node("Elu", ["h"], ["y"], alpha=0.25), [], 17, "ELU(alpha=0.25)"),
+        (
+            helper.make_node("Gelu", ["h"], ["y"], approximate="tanh"),
+            [],
+            20,
+            'GELU(approximate="tanh")',
+        ),
+        (helper.make_node("Selu", ["h"], ["y"]), [], 17, "SELU()"),
+        (helper.make_node("Softplus", ["h"], ["y"]), [], 17, "Softplus()"),
+        (helper.make_node("LogSoftmax", ["h"], ["y"], axis=1), [], 11, "LogSoftmax()"),
+        (
+            helper.make_node("Dropout", ["h", "r"], ["y"]),
+            [init("r", np.array(0.25, np.float32))],
+            17,
+            "Dropout(p=0.25)",
+        ),
+        (
+            helper.make_node("LayerNormalization", ["h", "s"], ["y"], epsilon=1e-3),
+            [init("s", np.full(4, 2, np.float32))],
+            17,
+            "LayerNorm(normalized_shape=4, eps=0.001, bias=false) {",
+        ),
+    ],
+)
+def test_single_ops_import_as_kinds(tmp_path: Path, node, inits, opset: int, layer: str) -> None:
+    model = after_linear(node, inits, opset)
+    onnx.checker.check_model(model, full_check=True)
+    path = save(model, tmp_path, "m")
+    lyr = import_onnx(path)[-1]
+    assert f"    {layer}\n" in lyr.read_text()
+    program, written = driver.compile_file(lyr)
+    net = getattr(driver.import_module(written[-1]), program.models[0].name)()
+    x = kind_inputs(9, np.float32)[:, :3]
+    expected = ort_or_skip(path, x)
+    torch.testing.assert_close(
+        torch.from_numpy(np.asarray(net(x))), torch.from_numpy(expected), **F32_TOL
+    )
+
+
+@pytest.mark.parametrize(
+    ("node", "inits", "opset", "needles"),
+    [
+        (
+            helper.make_node("HardSigmoid", ["h"], ["y"], name="hs"),
+            [],
+            17,
+            ("node 'hs' (HardSigmoid) has attributes (alpha=0.2", "Hardsigmoid"),
+        ),
+        (
+            helper.make_node("Clip", ["h", "lo"], ["y"], name="c"),
+            [init("lo", np.array(0, np.float32))],
+            17,
+            ("node 'c' (Clip) has no max bound",),
+        ),
+        (
+            helper.make_node("LogSoftmax", ["h"], ["y"], name="ls", axis=0),
+            [],
+            17,
+            ("node 'ls' (LogSoftmax) takes logsoftmax over axis 0",),
+        ),
+        (
+            helper.make_node("LayerNormalization", ["h", "s"], ["y"], name="ln", axis=0),
+            [init("s", np.ones(4, np.float32))],
+            17,
+            ("node 'ln' (LayerNormalization) normalises from axis 0",),
+        ),
+        (
+            helper.make_node("PRelu", ["h", "s"], ["y"], name="pr"),
+            [init("s", np.ones(3, np.float32))],
+            17,
+            ("node 'pr' (PRelu) has 3 values per input but its input has 4",),
+        ),
+        (
+            helper.make_node(
+                "BatchNormalization", ["h", "s", "b", "m", "v"], ["y"], name="bn", training_mode=1
+            ),
+            [init(n, np.ones(4, np.float32)) for n in "sbmv"],
+            17,
+            ("node 'bn' (BatchNormalization) is in training mode",),
+        ),
+        (
+            helper.make_node("Gelu", ["h"], ["y"], name="g", approximate='x") }'),
+            [],
+            20,
+            ("node 'g' (Gelu): approximate = ", "is not a value layerc reads"),
+        ),
+    ],
+)
+def test_single_ops_that_no_kind_computes_are_refused(
+    tmp_path: Path, capsys, node, inits, opset: int, needles: tuple[str, ...]
+) -> None:
+    model = after_linear(node, inits, opset)
+    assert_import_refused(tmp_path, model, capsys, *needles)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -471,8 +854,8 @@ def test_unsupported_ops_are_refused_by_name(tmp_path: Path, capsys) -> None:
     )
     custom.opset_import.append(helper.make_opsetid("com.x", 1))
     assert_import_refused(tmp_path, custom, capsys, "com.x.Fancy", "node 'f'")
-    dropout = relu_after(helper.make_node("Dropout", ["x"], ["h"], name="drop"), [])
-    assert_import_refused(tmp_path, dropout, capsys, "'Dropout'", "node 'drop'")
+    swish = relu_after(helper.make_node("Mul", ["x", "x"], ["h"], name="sq"), [])
+    assert_import_refused(tmp_path, swish, capsys, "'Mul'", "node 'sq'")
 
 
 @pytest.mark.parametrize(
