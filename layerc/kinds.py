@@ -264,16 +264,21 @@ def _softmax_dim(args: B.Bound) -> None:
         )
 
 
+def _emit_row_max(e: Lines, t: str) -> None:
+    """`m = max(xs[s, :])`, inside the loop over rows `s`: the shift that keeps exp in range."""
+    e.line(f"m = {t}(-_np.inf)")
+    e.line("for i in range(f):")
+    with e.indent():
+        e.line("if xs[s, i] > m:")
+        with e.indent():
+            e.line("m = xs[s, i]")
+
+
 def _emit_softmax(e: Lines, args: Args, t: str) -> None:
     e.line("n, f = xs.shape")
     e.line("for s in range(n):")
     with e.indent():
-        e.line(f"m = {t}(-_np.inf)")
-        e.line("for i in range(f):")
-        with e.indent():
-            e.line("if xs[s, i] > m:")
-            with e.indent():
-                e.line("m = xs[s, i]")
+        _emit_row_max(e, t)
         e.line(f"total = {t}(0.0)")
         e.line("for i in range(f):")
         with e.indent():
@@ -289,12 +294,7 @@ def _emit_log_softmax(e: Lines, args: Args, t: str) -> None:
     e.line("n, f = xs.shape")
     e.line("for s in range(n):")
     with e.indent():
-        e.line(f"m = {t}(-_np.inf)")
-        e.line("for i in range(f):")
-        with e.indent():
-            e.line("if xs[s, i] > m:")
-            with e.indent():
-                e.line("m = xs[s, i]")
+        _emit_row_max(e, t)
         e.line(f"total = {t}(0.0)")
         e.line("for i in range(f):")
         with e.indent():
