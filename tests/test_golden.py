@@ -54,56 +54,43 @@ def test_golden_sources_are_the_representative_ones():
     assert (GOLDEN / "lesson.lyr").read_bytes() == spec_seed.read_bytes()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_generated_module_matches_golden(name: str, tmp_path: Path, update_golden: bool):
-    source, _ = compile_copy(name, tmp_path)
-    golden = GOLDEN / f"{name}.py.golden"
-    if update_golden:
-        golden.write_text(source, encoding="utf-8", newline="\n")
+def assert_golden(text: str, golden: Path, what: str, update: bool) -> None:
+    """`text` equals the golden file (or, with --update-golden, becomes it); a difference fails
+    with a unified diff and the command that accepts it."""
+    if update:
+        golden.write_text(text, encoding="utf-8", newline="\n")
         return
     assert golden.exists(), f"no {golden.name}: run pytest {__file__} --update-golden"
     expected = golden.read_text(encoding="utf-8")
-    if source != expected:
+    if text != expected:
         diff = "".join(
             difflib.unified_diff(
                 expected.splitlines(keepends=True),
-                source.splitlines(keepends=True),
+                text.splitlines(keepends=True),
                 f"golden/{golden.name}",
-                "generated",
+                "now",
                 n=2,
             )
         )
         pytest.fail(
-            f"generated code for {name}.lyr differs from {golden.name}; if intended, run "
+            f"{what} differs from {golden.name}; if intended, run "
             f"`python -m pytest tests/test_golden.py --update-golden` and review the diff:\n{diff}"
         )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generated_module_matches_golden(name: str, tmp_path: Path, update_golden: bool):
+    source, _ = compile_copy(name, tmp_path)
+    golden = GOLDEN / f"{name}.py.golden"
+    assert_golden(source, golden, f"generated code for {name}.lyr", update_golden)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plan_matches_golden(name: str, update_golden: bool):
     """Source in, plan text out."""
     program, _ = driver.check_file(GOLDEN / f"{name}.lyr")
-    plan = driver.plan_text(program)
     golden = GOLDEN / f"{name}.plan"
-    if update_golden:
-        golden.write_text(plan, encoding="utf-8", newline="\n")
-        return
-    assert golden.exists(), f"no {golden.name}: run pytest {__file__} --update-golden"
-    expected = golden.read_text(encoding="utf-8")
-    if plan != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                plan.splitlines(keepends=True),
-                f"golden/{golden.name}",
-                "lowered",
-                n=2,
-            )
-        )
-        pytest.fail(
-            f"the plan for {name}.lyr differs from {golden.name}; if intended, run "
-            f"`python -m pytest tests/test_golden.py --update-golden` and review the diff:\n{diff}"
-        )
+    assert_golden(driver.plan_text(program), golden, f"the plan for {name}.lyr", update_golden)
 
 
 @pytest.mark.parametrize("name", NAMES)
