@@ -134,12 +134,20 @@ class Tensor:
 class Onnx:
     """The ONNX operator a layer of the kind exports as: `inputs` are the layer's tensors that
     follow the data input (as initializers), `attributes(args)` the operator's attributes.
-    (`layerc export` reads this for the kinds it exports.)"""
+    `fixed` names the arguments the operator has no attribute for, with the values at which it
+    computes the kind: `layerc export` writes the operator only for a layer with those values,
+    and `layerc import` gives them to the layer it reads from the operator. (Export and import
+    read this for every kind.)"""
 
     op: str
     attributes: Callable[[Args], dict[str, object]] = lambda a: {}
     inputs: tuple[str, ...] = ()
     opset: int = 1
+    fixed: tuple[tuple[str, object], ...] = ()
+
+    def computes(self, args: Args) -> bool:
+        """Whether the operator computes a layer with these arguments (`fixed`)."""
+        return all(args[name] == value for name, value in self.fixed)
 
 
 # --------------------------------------------------------------------------- shape rules
@@ -815,7 +823,10 @@ KINDS: dict[str, Kind] = _kinds(
         ),
         params=(_float("beta", 1.0, nonzero=True), _float("threshold", 20.0)),
         extra_repr=lambda a: f"beta={a['beta']}, threshold={a['threshold']}",
-        onnx=None,  # ONNX's Softplus has neither beta nor threshold
+        # ONNX's Softplus, log(1 + exp(x)), has neither beta nor threshold: it is torch's at
+        # beta=1, threshold=20 (past 20, torch's x and log(1 + exp(x)) differ by less than
+        # exp(-20) = 2e-9: less than float32's rounding of x, and 1e-10 of x in float64)
+        onnx=Onnx("Softplus", fixed=(("beta", 1.0), ("threshold", 20.0))),
     ),
     _activation(
         "Hardtanh",

@@ -1,13 +1,16 @@
 """ONNX in and out: an .onnx file in, a .lyr file plus one .safetensors weights file out
 (`import_onnx`), or a checked program in and a validated ONNX graph out (`export_onnx`).
 
-Import reads a single chain of Gemm / MatMul (+ Add), Identity, Flatten, Dropout and the ops
-the table of kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`), and
-refuses anything else, naming the node. Export writes each layer as its kind's op, or as a small
-subgraph where ONNX has no op of the same meaning (SiLU, LogSigmoid, Softplus with beta or
-threshold). ONNX files have no
-lines, so every problem is a file-level `LayercError`. The file is parsed from bytes read through
-a checked descriptor; external data (paths inside the model, the source of CVE-2022-25882 and
+Import reads a single chain of Gemm / MatMul (+ Add), Identity, Flatten, Reshape, Dropout and the
+ops the table of kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`),
+from an input of shape (batch, features) or (batch, *sample shape), and refuses anything else,
+naming the node; it builds the .lyr file as a syntax tree and prints it with the one printer
+(layerc.printer). Export writes each layer as its kind's op where that op computes the layer, as
+a small subgraph where it does not (SiLU, LogSigmoid, Softplus with beta or threshold, CELU in
+float64), and on samples of several axes as the op that computes the kind there (a Linear as
+MatMul and Add, a Flatten to several axes as Reshape). ONNX files have no lines, so every
+problem with one is a file-level `LayercError`. The file is parsed from bytes read through a
+checked descriptor; external data (paths inside the model, the source of CVE-2022-25882 and
 CVE-2024-27318) is refused, and nothing is written until the whole model has been read.
 """
 
@@ -16,18 +19,20 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, ir
+from . import syntax as S
 from . import weights as W
 from .check import MAX_NAME_LENGTH, MAX_WEIGHTS
-from .errors import LayercError
+from .errors import LayercError, Loc
 from .files import Inputs, WriteFailed, open_regular, read_regular, refuse_inputs, write_atomically
-from .kinds import KINDS
+from .kinds import KINDS, MAX_FEATURES, MAX_RANK, Elementwise, Rowwise
+from .printer import print_program
 
 MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
 EXPORT_OPSET = 17
@@ -38,11 +43,6 @@ MAX_IMPORT_WEIGHTS = MAX_WEIGHTS
 EXPORT_IR_VERSION = 8  # the IR version that came with opset 17: readable by older runtimes
 
 
-# Kinds the table gives no op (export writes a subgraph) that a single op computes with the
-# kind's default arguments: op -> kind. Export writes that op for those arguments.
-_PLAIN_FORMS = {"Softplus": "Softplus"}
-
-
 def _reverse_index() -> dict[str, tuple[str, ...]]:
     """ONNX op -> the layer kinds that export as it (from `Kind.onnx` in layerc.kinds), kinds
     with fewer parameters first (Clip(0, 6) is a ReLU6 before it is a Hardtanh)."""
@@ -50,22 +50,27 @@ def _reverse_index() -> dict[str, tuple[str, ...]]:
     for kind in sorted(KINDS.values(), key=lambda k: len(k.params)):
         if kind.onnx is not None:
             index.setdefault(kind.onnx.op, []).append(kind.name)
-    for op, kind_name in _PLAIN_FORMS.items():
-        index.setdefault(op, []).append(kind_name)
     return {op: tuple(kinds) for op, kinds in index.items()}
 
 
 # ONNX op -> .lyr layer kinds, read from the table of kinds.
 KINDS_BY_OP = _reverse_index()
 # Ops read by hand: a Linear's parts, ops that compute nothing, and constants.
-_STRUCTURAL_OPS = ("Gemm", "MatMul", "Add", "Identity", "Flatten", "Dropout", "Constant")
+_STRUCTURAL_OPS = (
+    *("Gemm", "MatMul", "Add", "Identity", "Flatten", "Reshape", "Dropout"),
+    *("Constant", "Transpose"),
+)
 SUPPORTED_OPS = (*_STRUCTURAL_OPS, *sorted(op for op in KINDS_BY_OP if op not in _STRUCTURAL_OPS))
+# Ops that, on a constant, give a constant (read as one: `_Reader.fold`).
+_FOLDED = ("Identity", "Transpose", "Reshape")
 # Attributes each op read by hand may carry; any other would change its meaning. (The ops of
 # the table may carry the attributes their schema declares: each is matched to an argument of
 # the kind, or must have the value the kind exports.)
 _KNOWN_ATTRIBUTES = {
     "Gemm": {"alpha", "beta", "transA", "transB"},
     "Flatten": {"axis"},
+    "Reshape": {"allowzero"},
+    "Transpose": {"perm"},
     "Constant": {"value"},
     "Dropout": {"ratio", "seed"},
     "BatchNormalization": {"epsilon", "momentum", "training_mode"},
@@ -92,7 +97,7 @@ class _Linear:
 @dataclass
 class _Activation:
     kind: str
-    args: str  # the argument text, already formatted
+    args: tuple[S.Arg, ...]  # those that differ from the kind's defaults
     nodes: list[str]
     tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)  # its block's entries
 
@@ -103,6 +108,7 @@ class _Imported:
     layers: list[_Linear | _Activation] = field(default_factory=list)
     opset: int = 0
     graph_name: str = ""
+    input_shape: tuple[int, ...] | None = None  # a per-sample shape of several axes
 
 
 def import_onnx(path: Path, out: Path | None = None) -> list[Path]:
@@ -239,7 +245,9 @@ class _Reader:
         self.constants: dict[str, object] = {}  # name -> TensorProto
         self.current = ""  # the name of the chain's value
         self.last_linear_output: str | None = None
-        self.in_features: int | None = None
+        # The per-sample shape of the chain's value; None for one axis of unknown size (a
+        # graph input (batch, n) with a symbolic n).
+        self.sample: tuple[int, ...] | None = None
         # Each tensor is read and converted once, however many nodes use it, and so is each
         # weight matrix and bias made from one: layers that share an initializer share arrays.
         self.arrays: dict[str, np.ndarray] = {}
@@ -254,9 +262,11 @@ class _Reader:
             self.constants[tensor.name] = tensor
         if self.graph.sparse_initializer:
             raise self.error("sparse initializers are not supported")
-        self.current, dtype, self.in_features = self.graph_input()
+        self.current, dtype, self.sample = self.graph_input()
         self.count_weights()
         imported = _Imported(dtype, opset=opset, graph_name=self.graph.name)
+        if self.sample is not None and len(self.sample) > 1:
+            imported.input_shape = self.sample
         for node in self.graph.node:
             self.node(node, imported)
         self.finish(imported)
@@ -270,8 +280,9 @@ class _Reader:
             raise self.error(f"ONNX opset {versions[0]} is older than layerc reads ({MIN_OPSET}+)")
         return int(versions[0])
 
-    def graph_input(self) -> tuple[str, np.dtype, int | None]:
-        """The one graph input that is not an initializer: its name, dtype and feature count."""
+    def graph_input(self) -> tuple[str, np.dtype, tuple[int, ...] | None]:
+        """The one graph input that is not an initializer: its name, dtype and per-sample shape
+        (None for (batch, n) with n unknown)."""
         from onnx import TensorProto
 
         inputs = [i for i in self.graph.input if i.name not in self.constants]
@@ -291,17 +302,27 @@ class _Reader:
                 f"graph input {_q(value.name)} is {TensorProto.DataType.Name(elem).lower()}; "
                 "layerc models are float32 or float64"
             )
-        features = None
-        if value.type.tensor_type.HasField("shape"):
-            dims = value.type.tensor_type.shape.dim
-            if len(dims) != 2:
-                raise self.error(
-                    f"graph input {_q(value.name)} has {len(dims)} dimensions; layerc imports "
-                    "models whose input is (batch, features)"
-                )
-            if dims[1].HasField("dim_value"):
-                features = int(dims[1].dim_value)
-        return str(value.name), dtypes[elem], features
+        if not value.type.tensor_type.HasField("shape"):
+            return str(value.name), dtypes[elem], None
+        dims = value.type.tensor_type.shape.dim
+        if not 2 <= len(dims) <= MAX_RANK + 1:
+            raise self.error(
+                f"graph input {_q(value.name)} has {len(dims)} dimension"
+                f"{'' if len(dims) == 1 else 's'}; layerc imports models "
+                f"whose input is (batch, features) or (batch, *sample shape) with at most "
+                f"{MAX_RANK} axes per sample"
+            )
+        if len(dims) == 2:
+            features = int(dims[1].dim_value) if dims[1].HasField("dim_value") else None
+            return str(value.name), dtypes[elem], None if features is None else (features,)
+        sample = tuple(int(d.dim_value) if d.HasField("dim_value") else 0 for d in dims[1:])
+        if not all(0 < d <= MAX_FEATURES for d in sample):
+            raise self.error(
+                f"graph input {_q(value.name)} has a sample axis without a fixed size (or of "
+                f"more than {MAX_FEATURES}); layerc imports samples of several axes only with "
+                "every size fixed"
+            )
+        return str(value.name), dtypes[elem], sample
 
     def count_weights(self) -> None:
         """Refuse a model with more than MAX_IMPORT_WEIGHTS weights before any tensor is read,
@@ -314,8 +335,8 @@ class _Reader:
                 for attr in node.attribute:
                     if attr.name == "value" and attr.HasField("t"):
                         dims[node.output[0]] = tuple(attr.t.dims)
-            elif node.op_type == "Identity" and node.input and node.input[0] in dims:
-                dims[node.output[0]] = dims[node.input[0]]
+            elif node.op_type in _FOLDED and node.input and node.input[0] in dims:
+                dims[node.output[0]] = dims[node.input[0]]  # as many values, in any shape
             elif (
                 node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in dims
             ):
@@ -349,9 +370,8 @@ class _Reader:
                 raise self.error(f"{where}: only Constant nodes with a 'value' tensor are read")
             self.constants[node.output[0]] = attrs["value"]
             return
-        if node.op_type == "Identity" and node.input and node.input[0] in self.constants:
-            # a copy of a constant (torch.onnx.export writes these for shared weights)
-            self.constants[node.output[0]] = self.constants[node.input[0]]
+        if node.op_type in _FOLDED and node.input and node.input[0] in self.constants:
+            self.fold(node, attrs, where)
             return
         data = [name for name in node.input if name and name not in self.constants]
         # Add is commutative; every other op must take the chain's value as its first input
@@ -444,7 +464,7 @@ class _Reader:
         array = self.array(name, where)
         shape = array.shape
         if (
-            len(shape) > 2
+            len(shape) > 1 + self.rank()
             or any(d != 1 for d in shape[:-1])
             or (shape and shape[-1] not in (1, out_features))
         ):
@@ -469,8 +489,9 @@ class _Reader:
         where: str,
         imported: _Imported,
     ) -> None:
-        in_features = weight[0].shape[1]
-        previous = self.features(imported)
+        """A Linear on the last axis of the chain's value."""
+        out_features, in_features = weight[0].shape
+        previous = self.sample[-1] if self.sample is not None else None
         if previous is not None and previous != in_features:
             linears = any(isinstance(layer, _Linear) for layer in imported.layers)
             source = "the previous Linear layer" if linears else "the graph input"
@@ -479,14 +500,25 @@ class _Reader:
         if bias is not None:
             layer.bias, layer.bias_key = bias
         imported.layers.append(layer)
+        self.sample = (*self.sample[:-1], out_features) if self.sample else (out_features,)
 
-    def features(self, imported: _Imported) -> int | None:
-        for layer in reversed(imported.layers):
-            if isinstance(layer, _Linear):
-                return layer.weight.shape[0]
-        return self.in_features
+    def rank(self) -> int:
+        """How many axes the chain's value has per sample."""
+        return 1 if self.sample is None else len(self.sample)
+
+    def axis(self, axis: int) -> int | None:
+        """An ONNX axis of the chain's value (batch axis 0; negative from the end) as a
+        non-negative one, or None when it is out of range."""
+        ndim = 1 + self.rank()
+        return axis % ndim if -ndim <= axis < ndim else None
 
     def op_Gemm(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        if self.rank() > 1:
+            assert self.sample is not None
+            raise self.error(
+                f"{where} takes (batch, features) values, but its input has samples of shape "
+                f"{W.fmt_shape(self.sample)}; a Linear on their last axis is a MatMul"
+            )
         if attrs.get("transA", 0):
             raise self.error(
                 f"{where} has transA=1, which transposes the batch input; no Linear layer "
@@ -569,22 +601,32 @@ class _Reader:
     ) -> None:
         """A layer of `kind` with the arguments `args` (those with their default left out)."""
         defaults = {p.name: p.default for p in KINDS[kind].params}
-        parts = []
         order = list(defaults)
+        written = []
         for name, value in sorted(args.items(), key=lambda item: order.index(item[0])):
+            default = defaults.get(name)
             if isinstance(value, float):
                 if not math.isfinite(value):
                     raise self.error(f"{where}: {name} = {value} is not a finite number")
-                default = defaults.get(name)
                 if isinstance(default, float) and np.float32(value) == np.float32(default):
                     continue
-                parts.append(f"{name}={self.number(value, imported)}")
-            elif value != defaults.get(name):
-                if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_]{1,40}", value):
-                    raise self.error(f"{where}: {name} = {_q(value)} is not a value layerc reads")
-                text = f'"{value}"' if isinstance(value, str) else str(value).lower()
-                parts.append(f"{name}={text}")
-        imported.layers.append(_Activation(kind, ", ".join(parts), [where], tensors or []))
+                node: S.Value = _number(value, self.number(value, imported))
+            elif value == default:
+                continue
+            elif isinstance(value, bool):
+                node = S.Bool(value, _BUILT)
+            elif isinstance(value, int):
+                node = _number(value, str(value))
+            elif isinstance(value, tuple):  # a shape (LayerNorm's normalized_shape)
+                node = S.ListLit.of([_number(v, str(v)) for v in value], _BUILT)
+            else:
+                if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,40}", value):
+                    raise self.error(
+                        f"{where}: {name} = {_q(str(value))} is not a value layerc reads"
+                    )
+                node = S.String(value, _BUILT)
+            written.append(S.Arg(name, node, _BUILT))
+        imported.layers.append(_Activation(kind, tuple(written), [where], tensors or []))
 
     @staticmethod
     def number(value: float, imported: _Imported) -> str:
@@ -612,10 +654,10 @@ class _Reader:
 
     def op_Softmax(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         # opset >= 13: softmax along `axis` (default -1). Before 13: the input is flattened to 2-D
-        # at `axis` (default 1) and softmax taken over the second part. On the (batch, features)
-        # values of a chain both mean the last axis exactly when axis is 1 or -1.
+        # at `axis` (default 1) and softmax taken over the second part. On the chain's values
+        # both mean the last axis exactly when `axis` is the last axis.
         axis = int(attrs.get("axis", -1 if imported.opset >= 13 else 1))
-        if axis not in (1, -1):
+        if self.axis(axis) != self.rank():
             what = node.op_type.lower()
             raise self.error(
                 f"{where} takes {what} over axis {axis}; layerc supports only the last (feature) "
@@ -657,54 +699,97 @@ class _Reader:
         self.activation("Dropout", args, where, imported)
 
     def tensors(
-        self, node, kind: str, where: str, imported: _Imported, *, required: int
-    ) -> tuple[list[tuple[str, np.ndarray]], int]:  # type: ignore[no-untyped-def]
-        """The constant inputs after the data input, named by the kind's ONNX inputs, as 1-D
-        arrays of one size (the channels); the first `required` must be there."""
+        self, node, kind: str, where: str, *, required: int
+    ) -> list[tuple[str, str, np.ndarray]]:  # type: ignore[no-untyped-def]
+        """The constant inputs after the data input: (the kind's name for it, the input's name,
+        the array), in the order of the kind's ONNX inputs; the first `required` must be
+        there."""
         spec = KINDS[kind].onnx
         assert spec is not None
-        out = []
-        for name, input_name in zip(spec.inputs, node.input[1:], strict=False):
-            if not input_name:
-                continue
-            array = self.array(input_name, where)
-            if array.ndim > 1 and any(d != 1 for d in array.shape[:-1]):
-                raise self.error(
-                    f"{where}: {name} {_q(input_name)} has shape {W.fmt_shape(array.shape)}; "
-                    "layerc reads one value per feature"
-                )
-            out.append((name, array.reshape(-1)))
-        if len(out) < required or len({a.size for _, a in out}) > 1:
+        out = [
+            (name, input_name, self.array(input_name, where))
+            for name, input_name in zip(spec.inputs, node.input[1:], strict=False)
+            if input_name
+        ]
+        if len(out) < required:
             raise self.error(
-                f"{where} needs {', '.join(spec.inputs[:required])} as constant inputs of one size"
+                f"{where} needs {', '.join(spec.inputs[:required])} as constant inputs"
             )
-        size = out[0][1].size
-        features = self.features(imported)
-        if features is not None and size != features and not (kind == "PReLU" and size == 1):
-            raise self.error(f"{where} has {size} values per input but its input has {features}")
-        return out, size
+        return out
+
+    def shaped(
+        self, tensors: list[tuple[str, str, np.ndarray]], shape: tuple[int, ...], where: str
+    ) -> list[tuple[str, np.ndarray]]:
+        """Each tensor as an array of `shape` (it may have leading axes of size 1 more or
+        fewer), named by the kind."""
+        out = []
+        for name, input_name, array in tensors:
+            if _strip_ones(array.shape) != _strip_ones(shape):
+                raise self.error(
+                    f"{where}: {name} {_q(input_name)} has shape {W.fmt_shape(array.shape)}, "
+                    f"but the layer needs {W.fmt_shape(shape)} for its input"
+                )
+            out.append((name, array.reshape(shape)))
+        return out
+
+    def channels(self, where: str) -> int | None:
+        """The channels of the chain's value, for a layer that takes samples (C,) or (C, L)."""
+        if self.rank() > 2:
+            assert self.sample is not None
+            raise self.error(
+                f"{where} takes samples of shape {W.fmt_shape(self.sample)}; layerc's "
+                "per-channel layers take (C,) or (C, L)"
+            )
+        return None if self.sample is None else self.sample[0]
 
     def op_PRelu(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        tensors, size = self.tensors(node, "PReLU", where, imported, required=1)
+        """PRelu's slope broadcasts against the value from its last axis; PReLU has one weight,
+        or one per channel (axis 1): a slope of shape (C,) on (batch, C), (C, 1) on
+        (batch, C, L), or of one value."""
+        ((name, input_name, slope),) = self.tensors(node, "PReLU", where, required=1)
+        ndim = 1 + self.rank()
+        padded = (1,) * (ndim - slope.ndim) + slope.shape
+        if len(padded) > ndim or any(d != 1 for i, d in enumerate(padded) if i != 1):
+            raise self.error(
+                f"{where}: slope {_q(input_name)} has shape {W.fmt_shape(slope.shape)}; layerc "
+                "reads one value, or one per channel (axis 1), as PReLU's weight"
+            )
+        size = padded[1]
+        channels = self.sample[0] if self.sample is not None else None
+        if size != 1 and channels is not None and size != channels:
+            what = "per input but its input has" if self.rank() == 1 else "but its input has"
+            unit = "" if self.rank() == 1 else " channels"
+            raise self.error(f"{where} has {size} values {what} {channels}{unit}")
+        tensors = [(name, slope.reshape(-1))]
         self.activation("PReLU", {"num_parameters": size}, where, imported, tensors)
 
     def op_BatchNormalization(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         if attrs.get("training_mode", 0):
             raise self.error(f"{where} is in training mode; layerc models run in eval mode")
-        tensors, size = self.tensors(node, "BatchNorm1d", where, imported, required=4)
+        found = self.tensors(node, "BatchNorm1d", where, required=4)
+        channels = self.channels(where) or found[0][2].size
+        tensors = self.shaped(found, (channels,), where)
         eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
-        args: dict[str, object] = {"num_features": size, "eps": eps}
+        args: dict[str, object] = {"num_features": channels, "eps": eps}
         self.activation("BatchNorm1d", args, where, imported, tensors)
 
     def op_LayerNormalization(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         axis = int(attrs.get("axis", -1))  # type: ignore[call-overload]
-        if axis not in (1, -1):
+        start = self.axis(axis)
+        if not start:
             raise self.error(
-                f"{where} normalises from axis {axis}; layerc supports only the last (feature) axis"
+                f"{where} normalises from axis {axis}, which takes in the batch axis; layerc "
+                "normalises the last axes of each sample"
             )
-        tensors, size = self.tensors(node, "LayerNorm", where, imported, required=1)
+        found = self.tensors(node, "LayerNorm", where, required=1)
+        if self.sample is not None:
+            normalized = self.sample[start - 1 :]
+        else:
+            normalized = (found[0][2].size,)
+        tensors = self.shaped(found, normalized, where)
         eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
-        args: dict[str, object] = {"normalized_shape": size, "eps": eps}
+        shape: object = normalized[0] if len(normalized) == 1 else normalized
+        args: dict[str, object] = {"normalized_shape": shape, "eps": eps}
         if len(tensors) == 1:
             args["bias"] = False
         self.activation("LayerNorm", args, where, imported, tensors)
@@ -715,13 +800,90 @@ class _Reader:
             self.last_linear_output = node.output[0]
 
     def op_Flatten(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """ONNX's Flatten makes a value 2-D: at axis 1 it keeps the batch axis and flattens each
+        sample, a Flatten layer (nothing, on (batch, features) values)."""
         axis = int(attrs.get("axis", 1))
-        if axis not in (1, -1):
+        if self.axis(axis) != 1:
             raise self.error(
                 f"{where} flattens at axis {axis}, which would mix the batch into the features; "
-                "only a Flatten of a (batch, features) value at axis 1 is supported"
+                "layerc reads a Flatten at axis 1, which flattens each sample"
             )
+        if self.sample is not None and len(self.sample) > 1:
+            self.activation("Flatten", {}, where, imported)
+            self.sample = (math.prod(self.sample),)
         self.op_Identity(node, attrs, where, imported)
+
+    def op_Reshape(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """A Reshape that keeps the batch axis and merges neighbouring axes of each sample into
+        one is a Flatten layer (layerc export writes a Flatten to several axes so)."""
+        if self.sample is None:
+            raise self.error(f"{where} reshapes a value whose shape is not known")
+        if len(node.input) < 2 or node.input[1] not in self.constants:
+            raise self.error(f"{where}: the shape must be an initializer or a Constant")
+        target = [int(v) for v in self.array(node.input[1], where).reshape(-1)]
+        copies = not attrs.get("allowzero", 0)  # a 0 copies the input's size on that axis
+        batch, *dims = target or [1]
+        dims = [
+            self.sample[i] if d == 0 and copies and i < len(self.sample) else d
+            for i, d in enumerate(dims)
+        ]
+        if dims.count(-1) == 1 and batch == 0 and copies:
+            known = math.prod(d for d in dims if d != -1)
+            if known > 0 and math.prod(self.sample) % known == 0:
+                dims[dims.index(-1)] = math.prod(self.sample) // known
+        keeps_batch = (batch == 0 and copies) or batch == -1
+        new = tuple(dims)
+        run = _merged_axes(self.sample, new) if keeps_batch else None
+        if run is None and not (keeps_batch and new == self.sample):
+            raise self.error(
+                f"{where} reshapes samples of shape {W.fmt_shape(self.sample)} to {target[1:]} "
+                f"(batch {target[0]}); layerc reads a Reshape that keeps the batch axis and "
+                "merges neighbouring axes of each sample (a Flatten)"
+            )
+        if run is not None:
+            start, end = run
+            last = end + 1 == len(self.sample)
+            args: dict[str, object] = {"start_dim": start + 1, "end_dim": -1 if last else end + 1}
+            self.activation("Flatten", args, where, imported)
+            self.sample = new
+        self.op_Identity(node, attrs, where, imported)
+
+    def op_Transpose(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        raise self.error(
+            f"{where} transposes the output of the previous layer, which no layer kind does; "
+            "layerc reads a Transpose only of a constant (a weight)"
+        )
+
+    def fold(self, node, attrs: dict, where: str) -> None:  # type: ignore[no-untyped-def]
+        """A node that only rearranges a constant is a constant: a copy (torch.onnx.export
+        writes them for shared weights), a transposed weight or a reshaped slope (layerc export
+        writes these on samples of several axes)."""
+        data, out = node.input[0], node.output[0]
+        self.constants[out] = self.constants[data]  # (its dims still count its values)
+        if node.op_type == "Identity":
+            return
+        array = self.array(data, where)
+        if node.op_type == "Transpose":
+            perm = attrs.get("perm")
+            target = list(perm) if perm else list(range(array.ndim))[::-1]  # type: ignore[call-overload]
+        else:
+            if len(node.input) < 2 or node.input[1] not in self.constants:
+                raise self.error(f"{where}: the shape must be an initializer or a Constant")
+            target = [int(v) for v in self.array(node.input[1], where).reshape(-1)]
+            if not attrs.get("allowzero", 0):  # a 0 copies the input's size on that axis
+                target = [
+                    array.shape[i] if d == 0 and i < array.ndim else d for i, d in enumerate(target)
+                ]
+        try:
+            if node.op_type == "Transpose":
+                self.arrays[out] = array.transpose(target)
+            else:
+                self.arrays[out] = array.reshape(target)
+        except ValueError:
+            raise self.error(
+                f"{where} cannot {node.op_type.lower()} tensor {_q(data)} of shape "
+                f"{W.fmt_shape(array.shape)} by {target}"
+            ) from None
 
     def finish(self, imported: _Imported) -> None:
         outputs = [o.name for o in self.graph.output]
@@ -741,17 +903,46 @@ def _text(value: object) -> object:
     return value
 
 
+def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape` without its leading axes of size 1."""
+    i = 0
+    while i < len(shape) and shape[i] == 1:
+        i += 1
+    return shape[i:]
+
+
+def _merged_axes(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, int] | None:
+    """The run of neighbouring axes `old[start:end + 1]`, two or more, that merged into one
+    gives `new` (the first such run), or None."""
+    extra = len(old) - len(new)
+    if extra < 1:
+        return None
+    for start in range(len(new)):
+        end = start + extra
+        if (
+            old[:start] == new[:start]
+            and old[end + 1 :] == new[start + 1 :]
+            and math.prod(old[start : end + 1]) == new[start]
+        ):
+            return start, end
+    return None
+
+
 def _match_attributes(kind: str, attrs: dict[str, object]) -> dict[str, object] | None:
     """The arguments of a layer of `kind` that exports as an op with the attributes `attrs`
     (every attribute, defaults filled in), or None if none does. An attribute the kind's
     `Onnx.attributes` copies from an argument gives that argument (found by passing a marker
-    for each argument in turn); any other must equal, as a float32, the value the kind exports."""
+    for each argument in turn); any other must equal, as a float32, the value the kind exports.
+    The arguments the op has no attribute for take the values at which it computes the kind
+    (`Onnx.fixed`: ONNX's Softplus is torch's with beta=1 and threshold=20)."""
     spec = KINDS[kind]
-    if spec.onnx is None:  # a plain form (_PLAIN_FORMS): the op without attributes
-        return {} if not attrs else None
-    defaults = {p.name: p.default for p in spec.params}
+    assert spec.onnx is not None, kind
+    fixed = dict(spec.onnx.fixed)
+    defaults = {p.name: p.default for p in spec.params} | fixed
     source: dict[str, str] = {}  # attribute -> the argument it copies
     for param in spec.params:
+        if param.name in fixed:
+            continue
         marker = object()
         try:
             probed = spec.onnx.attributes({**defaults, param.name: marker})
@@ -761,7 +952,7 @@ def _match_attributes(kind: str, attrs: dict[str, object]) -> dict[str, object] 
             if value is marker:
                 source[name] = param.name
     exported = spec.onnx.attributes(defaults)
-    args: dict[str, object] = {}
+    args: dict[str, object] = dict(fixed)
     for name, value in attrs.items():
         if name in source:
             args[source[name]] = value
@@ -796,75 +987,93 @@ def model_name_for(stem: str) -> str:
     return name[:MAX_NAME_LENGTH]
 
 
-def _lyr_string(text: str, display: str) -> str:
-    """`text` as a .lyr string literal (which knows only the escapes \\" and \\\\)."""
-    if any(not ch.isprintable() for ch in text):
-        raise LayercError(
-            f"the file name {text!r} has characters a .lyr string cannot hold", file=display
-        )
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+# Where the nodes of a tree built in code stand: nowhere in a source.
+_BUILT = Loc("<layerc import>", 1, 1)
 
 
-def _comment(text: str) -> str:
-    """Text from the ONNX file made safe for a one-line comment."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+def _number(value: float, text: str) -> S.Number:
+    return S.Number(float(value), isinstance(value, int), text, _BUILT)
+
+
+def _load(path: str, key: str) -> S.Call:
+    """`load(path, key)`."""
+    args = (S.Arg(None, S.String(path, _BUILT), _BUILT), S.Arg(None, S.String(key, _BUILT), _BUILT))
+    return S.Call("load", args, _BUILT)
 
 
 def _render(
     imported: _Imported, source: str, stem: str, weights_name: str
 ) -> tuple[str, dict[str, np.ndarray]]:
-    """The .lyr text and the arrays of its weights file, keyed as the state_dict will be; a
-    weight or bias that several layers share is stored once, under the first one's key."""
+    """The .lyr text (a syntax tree, printed by the one printer) and the arrays of its weights
+    file, keyed as the state_dict will be; a weight or bias that several layers share is stored
+    once, under the first one's key. Text from the ONNX file goes only into comments, which the
+    printer makes safe; the weights file's name, into strings that it escapes."""
     dtype = imported.dtype
-    path = _lyr_string(weights_name, source)
-    options = "(dtype=float64)" if dtype == np.float64 else ""
-    lines = [
-        # Lines 1 and 2 hold no text from the ONNX file or its name (an editor or tool that
-        # honours a coding declaration there must not be steered by a hostile name).
-        f"{IMPORT_HEADER}{__version__} from an ONNX model; edit freely, or import it again.",
-        f"# ONNX opset {imported.opset}.",
-        f"# Source: {_comment(repr(source))}, graph {_comment(_q(imported.graph_name))}.",
-        f"# The weights are in {_comment(weights_name)}, beside this file.",
-        f"model {model_name_for(stem)}{options} {{",
-    ]
+    if not weights_name.isprintable():  # a line break, or a character no reader would see
+        raise LayercError(
+            f"the file name {weights_name!r} has characters a .lyr string cannot hold",
+            file=source,
+        )
     arrays: dict[str, np.ndarray] = {}
     stored: dict[tuple[object, ...], str] = {}  # what layers share -> the key it is stored under
 
-    def store(array: np.ndarray, key: tuple[object, ...] | None, name: str) -> str:
-        """The key of `array` in the weights file: `name`, or where a layer sharing it put it."""
+    def load(array: np.ndarray, key: tuple[object, ...] | None, name: str) -> S.Call:
+        """`load` of `array` from the weights file: under `name`, or where a layer sharing it
+        put it."""
         if key is not None and key in stored:
-            return stored[key]
+            return _load(weights_name, stored[key])
         arrays[name] = W.convert_exact(array, dtype, name.split(".")[-1])
         if key is not None:
             stored[key] = name
-        return name
+        return _load(weights_name, name)
 
+    layers = []
     for position, layer in enumerate(imported.layers):
-        lines.append(f"    # from {_comment(', '.join(layer.nodes))}")
+        comments = (f"from {', '.join(layer.nodes)}",)
         if isinstance(layer, _Activation):
-            if not layer.tensors:
-                lines.append(f"    {layer.kind}({layer.args})")
-                continue
-            lines.append(f"    {layer.kind}({layer.args}) {{")
-            for name, array in layer.tensors:
-                key = store(array, None, f"{position}.{name}")
-                lines.append(f'        {name} = load({path}, "{key}")')
-            lines.append("    }")
+            entries = tuple(
+                S.Entry(name, load(array, None, f"{position}.{name}"), _BUILT)
+                for name, array in layer.tensors
+            )
+            layers.append(
+                S.LayerDef(
+                    None, layer.kind, _BUILT, layer.args, True, entries or None, _BUILT, comments
+                )
+            )
             continue
         out_features, in_features = layer.weight.shape
-        has_bias = layer.bias is not None
-        lines.append(
-            f"    Linear(in_features={in_features}, out_features={out_features}, "
-            f"bias={'true' if has_bias else 'false'}) {{"
+        args = (
+            S.Arg("in_features", _number(in_features, str(in_features)), _BUILT),
+            S.Arg("out_features", _number(out_features, str(out_features)), _BUILT),
+            S.Arg("bias", S.Bool(layer.bias is not None, _BUILT), _BUILT),
         )
-        key = store(layer.weight, layer.weight_key, f"{position}.weight")
-        lines.append(f'        weight = load({path}, "{key}")')
+        entries = (
+            S.Entry("weight", load(layer.weight, layer.weight_key, f"{position}.weight"), _BUILT),
+        )
         if layer.bias is not None:
-            key = store(layer.bias, layer.bias_key, f"{position}.bias")
-            lines.append(f'        bias = load({path}, "{key}")')
-        lines.append("    }")
-    lines.append("}")
-    return "\n".join(lines) + "\n", arrays
+            bias = load(layer.bias, layer.bias_key, f"{position}.bias")
+            entries += (S.Entry("bias", bias, _BUILT),)
+        layers.append(S.LayerDef(None, "Linear", _BUILT, args, True, entries, _BUILT, comments))
+    options: tuple[S.Arg, ...] = ()
+    if imported.input_shape is not None:
+        shape = S.ListLit.of([_number(d, str(d)) for d in imported.input_shape], _BUILT)
+        options += (S.Arg("input", shape, _BUILT),)
+    if dtype == np.float64:
+        options += (S.Arg("dtype", S.Name("float64", _BUILT), _BUILT),)
+    header = (
+        # Lines 1 and 2 hold no text from the ONNX file or its name (an editor or tool that
+        # honours a coding declaration there must not be steered by a hostile name).
+        f"{IMPORT_HEADER.removeprefix('# ')}{__version__} from an ONNX model; edit freely, or "
+        "import it again.",
+        f"ONNX opset {imported.opset}.",
+        f"Source: {source!r}, graph {_q(imported.graph_name)}.",
+        f"The weights are in {weights_name}, beside this file.",
+    )
+    name = model_name_for(stem)
+    model = S.ModelDef(name, options, tuple(layers), _BUILT, _BUILT, header)
+    text = print_program(S.Program(f"{stem}.lyr", (model,)))
+    assert text.startswith(IMPORT_HEADER), "the header `_written_by_import` looks for"
+    return text, arrays
 
 
 # =========================================================================== export
@@ -887,41 +1096,30 @@ def export_onnx(program: ir.Program, model_name: str | None, out: Path, source: 
 
 
 def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
-    """The ModelProto of `model`: each layer as its kind's ONNX operator (`Kind.onnx` in
-    layerc.kinds; Gemm with transB=1 for a Linear), its weights and buffers as initializers named
-    by their state_dict keys, or as a small subgraph where ONNX has no operator of the same
-    meaning (`_SUBGRAPHS`); input 'input' and output 'output' of shape (batch, features) with a
-    symbolic batch dimension. The opset is EXPORT_OPSET, or the newest its operators need."""
+    """The ModelProto of `model`: input 'input' and output 'output' of shape (batch, *sample
+    shape) with a symbolic batch dimension, and each layer as its kind's ONNX operator
+    (`Kind.onnx` in layerc.kinds; Gemm with transB=1 for a Linear) with its weights and buffers
+    as initializers named by their state_dict keys, or as a small subgraph where that operator
+    does not compute the layer (`_form`). The opset is EXPORT_OPSET, or the newest its operators
+    need. A layer that cannot be written is a LayercError at the layer."""
     import onnx
     from onnx import TensorProto, helper
 
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
     layers = list(ir.layers(model))
-    for path, layer in layers:
-        if layer.spec.onnx is None and layer.kind not in _SUBGRAPHS:
-            raise LayercError(
-                f"layerc export cannot write {layer.kind} layers (layer {path!r} of model "
-                f"{model.name!r}): ONNX has no operator of the same meaning",
-                file=source,
-            )
-    if len(model.in_shape) != 1:
-        raise LayercError(
-            f"layerc export writes models whose input is (batch, features); {model.name!r} "
-            f"takes samples of shape {model.in_shape}",
-            file=source,
-        )
-    opset = export_opset(model)
-    graph = _Graph(model.dtype, opset, source, model.name)
+    forms = [_form(path, layer, model) for path, layer in layers]
+    opset = max([EXPORT_OPSET, *(form_opset for form_opset, _ in forms)])
+    graph = _Graph(model.dtype, opset, model.name)
     value = "input"
-    for index, (path, layer) in enumerate(layers):
+    for index, ((path, layer), (_, write)) in enumerate(zip(layers, forms, strict=True)):
         out = "output" if index == len(layers) - 1 else f"/{path}/output"
-        graph.layer(path, layer, value, out)
+        write(graph, path, layer, value, out)
         value = out
     onnx_graph = helper.make_graph(
         graph.nodes,
         model.name,
-        [helper.make_tensor_value_info("input", elem, ["batch", model.in_features])],
-        [helper.make_tensor_value_info("output", elem, ["batch", model.out_features])],
+        [helper.make_tensor_value_info("input", elem, ["batch", *model.in_shape])],
+        [helper.make_tensor_value_info("output", elem, ["batch", *model.out_shape])],
         graph.initializers,
     )
     opset_id = helper.make_opsetid("", opset)
@@ -937,15 +1135,72 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     return proto
 
 
-def export_opset(model: ir.Model) -> int:
-    """EXPORT_OPSET, or the newest opset that one of the model's operators needs."""
-    needed = [EXPORT_OPSET]
-    for _, layer in ir.layers(model):
-        if layer.kind in _SUBGRAPHS:
-            needed.append(_SUBGRAPHS[layer.kind][0])
-        if layer.spec.onnx is not None:
-            needed.append(layer.spec.onnx.opset)
-    return max(needed)
+# How a layer is written: (the opset it needs, writer(graph, path, layer, input, output)).
+_Form = tuple[int, Callable[["_Graph", str, ir.Layer, str, str], None]]
+
+
+def _form(path: str, layer: ir.Layer, model: ir.Model) -> _Form:
+    """How `layer` (at `path` in `model`) is written: its kind's operator, where that computes
+    the layer (`_op_computes`); else the kind's subgraph (`_SUBGRAPHS`). On samples of several
+    axes, the kinds in `_SEVERAL_AXES` have their own form, and the others must compute value by
+    value or along the last axes (`_any_shape`). What fits none is an error at the layer."""
+    spec = layer.spec.onnx
+    if len(layer.in_shape) > 1:
+        if layer.kind in _SEVERAL_AXES:
+            return _SEVERAL_AXES[layer.kind]
+        if not _any_shape(layer):
+            raise _cannot_write(
+                path,
+                layer,
+                model,
+                f"on samples of shape {W.fmt_shape(layer.in_shape)}, its ONNX form takes "
+                "only (batch, features) values",
+            )
+    if spec is not None and _op_computes(layer, model.dtype):
+        return spec.opset, _Graph.op
+    if layer.kind in _SUBGRAPHS:
+        return _SUBGRAPHS[layer.kind]
+    raise _cannot_write(path, layer, model, "ONNX has no operator of the same meaning")
+
+
+def _cannot_write(path: str, layer: ir.Layer, model: ir.Model, why: str) -> LayercError:
+    return LayercError(
+        f"layerc export cannot write layer {path!r} ({layer.kind}) of model {model.name!r}: {why}",
+        layer.loc,
+    )
+
+
+def _op_computes(layer: ir.Layer, dtype: np.dtype) -> bool:
+    """Whether the kind's ONNX operator computes `layer`: the layer has the arguments the op
+    stands for (`Onnx.fixed`), and the op's schema takes the model's dtype (ONNX's Celu takes
+    float32 only)."""
+    import onnx
+
+    spec = layer.spec.onnx
+    if spec is None or not spec.computes(layer.argdict):
+        return False
+    schema = onnx.defs.get_schema(spec.op, max(EXPORT_OPSET, spec.opset), "")
+    (allowed,) = [
+        c.allowed_type_strs
+        for c in schema.type_constraints
+        if c.type_param_str == schema.inputs[0].type_str
+    ]
+    return ("tensor(float)" if dtype == np.float32 else "tensor(double)") in allowed
+
+
+def _any_shape(layer: ir.Layer) -> bool:
+    """Whether the kind's ONNX form computes on samples of any shape as the kind does: it keeps
+    the shape and computes value by value (ReLU, SiLU's subgraph, Dropout's Identity), along
+    the last axes (ONNX's Softmax, LogSoftmax and LayerNormalization, with the negative axis the
+    table writes), or per channel on axis 1 (`_CHANNELS_ON_AXIS_1`)."""
+    spec = layer.spec
+    return spec.keeps_shape and (
+        isinstance(spec.native, (Elementwise, Rowwise)) or spec.name in _CHANNELS_ON_AXIS_1
+    )
+
+
+# Kinds whose ONNX operator takes samples (C, L) as the kind does, its channels on axis 1.
+_CHANNELS_ON_AXIS_1 = frozenset({"BatchNorm1d"})
 
 
 # Attributes that became inputs in a later opset: op -> (that opset, the attributes in input order)
@@ -955,18 +1210,24 @@ _ATTRIBUTE_INPUTS = {"Clip": (11, ("min", "max"))}
 class _Graph:
     """The nodes and initializers of an exported graph, built layer by layer."""
 
-    def __init__(self, dtype: np.dtype, opset: int, source: str, model: str):
+    def __init__(self, dtype: np.dtype, opset: int, model: str):
         self.dtype = np.dtype(dtype)
         self.opset = opset
-        self.source = source
         self.model = model
         self.nodes: list = []
         self.initializers: list = []
 
     def constant(self, name: str, value: np.ndarray | float) -> str:
+        """An initializer of the model's dtype."""
+        return self.initializer(name, np.asarray(value, dtype=self.dtype))
+
+    def shape(self, name: str, dims: Sequence[int]) -> str:
+        """An int64 initializer: a shape for Reshape."""
+        return self.initializer(name, np.asarray(dims, dtype=np.int64))
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        array = np.asarray(value, dtype=self.dtype)
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
@@ -976,10 +1237,8 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))  # type: ignore[arg-type]
         return out
 
-    def layer(self, path: str, layer: ir.Layer, value: str, out: str) -> None:
-        if layer.kind in _SUBGRAPHS:
-            if _SUBGRAPHS[layer.kind][1](self, layer.argdict, value, out, f"/{path}"):
-                return
+    def op(self, path: str, layer: ir.Layer, value: str, out: str) -> None:
+        """The layer as its kind's operator: the table's attributes, its tensors as inputs."""
         spec = layer.spec.onnx
         assert spec is not None, layer.kind
         attrs = dict(spec.attributes(layer.argdict))
@@ -1000,17 +1259,14 @@ class _Graph:
         (weight 1, bias 0), or left out when the kind has no such value (a Linear's bias)."""
         array = layer.tensor(name)
         if array is not None:
-            from onnx import numpy_helper
-
-            self.initializers.append(numpy_helper.from_array(array, f"{path}.{name}"))
-            return f"{path}.{name}"
+            return self.initializer(f"{path}.{name}", array)
         (tensor,) = [t for t in layer.spec.tensors if t.name == name]
         if tensor.buffer:
             raise LayercError(
-                f"layerc export cannot write layer {path!r} of model {self.model!r}: a "
-                f"{layer.kind} without {name} computes with each batch's own statistics, "
-                "which its ONNX operator does not",
-                file=self.source,
+                f"layerc export cannot write layer {path!r} ({layer.kind}) of model "
+                f"{self.model!r}: a {layer.kind} without {name} computes with each batch's own "
+                "statistics, which its ONNX operator does not",
+                layer.loc,
             )
         if tensor.initial is None:
             return ""
@@ -1019,48 +1275,42 @@ class _Graph:
         return self.constant(f"/{path}/{name}", value)
 
 
-def _silu(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
+# --------------------------------------------------------------------------- subgraphs
+#
+# Each writes one layer, `writer(graph, path, layer, x, out)`, from the value `x` to `out`.
+
+
+def _silu(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
     """x * Sigmoid(x)."""
-    s = g.node("Sigmoid", [x], f"{at}/sigmoid", f"{at}/Sigmoid")
-    g.node("Mul", [x, s], out, f"{at}/Mul")
-    return True
+    s = g.node("Sigmoid", [x], f"/{path}/sigmoid", f"/{path}/Sigmoid")
+    g.node("Mul", [x, s], out, f"/{path}/Mul")
 
 
-def _log_sigmoid(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
+def _log_sigmoid(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
     """-Softplus(-x)."""
-    neg = g.node("Neg", [x], f"{at}/neg", f"{at}/Neg")
-    sp = g.node("Softplus", [neg], f"{at}/softplus", f"{at}/Softplus")
-    g.node("Neg", [sp], out, f"{at}/Neg_1")
-    return True
+    neg = g.node("Neg", [x], f"/{path}/neg", f"/{path}/Neg")
+    sp = g.node("Softplus", [neg], f"/{path}/softplus", f"/{path}/Softplus")
+    g.node("Neg", [sp], out, f"/{path}/Neg_1")
 
 
-# torch's defaults, for which a single Softplus computes the same (to rounding: past the
-# threshold log(1 + exp(x)) is x + exp(-x), and exp(-20) is below a float32 ulp of 20)
-_PLAIN_SOFTPLUS = {"beta": 1.0, "threshold": 20.0}
-
-
-def _softplus(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
-    """Softplus; with other beta or threshold, Where(x * beta > threshold, x,
-    Softplus(x * beta) / beta)."""
-    if {k: float(args[k]) for k in _PLAIN_SOFTPLUS} == _PLAIN_SOFTPLUS:
-        g.node("Softplus", [x], out, f"{at}/Softplus")
-        return True
-    beta = g.constant(f"{at}/beta", float(args["beta"]))
-    threshold = g.constant(f"{at}/threshold", float(args["threshold"]))
+def _softplus(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
+    """Softplus with a beta or threshold that ONNX's Softplus does not compute:
+    Where(x * beta > threshold, x, Softplus(x * beta) / beta)."""
+    at = f"/{path}"
+    beta = g.constant(f"{at}/beta", float(layer.arg("beta")))  # type: ignore[arg-type]
+    threshold = g.constant(f"{at}/threshold", float(layer.arg("threshold")))  # type: ignore[arg-type]
     scaled = g.node("Mul", [x, beta], f"{at}/scaled", f"{at}/Mul")
     sp = g.node("Softplus", [scaled], f"{at}/softplus", f"{at}/Softplus")
     soft = g.node("Div", [sp, beta], f"{at}/soft", f"{at}/Div")
     above = g.node("Greater", [scaled, threshold], f"{at}/above", f"{at}/Greater")
     g.node("Where", [above, x, soft], out, f"{at}/Where")
-    return True
 
 
-def _celu(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
-    """ONNX's Celu takes float32 only: in float64, Where(x > 0, x, alpha * (Exp(x / alpha) - 1));
-    in float32, the table's Celu (returns False)."""
-    if g.dtype == np.float32:
-        return False
-    alpha = g.constant(f"{at}/alpha", float(args["alpha"]))
+def _celu(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
+    """CELU in float64, which ONNX's Celu does not take:
+    Where(x > 0, x, alpha * (Exp(x / alpha) - 1))."""
+    at = f"/{path}"
+    alpha = g.constant(f"{at}/alpha", float(layer.arg("alpha")))  # type: ignore[arg-type]
     zero = g.constant(f"{at}/zero", 0.0)
     one = g.constant(f"{at}/one", 1.0)
     scaled = g.node("Div", [x, alpha], f"{at}/scaled", f"{at}/Div")
@@ -1069,16 +1319,64 @@ def _celu(g: _Graph, args: dict, x: str, out: str, at: str) -> bool:
     below = g.node("Mul", [minus, alpha], f"{at}/below", f"{at}/Mul")
     positive = g.node("Greater", [x, zero], f"{at}/positive", f"{at}/Greater")
     g.node("Where", [positive, x, below], out, f"{at}/Where")
-    return True
 
 
-# Kinds whose ONNX form is a small subgraph: kind -> (opset it needs, writer); a writer that
-# returns False leaves the layer to its kind's op.
-_SUBGRAPHS: dict[str, tuple[int, Callable[[_Graph, dict, str, str, str], bool]]] = {
+# Kinds written as a small subgraph where their operator does not compute them (there is none,
+# the arguments are not those it stands for, or it does not take the dtype).
+_SUBGRAPHS: dict[str, _Form] = {
     "SiLU": (1, _silu),
     "LogSigmoid": (1, _log_sigmoid),
     "Softplus": (1, _softplus),
     "CELU": (1, _celu),
+}
+
+
+# --------------------------------------------------------------------------- samples of several axes
+
+
+def _matmul(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
+    """A Linear on the last axis of samples of several axes, which Gemm (2-D only) cannot take:
+    MatMul by the transposed weight, then Add of the bias."""
+    at = f"/{path}"
+    weight = g.tensor_input(path, layer, "weight")
+    transposed = g.node("Transpose", [weight], f"{at}/weight_t", f"{at}/Transpose", perm=[1, 0])
+    if layer.bias is None:
+        g.node("MatMul", [x, transposed], out, f"{at}/MatMul")
+        return
+    product = g.node("MatMul", [x, transposed], f"{at}/matmul", f"{at}/MatMul")
+    g.node("Add", [product, g.tensor_input(path, layer, "bias")], out, f"{at}/Add")
+
+
+def _flatten(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
+    """Flatten to one axis per sample is ONNX's Flatten (the table's); to several axes, ONNX's
+    Flatten (always 2-D) cannot: Reshape to (batch, *output shape), the 0 copying the batch."""
+    if len(layer.out_shape) == 1:
+        g.op(path, layer, x, out)
+        return
+    shape = g.shape(f"/{path}/shape", [0, *layer.out_shape])
+    g.node("Reshape", [x, shape], out, f"/{path}/Reshape")
+
+
+def _prelu(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
+    """PRelu's slope broadcasts from the last axis, PReLU's weight applies along channel axis 1:
+    on samples (C, *rest), the weight reshaped to (C, 1, ...) (one weight: as it is)."""
+    if layer.arg("num_parameters") == 1:
+        g.op(path, layer, x, out)
+        return
+    weight = g.tensor_input(path, layer, "weight")
+    channels = (layer.in_shape[0], *[1] * (len(layer.in_shape) - 1))
+    shape = g.shape(f"/{path}/slope_shape", channels)
+    slope = g.node("Reshape", [weight, shape], f"/{path}/slope", f"/{path}/Reshape")
+    g.node("PRelu", [x, slope], out, f"/{path}/PRelu")
+
+
+# Kinds whose operator computes them only on (batch, features) values, and how they are written
+# on samples of several axes (the opset: that of Reshape with a shape input, and PRelu's and
+# Flatten's in the table).
+_SEVERAL_AXES: dict[str, _Form] = {
+    "Linear": (1, _matmul),
+    "Flatten": (5, _flatten),
+    "PReLU": (7, _prelu),
 }
 
 

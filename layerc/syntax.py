@@ -13,7 +13,7 @@ import difflib
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -72,10 +72,22 @@ class ListLit:
         self._scan = scan
         self._items: tuple[Value, ...] | None = None
 
+    @classmethod
+    def of(cls, numbers: Sequence[Number], loc: Loc) -> ListLit:
+        """A literal of `numbers` built in code (`layerc import` does), its text theirs as
+        written, comma-separated: the printer lays it out as it lays out any literal."""
+        text = "[" + ",".join(number.text for number in numbers) + "]"
+        return cls(loc, text, 0, len(text))
+
     @property
     def source(self) -> str:
         """The literal as written, from its '[' to its ']'."""
         return self._text[self._start : self._end]
+
+    @property
+    def extent(self) -> tuple[str, int, int]:
+        """The text the literal stands in, and its offsets there: it is text[start:end]."""
+        return self._text, self._start, self._end
 
     @property
     def scan(self) -> ListScan:
@@ -184,6 +196,9 @@ class LayerDef:
     has_parens: bool
     entries: tuple[Entry, ...] | None
     loc: Loc
+    # Comment lines before it, in a tree built in code (a parsed tree keeps its comments in the
+    # source text; see printer).
+    comments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +208,7 @@ class ModelDef:
     layers: tuple[LayerDef, ...]
     loc: Loc
     name_loc: Loc
+    comments: tuple[str, ...] = ()  # as a LayerDef's
 
 
 @dataclass(frozen=True)
@@ -201,6 +217,7 @@ class TestDef:
     entries: tuple[Entry, ...]
     loc: Loc
     model_loc: Loc
+    comments: tuple[str, ...] = ()  # as a LayerDef's
 
 
 @dataclass(frozen=True)

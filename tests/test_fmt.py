@@ -99,7 +99,7 @@ def assert_same_array(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def comment_texts(text: str) -> list[str]:
-    from layerc.tools.fmt import _parser
+    from layerc.syntax import _parser
 
     return [str(t).rstrip() for t in _parser().lex(text, dont_ignore=True) if t.type == "COMMENT"]
 
@@ -449,7 +449,7 @@ def test_generated_programs_mostly_check(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- list literals
 #
 # fmt lays list literals out from their own text, in time and memory linear in it, and the rest
-# of the program from lark's tree of the text with the literals blanked out. The layout must be
+# of the program from the compiler's syntax tree (layerc.printer). The layout must be
 # byte for byte the one of the formatter that laid out lark's tree of the whole text: that
 # formatter is kept at the end of this file as the oracle (`old_format_source`), and these
 # tests compare the two on sources whose values are anything the grammar allows (the checker is

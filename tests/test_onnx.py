@@ -24,6 +24,7 @@ from safetensors.numpy import save_file as save_file_np
 from layerc import cli, driver
 from layerc.errors import LayercError
 from layerc.onnx_io import build_onnx, import_onnx
+from layerc.tools.fmt import format_source
 
 F32_TOL = {"rtol": 1.3e-6, "atol": 1e-5}
 F64_TOL = {"rtol": 1e-7, "atol": 1e-7}
@@ -253,6 +254,26 @@ def test_import_writes_a_lyr_and_one_weights_file(imported: dict) -> None:
     assert "model Opset11F64(dtype=float64) {" in text64
 
 
+def test_imported_text_is_a_fixed_point_of_fmt(imported: dict, tmp_path: Path) -> None:
+    """`layerc import` writes through the printer fmt uses, so fmt leaves what it writes as it
+    is: float32 and float64 models, shared weights, layers with tensors (BatchNorm1d, LayerNorm,
+    PReLU) and arguments (ELU's alpha, GELU's approximate, Hardtanh's bounds)."""
+    lyrs = [imported[name][0].with_suffix(".lyr") for name in ("gemm", "matmul_add", "opset11_f64")]
+    lyrs.append(import_onnx(save(shared_model(3, 8), tmp_path, "shared"))[-1])
+    for name, layers in TORCH_CHAINS.items():
+        (tmp_path / name).mkdir()
+        lyrs.append(import_onnx(torch_chain(tmp_path / name, *layers())[0])[-1])
+    texts = {lyr.parent.name if lyr.stem == "net" else lyr.stem: lyr.read_text() for lyr in lyrs}
+    for text in texts.values():
+        assert format_source(text) == text
+        assert text.splitlines()[0].startswith("# Imported by layerc ")
+    assert "model Opset11F64(dtype=float64) {" in texts["opset11_f64"]
+    assert texts["shared"].count('weight = load("shared.safetensors", "0.weight")') == 3
+    assert "    PReLU(num_parameters=6) {\n        weight = load(" in texts["norms"]
+    assert '    GELU(approximate="tanh")\n' in texts["smooth"]
+    assert "    Hardtanh(min_val=-2.0)\n" in texts["hard"]
+
+
 # --------------------------------------------------------------------------- Gemm forms
 
 
@@ -423,8 +444,9 @@ def test_batch_norm_without_running_stats_is_refused() -> None:
     program = check(syntax.parse(text, "m.lyr"), Path("."))
     with pytest.raises(
         LayercError, match="cannot write layer 'bn'.*BatchNorm1d without running_mean"
-    ):
+    ) as info:
         build_onnx(program.models[0], "m.lyr")
+    assert str(info.value.loc) == f"m.lyr:1:{text.index('bn =') + 1}"  # at the layer
 
 
 # --------------------------------------------------------------------------- every kind
@@ -878,6 +900,14 @@ def test_unsupported_ops_are_refused_by_name(tmp_path: Path, capsys) -> None:
         ),
         (
             [
+                helper.make_node("Transpose", ["W"], ["Wt"], name="t", perm=[1, 0, 2]),
+                helper.make_node("MatMul", ["x", "Wt"], ["h"], name="mm"),
+            ],
+            [init("W", np.ones((4, 3), np.float32))],
+            ("node 't' (Transpose) cannot transpose tensor 'W' of shape (4, 3) by [1, 0, 2]",),
+        ),
+        (
+            [
                 helper.make_node("Gemm", ["x", "W"], ["h0"], name="g"),
                 helper.make_node("Relu", ["h0"], ["h1"], name="r0"),
                 helper.make_node("Add", ["h1", "b"], ["h"], name="late_add"),
@@ -948,7 +978,16 @@ def test_opset11_softmax_over_axis_0_is_refused(tmp_path: Path, capsys) -> None:
 def test_inputs_and_outputs_that_do_not_fit_are_refused(tmp_path: Path, capsys) -> None:
     gemm = helper.make_node("Gemm", ["x", "W"], ["y"], name="g")
     three_d = make_model([gemm], [init("W", W34)], 3, 4, input_shape=["N", 2, 3])
-    assert_import_refused(tmp_path, three_d, capsys, "has 3 dimensions")
+    assert_import_refused(
+        tmp_path,
+        three_d,
+        capsys,
+        "node 'g' (Gemm) takes (batch, features) values, but its input has samples of shape (2, 3)",
+    )
+    one_d = make_model([gemm], [init("W", W34)], 3, 4, input_shape=["N"])
+    assert_import_refused(tmp_path, one_d, capsys, "graph input 'x' has 1 dimension;")
+    unsized = make_model([gemm], [init("W", W34)], 3, 4, input_shape=["N", "C", 3])
+    assert_import_refused(tmp_path, unsized, capsys, "has a sample axis without a fixed size")
     ints = make_model([helper.make_node("Relu", ["x"], ["y"])], [], 3, 3, elem=TensorProto.INT32)
     assert_import_refused(tmp_path, ints, capsys, "graph input 'x' is int32")
     two_out = make_model(
@@ -1125,3 +1164,409 @@ def test_too_many_weights_are_refused_before_any_is_read(
         "than layerc compiles from one source\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.onnx"]
+
+
+# --------------------------------------------------------------------------- arguments an op fixes
+
+
+def softplus_model(tmp_path: Path, layer: str) -> tuple[Path, Path]:
+    """`layer` between two Linears, written to a .lyr and exported: (the .lyr, the .onnx)."""
+    src = tmp_path / "sp.lyr"
+    src.write_text(
+        "model Sp {\n    fc = Linear(4, 6) { init = uniform(seed=0) }\n"
+        f"    act = {layer}\n    head = Linear(6, 2) {{ init = uniform(seed=1) }}\n}}\n"
+    )
+    out = tmp_path / "sp.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(out)]) == 0
+    return src, out
+
+
+def test_softplus_exports_as_onnx_softplus_only_at_the_arguments_the_table_fixes(
+    tmp_path: Path,
+) -> None:
+    """ONNX's Softplus has no beta or threshold; the table of kinds says it is torch's Softplus
+    at beta=1, threshold=20 (`Onnx.fixed`). So Softplus() exports as the one op and imports back
+    as Softplus(); Softplus(beta=2) exports as a subgraph that computes it, which import does not
+    read. Both match torch and the generated module in ONNX Runtime."""
+    from layerc.kinds import KINDS
+
+    assert KINDS["Softplus"].onnx is not None
+    assert dict(KINDS["Softplus"].onnx.fixed) == {"beta": 1.0, "threshold": 20.0}
+    x = kind_inputs(16, np.float32)[:, :4]
+    for layer, ops in [
+        ("Softplus()", ["Softplus"]),
+        ("Softplus(beta=2.0)", ["Mul", "Softplus", "Div", "Greater", "Where"]),
+    ]:
+        folder = tmp_path / layer.replace("=", "").replace("(", "_").replace(")", "")
+        folder.mkdir()
+        src, out = softplus_model(folder, layer)
+        graph = onnx.load(out).graph
+        assert [n.op_type for n in graph.node if n.name.startswith("/act/")] == ops
+        _, written = driver.compile_file(src)
+        net = driver.import_module(written[-1]).Sp()
+        twin = torch.nn.Sequential()
+        twin.add_module("fc", torch.nn.Linear(4, 6))
+        twin.add_module("act", eval(f"torch.nn.{layer}"))
+        twin.add_module("head", torch.nn.Linear(6, 2))
+        twin.load_state_dict(
+            {k: torch.from_numpy(np.asarray(v)) for k, v in net.state_dict().items()}
+        )
+        with torch.no_grad():
+            expected = twin.eval()(torch.from_numpy(x))
+        torch.testing.assert_close(torch.from_numpy(run_ort(out, x)), expected, **F32_TOL)
+        torch.testing.assert_close(torch.from_numpy(np.asarray(net(x))), expected, **F32_TOL)
+        back = folder / "back.lyr"
+        if ops == ["Softplus"]:
+            import_onnx(out, back)
+            assert "    Softplus()\n" in back.read_text()
+        else:
+            with pytest.raises(LayercError, match="unsupported ONNX operator 'Mul'"):
+                import_onnx(out, back)
+
+
+def test_the_table_alone_says_where_an_op_computes_a_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export and import read `Onnx.fixed` and nothing else: with the table saying ONNX's
+    Softplus were torch's at beta=2 (it is not; this checks the plumbing), Softplus(beta=2.0)
+    exports as the one op, Softplus() as the subgraph, and the op imports as Softplus(beta=2.0)."""
+    import dataclasses
+
+    from layerc.kinds import KINDS
+
+    spec = KINDS["Softplus"]
+    assert spec.onnx is not None
+    onnx_form = dataclasses.replace(spec.onnx, fixed=(("beta", 2.0), ("threshold", 20.0)))
+    monkeypatch.setitem(KINDS, "Softplus", dataclasses.replace(spec, onnx=onnx_form))
+    for layer, ops in [("Softplus(beta=2.0)", ["Softplus"]), ("Softplus()", ["Mul", "Softplus"])]:
+        folder = tmp_path / str(len(ops))
+        folder.mkdir()
+        _, out = softplus_model(folder, layer)
+        graph = onnx.load(out).graph
+        assert [n.op_type for n in graph.node if n.name.startswith("/act/")][:2] == ops
+        if ops == ["Softplus"]:
+            lyr = import_onnx(out, folder / "back.lyr")[-1]
+            assert "    Softplus(beta=2.0)\n" in lyr.read_text()
+
+
+# --------------------------------------------------------------------------- samples of several axes
+
+# (name, options, .lyr layers, torch layers, sample shape): models whose samples have several
+# axes, exported with input (batch, *sample shape). Between them they use every kind whose ONNX
+# form depends on the shape: a Linear on the last axis (MatMul), Flatten to one axis (Flatten)
+# and to several (Reshape), PReLU per channel (its weight reshaped for PRelu's broadcasting),
+# BatchNorm1d on (C, L), LayerNorm over one and two axes, Softmax and LogSoftmax; and the
+# kinds written as subgraphs.
+SEVERAL_AXES = [
+    (
+        "mnist",
+        "",
+        """
+    Flatten()
+    Linear(36, 16) { init = uniform(seed=0) }
+    BatchNorm1d(16) { running_mean = RM16; running_var = RV16 }
+    GELU()
+    Dropout(0.1)
+    Linear(16, 10) { init = uniform(seed=1) }
+    LogSoftmax(dim=-1)""",
+        "Flatten(), Linear(36, 16), BatchNorm1d(16), GELU(), Dropout(0.1), Linear(16, 10), "
+        "LogSoftmax(dim=-1)",
+        (1, 6, 6),
+    ),
+    (
+        "sequence",
+        "",
+        """
+    LayerNorm(6)
+    Linear(6, 8) { init = uniform(seed=2) }
+    PReLU(4) { weight = [0.25, -0.5, 0.1, 2.0] }
+    BatchNorm1d(4) {
+        weight = [1.5, 0.5, -1.0, 2.0]
+        running_mean = [0.1, -0.2, 0.3, 0.0]
+        running_var = [0.5, 2.0, 1.0, 1.5]
+    }
+    Linear(8, 8, bias=false) { init = uniform(seed=3) }
+    PReLU(init=0.1)
+    Softmax(dim=-1)
+    Flatten()
+    Linear(32, 3) { init = uniform(seed=4) }""",
+        "LayerNorm(6), Linear(6, 8), PReLU(4), BatchNorm1d(4), Linear(8, 8, bias=False), "
+        "PReLU(init=0.1), Softmax(dim=-1), Flatten(), Linear(32, 3)",
+        (4, 6),
+    ),
+    (
+        "reshape",
+        "",
+        """
+    Flatten(start_dim=2)
+    LayerNorm([2, 12])
+    Linear(12, 5) { init = uniform(seed=5) }
+    CELU(alpha=2.0)
+    Flatten(start_dim=1, end_dim=2)
+    Linear(10, 2) { init = uniform(seed=6) }""",
+        "Flatten(start_dim=2), LayerNorm([2, 12]), Linear(12, 5), CELU(alpha=2.0), "
+        "Flatten(start_dim=1, end_dim=2), Linear(10, 2)",
+        (2, 3, 4),
+    ),
+    (
+        "subgraphs",
+        "",
+        """
+    SiLU()
+    Softplus(beta=2.0, threshold=1.5)
+    LogSigmoid()
+    Flatten()
+    Linear(12, 2) { init = uniform(seed=7) }""",
+        "SiLU(), Softplus(beta=2.0, threshold=1.5), LogSigmoid(), Flatten(), Linear(12, 2)",
+        (3, 4),
+    ),
+]
+SEVERAL_AXES.append(("sequence64", ", dtype=float64", *SEVERAL_AXES[1][2:]))
+# What an import of the export reads back: the same kinds (Dropout is written as Identity, which
+# reads back as no layer), or a refusal where a subgraph stands.
+SEVERAL_AXES_BACK = {
+    "mnist": ["Flatten", "Linear", "BatchNorm1d", "GELU", "Linear", "LogSoftmax"],
+    "sequence": [
+        *("LayerNorm", "Linear", "PReLU", "BatchNorm1d", "Linear", "PReLU", "Softmax"),
+        *("Flatten", "Linear"),
+    ],
+    "reshape": ["Flatten", "LayerNorm", "Linear", "CELU", "Flatten", "Linear"],
+    "subgraphs": "unsupported ONNX operator 'Mul'",  # SiLU's x * Sigmoid(x)
+}
+SEVERAL_AXES_BACK["sequence64"] = SEVERAL_AXES_BACK["sequence"]
+
+
+@pytest.fixture(scope="module")
+def several_axes(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each model of SEVERAL_AXES written, compiled, exported, and its torch twin loaded with
+    the module's state_dict: name -> (folder, onnx path, module, torch net, dtype)."""
+    rng = np.random.default_rng(8)
+    out = {}
+    for name, options, layers, torch_layers, shape in SEVERAL_AXES:
+        folder = tmp_path_factory.mktemp(f"axes_{name}")
+        layers = layers.replace("RM16", _values(rng, 16, -1, 1))
+        layers = layers.replace("RV16", _values(rng, 16, 0.2, 2))
+        input_option = f"input=[{', '.join(map(str, shape))}]"
+        src = folder / "m.lyr"
+        src.write_text(f"model M({input_option}{options}) {{{layers}\n}}\n")
+        onnx_path = folder / "m.onnx"
+        assert cli.main(["export", str(src), "--onnx", str(onnx_path)]) == 0
+        _, written = driver.compile_file(src)
+        module = driver.import_module(written[-1]).M()
+        dtype = np.dtype(np.float64 if "float64" in options else np.float32)
+        twin = eval(f"Sequential({torch_layers})", vars(torch.nn)).to(
+            torch.float64 if dtype == np.float64 else torch.float32
+        )
+        twin.load_state_dict(
+            {k: torch.as_tensor(np.asarray(v)) for k, v in module.state_dict().items()}
+        )
+        out[name] = (folder, onnx_path, module, twin.eval(), dtype)
+    return out
+
+
+def several_axes_inputs(batch: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return (np.random.default_rng(batch).standard_normal((batch, *shape)) * 2).astype(dtype)
+
+
+@pytest.mark.parametrize("name", [case[0] for case in SEVERAL_AXES])
+def test_models_with_samples_of_several_axes_export_and_match_torch(
+    several_axes: dict, name: str
+) -> None:
+    """The graph takes (batch, *sample shape), the batch symbolic, and computes in ONNX Runtime
+    what torch and the generated module compute, batch 0 included."""
+    folder, onnx_path, module, twin, dtype = several_axes[name]
+    shape = next(case[4] for case in SEVERAL_AXES if case[0] == name)
+    model = onnx.load(onnx_path)
+    onnx.checker.check_model(model, full_check=True)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == list(shape)
+    tol = F32_TOL if dtype == np.float32 else F64_TOL
+    for batch in (0, 1, 7):
+        x = several_axes_inputs(batch, shape, dtype)
+        with torch.no_grad():
+            expected = twin(torch.from_numpy(x))
+        torch.testing.assert_close(torch.from_numpy(np.asarray(module(x))), expected, **tol)
+        torch.testing.assert_close(torch.from_numpy(ort_or_skip(onnx_path, x)), expected, **tol)
+
+
+@pytest.mark.parametrize("name", [case[0] for case in SEVERAL_AXES])
+def test_models_with_samples_of_several_axes_import_back(several_axes: dict, name: str) -> None:
+    """Imported back, the export is the same model (`input=[...]` and all), computing the same
+    outputs; where a subgraph stands, import refuses it at its first node."""
+    folder, onnx_path, module, _, dtype = several_axes[name]
+    (options, shape) = next((case[1], case[4]) for case in SEVERAL_AXES if case[0] == name)
+    lyr = folder / "back.lyr"
+    expect = SEVERAL_AXES_BACK[name]
+    if isinstance(expect, str):
+        with pytest.raises(LayercError, match=expect):
+            import_onnx(onnx_path, lyr)
+        return
+    import_onnx(onnx_path, lyr)
+    text = lyr.read_text()
+    assert f"model Back(input=[{', '.join(map(str, shape))}]{options}) {{" in text
+    assert format_source(text) == text
+    program, written = driver.compile_file(lyr)
+    assert [layer.kind for layer in program.models[0].layers] == expect
+    back = driver.import_module(written[-1]).Back()
+    x = several_axes_inputs(7, shape, dtype)
+    tol = F32_TOL if dtype == np.float32 else F64_TOL
+    torch.testing.assert_close(
+        torch.from_numpy(np.asarray(back(x))), torch.from_numpy(np.asarray(module(x))), **tol
+    )
+
+
+def test_build_onnx_writes_every_kind_on_samples_of_several_axes() -> None:
+    """Every kind of the table exports on samples of shape (2, 4) (so none meets the error
+    below), with the input and output (batch, *sample shape), and passes onnx.checker."""
+    from layerc import syntax
+    from layerc.check import check
+    from layerc.kinds import KINDS
+
+    args = {"Linear": "(4, 3)", "BatchNorm1d": "(2)", "LayerNorm": "([2, 4])", "PReLU": "(2)"}
+    for kind in KINDS:
+        text = f"model M(input=[2, 4]) {{ a = {kind}{args.get(kind, '()')} {{ }} }}"
+        text = text.replace("{ }", "{ init = zeros() }" if kind == "Linear" else "")
+        model = check(syntax.parse(text, "m.lyr"), Path(".")).models[0]
+        proto = build_onnx(model, "m.lyr")
+        for value, shape in ((proto.graph.input[0], (2, 4)), (proto.graph.output[0], None)):
+            dims = [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
+            assert dims == ["batch", *(shape or model.out_shape)], kind
+
+
+def test_a_layer_without_a_form_for_several_axes_is_a_located_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kind exports on samples of several axes; one whose ONNX form needs (batch,
+    features) values and that has no form for more (here PReLU's, taken away) is refused at the
+    layer, naming it, its model, its kind, the shape and why, and nothing is written."""
+    from layerc import onnx_io
+
+    monkeypatch.delitem(onnx_io._SEVERAL_AXES, "PReLU")
+    src = tmp_path / "m.lyr"
+    src.write_text(
+        "model Enc(input=[4, 6]) {\n    fc = Linear(6, 8) { init = uniform(seed=0) }\n"
+        "    act = PReLU(4)\n}\n\nmodel M(input=[4, 6]) {\n    enc = Enc()\n    Flatten()\n}\n"
+    )
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(out), "--model", "M"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"{src}:3:5: layerc export cannot write layer 'enc.act' (PReLU) of model 'M': on samples "
+        "of shape (4, 8), its ONNX form takes only (batch, features) values\n"
+        "        act = PReLU(4)\n        ^"
+    ), err
+    assert not out.exists()
+
+
+def test_torch_exported_model_with_samples_of_several_axes_imports(tmp_path: Path) -> None:
+    """torch.onnx.export writes PReLU on (N, C, L) with a (C, 1) slope and Flatten as Flatten:
+    imported with `input=[4, 3]`, the model computes what torch does."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(
+        torch.nn.PReLU(4), torch.nn.BatchNorm1d(4), torch.nn.Flatten(), torch.nn.Linear(12, 2)
+    )
+    net[0].weight.data.uniform_(-1, 1)
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.2, 2)
+    net.eval()
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (torch.zeros(2, 4, 3),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )
+    lyr = import_onnx(path)[-1]
+    assert "model Net(input=[4, 3]) {" in lyr.read_text()
+    program, written = driver.compile_file(lyr)
+    kinds = [layer.kind for layer in program.models[0].layers]
+    assert kinds == ["PReLU", "BatchNorm1d", "Flatten", "Linear"]
+    ours = driver.import_module(written[-1]).Net()
+    x = several_axes_inputs(5, (4, 3), np.dtype(np.float32))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x))
+    torch.testing.assert_close(torch.from_numpy(np.asarray(ours(x))), expected, **F32_TOL)
+
+
+@pytest.mark.parametrize(
+    ("node", "inits", "needles"),
+    [
+        (
+            helper.make_node("Reshape", ["x", "s"], ["h"], name="rs"),
+            [init("s", np.array([0, 3, 4], np.int64))],
+            ("node 'rs' (Reshape) reshapes samples of shape (2, 6) to [3, 4]",),
+        ),
+        (
+            helper.make_node("Reshape", ["x", "s"], ["h"], name="rs"),
+            [init("s", np.array([-1, 6], np.int64))],
+            ("node 'rs' (Reshape) reshapes samples of shape (2, 6) to [6] (batch -1)",),
+        ),
+        (
+            helper.make_node("Transpose", ["x"], ["h"], name="t", perm=[0, 2, 1]),
+            [],
+            ("node 't' (Transpose) transposes the output of the previous layer",),
+        ),
+        (
+            helper.make_node("PRelu", ["x", "s"], ["h"], name="pr"),
+            [init("s", np.ones(6, np.float32))],
+            ("node 'pr' (PRelu): slope 's' has shape (6,); layerc reads one value, or one per",),
+        ),
+        (
+            helper.make_node("PRelu", ["x", "s"], ["h"], name="pr"),
+            [init("s", np.ones((3, 1), np.float32))],
+            ("node 'pr' (PRelu) has 3 values but its input has 2 channels",),
+        ),
+        (
+            helper.make_node("Softmax", ["x"], ["h"], name="sm", axis=1),
+            [],
+            ("node 'sm' (Softmax) takes softmax over axis 1",),
+        ),
+        (
+            helper.make_node("Flatten", ["x"], ["h"], name="fl", axis=2),
+            [],
+            ("node 'fl' (Flatten) flattens at axis 2, which would mix the batch",),
+        ),
+        (
+            helper.make_node("LayerNormalization", ["x", "s"], ["h"], name="ln", axis=1),
+            [init("s", np.ones((2, 5), np.float32))],
+            (
+                "node 'ln' (LayerNormalization): weight 's' has shape (2, 5), but the layer needs (2, 6)",
+            ),
+        ),
+    ],
+)
+def test_ops_on_samples_of_several_axes_that_no_layer_computes_are_refused(
+    tmp_path: Path, capsys, node, inits, needles: tuple[str, ...]
+) -> None:
+    """On a (batch, 2, 6) input: reshapes that are not a Flatten, a Transpose of the value,
+    a slope that is not per channel, softmax or Flatten at an inner axis, tensors that do not
+    fit the normalised axes."""
+    flat = helper.make_node("Flatten", ["h"], ["f"], name="flat")
+    gemm = helper.make_node("Gemm", ["f", "W"], ["y"], name="g")
+    w = init("W", np.ones((12, 2), np.float32))
+    model = make_model([node, flat, gemm], [*inits, w], None, 2, input_shape=["N", 2, 6])
+    assert_import_refused(tmp_path, model, capsys, *needles)
+
+
+def test_batch_norm_on_samples_of_three_axes_is_refused(tmp_path: Path, capsys) -> None:
+    """BatchNorm1d takes (C,) or (C, L) samples; BatchNormalization on (batch, C, H, W) is a
+    BatchNorm2d."""
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["h"], name="bn")
+    flat = helper.make_node("Flatten", ["h"], ["f"], name="flat")
+    gemm = helper.make_node("Gemm", ["f", "W"], ["y"], name="g")
+    inits = [init(n, np.ones(2, np.float32)) for n in "sbmv"]
+    inits.append(init("W", np.ones((24, 2), np.float32)))
+    model = make_model([bn, flat, gemm], inits, None, 2, input_shape=["N", 2, 3, 4])
+    assert_import_refused(
+        tmp_path,
+        model,
+        capsys,
+        "node 'bn' (BatchNormalization) takes samples of shape (2, 3, 4); layerc's per-channel "
+        "layers take (C,) or (C, L)",
+    )

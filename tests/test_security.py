@@ -716,7 +716,8 @@ def test_onnx_names_never_become_code(in_tmp, capsys, name):
     computes what ONNX Runtime computes."""
     from test_onnx import run_ort
 
-    from layerc.tools.fmt import _parser
+    from layerc.syntax import _parser
+    from layerc.tools.fmt import format_source
 
     onnx_path = hostile_onnx(in_tmp / f"{name}.onnx")
     assert cli.main(["import", str(onnx_path)]) == 0
@@ -729,6 +730,7 @@ def test_onnx_names_never_become_code(in_tmp, capsys, name):
     # letters only, in the model's name.
     types = {t.type for t in _parser().lex(text, dont_ignore=True) if SENTINEL in t}
     assert "COMMENT" in types and types <= {"COMMENT", "STRING", "NAME"}
+    assert format_source(text) == text  # written by the printer fmt uses
     assert cli.main(["compile", str(lyr), "-o", "imported.py"]) == 0
     # (SENTINEL is part of the model's name here, so the marker is the payload's call.)
     assert_inert((in_tmp / "imported.py").read_bytes(), markers=("__import__",))
