@@ -46,9 +46,23 @@ FIXED_HEADER = (
 # No nnan/ninf: NaN and Inf keep IEEE semantics. `reassoc` lets LLVM vectorise dot products.
 FASTMATH = '{"reassoc", "contract"}'
 
+# The runtime's kernel modules, imported under these names by modules whose kernels call them.
+RUNTIME_MODULES = {"_rt_gemm": "gemm", "_rt_vmath": "vmath"}
+
 # The generated module's own globals: no kernel or class may take these names.
 MODULE_GLOBALS = frozenset(
-    {"_np", "_numba", "_math", "_rt", "_rt_data", "_WEIGHTS", "_FASTMATH", "_CACHE", "__all__"}
+    {
+        "_np",
+        "_numba",
+        "_math",
+        "_rt",
+        "_rt_data",
+        "_WEIGHTS",
+        "_FASTMATH",
+        "_CACHE",
+        "__all__",
+        *RUNTIME_MODULES,
+    }
 )
 
 MODEL_CLASS_ATTRS = reserved_names()
@@ -182,7 +196,7 @@ class _Renderer:
             self.model_class(models, model)
             models.line()
             models.line()
-        head, data, data_name = self.header(uses_math="_math." in kernels.text())
+        head, data, data_name = self.header(kernels.text())
         parts = [head, kernels.text(), classes.text(), models.text()]
         all_names = ", ".join(repr(m.name) for m in self.plan.models)
         source = "\n\n\n".join(p.rstrip("\n") for p in parts) + f"\n\n\n__all__ = [{all_names}]\n"
@@ -190,7 +204,8 @@ class _Renderer:
             raise CodegenError("the module must start with the fixed header lines")
         return Output(source, data, data_name)
 
-    def header(self, uses_math: bool) -> tuple[str, bytes | None, str | None]:
+    def header(self, kernels: str) -> tuple[str, bytes | None, str | None]:
+        """The module's first lines, imports (those the kernels' text uses) and weights."""
         e = Emitter()
         source = self.plan.source
         for line in FIXED_HEADER:
@@ -199,7 +214,7 @@ class _Renderer:
         models = ", ".join(m.model.name for m in self.plan.models)
         e.line(f'"""Models compiled by layerc from {_doc_repr(source)}: {models}."""')
         e.line()
-        if uses_math:
+        if "_math." in kernels:
             e.line("import math as _math")
             e.line()
         e.line("import numba as _numba")
@@ -207,6 +222,9 @@ class _Renderer:
         e.line()
         e.line("import layerc.runtime as _rt")
         e.line("import layerc.runtime.data as _rt_data")
+        for alias, name in RUNTIME_MODULES.items():
+            if alias + "." in kernels:
+                e.line(f"import layerc.runtime.{name} as {alias}")
         e.line()
         e.line(f"_rt.check_abi({self.plan.abi})")
         e.line()
@@ -282,45 +300,19 @@ class _Renderer:
                 f'"""Linear {n_in} -> {n_out}, {k.dtype.name}: {formula} for each row x of xs{then}.'  # noqa: E501
             )
             e.line()
-            e.line(f"A = weight, shape ({n_out}, {n_in}); xs (n, {n_in}) and ys (n, {n_out}) are")
-            e.line("C-contiguous and do not overlap.")
+            e.line(f"A = weight, shape ({n_out}, {n_in}), stored transposed; xs (n, {n_in}) and")
+            e.line(f"ys (n, {n_out}) are C-contiguous and do not overlap.")
             e.line('"""')
             e.line("n = xs.shape[0]")
             for index, fold in enumerate(k.folds, 1):
                 native = fold.layer.spec.native
                 if isinstance(native, kinds.Channelwise) and native.prepare is not None:
                     native.prepare(e, fold.layer.argdict, t, _prefixed(f"e{index}_"), str(n_out))
-            if k.blas == lower.GEMV:  # BLAS for every batch size
-                e.line("if n == 0:")
-                with e.indent():
-                    e.line("return")
-                e.line("if n == 1:")
-                with e.indent():
-                    e.line("_np.dot(weight, xs[0], ys[0])  # BLAS gemv")
-                e.line("else:")
-                with e.indent():
-                    e.line("_np.dot(xs, weight.T, ys)  # BLAS gemm")
-                self.epilogue_loop(e, k, n_out, t)
-                return
-            if k.blas == lower.GEMM:  # BLAS for batches, loops for one sample
-                e.line("if n >= 2:")
-                with e.indent():
-                    e.line("_np.dot(xs, weight.T, ys)  # BLAS gemm")
-                    self.epilogue_loop(e, k, n_out, t)
-                    e.line("return")
-            e.line("for s in range(n):")
-            with e.indent():
-                e.line(f"for o in range({n_out}):")
-                with e.indent():
-                    e.line(f"acc = {t}(0.0)")
-                    e.line(f"for i in range({n_in}):")
-                    with e.indent():
-                        e.line("acc += weight[o, i] * xs[s, i]")
-                    e.line("v = acc + bias[o]" if has_bias else "v = acc")
-                    self.epilogue(e, k, t)
+            e.line(f"_rt_gemm.matmul(xs, weight, ys)  # {k.matmul}")
+            self.epilogue_loop(e, k, n_out, t)
 
     def epilogue_loop(self, e: Emitter, k: LinearKernel, n_out: int, t: str) -> None:
-        """After BLAS: add the bias and apply the folded layers, in place."""
+        """After the product: add the bias and apply the folded layers, in place."""
         has_bias = k.layer.bias is not None
         if not has_bias and not k.folds:
             return
@@ -463,6 +455,7 @@ class _Renderer:
                 e.line(f"in_features = {layer.in_features}")
                 e.line(f"out_features = {layer.out_features}")
                 e.line(f"has_bias = {has_bias}")
+                e.line("_weight_transposed = True  # as _rt_gemm.matmul reads it")
                 e.line(f"dtype = _np.dtype({dtype.name!r})")
                 e.line(f"_kernel = staticmethod({module.name})")
                 self.kernel_params(e, layer)

@@ -501,7 +501,9 @@ def _gelu(args: Args, t: str) -> str:
     if args["approximate"] == "tanh":
         inner = f"{_const(t, math.sqrt(2 / math.pi))} * (v + {_const(t, 0.044715)} * v * v * v)"
         return f"{half} * v * ({one} + _np.tanh({inner}))"
-    return f"{half} * v * ({one} + _math.erf(v * {_const(t, math.sqrt(0.5))}))"
+    # float32: an erf that LLVM vectorises (layerc.runtime.vmath); float64: the C library's.
+    erf = "_rt_vmath.erf_f32" if t == "_np.float32" else "_math.erf"
+    return f"{half} * v * ({one} + {erf}(v * {_const(t, math.sqrt(0.5))}))"
 
 
 # SELU's constants, as torch (and the SELU paper) give them

@@ -2,7 +2,7 @@
 
 The plan is everything code generation needs to decide nothing: every numba kernel the module
 holds, in emission order, with the choices behind it (which layers fuse into a Linear's
-epilogue, which BLAS path a matrix product takes at which batch size), every layer class and the
+epilogue, which kernel a matrix product runs), every layer class and the
 kernel it runs when hooks are registered, and for each model the steps of its fused forward, the
 buffers they write and the weights the module stores. `Plan.text()` is its readable form, which
 golden tests check (tests/golden/*.plan); `codegen` only renders the plan.
@@ -21,16 +21,14 @@ import numpy as np
 from . import ir
 from .kinds import Channelwise, Elementwise, MatMul, Rowwise, Shape
 
-# Shapes decide the kernels: a Linear with at least this many weights multiplies a batch with
-# BLAS gemm (numba's np.dot, through SciPy's BLAS), and a single sample with BLAS gemv from
-# BLAS_GEMV_MIN on; smaller layers use plain loops, which beat a BLAS call's fixed cost there.
-BLAS_GEMM_MIN = 4096
-BLAS_GEMV_MIN = 16384
+# Every Linear multiplies with `layerc.runtime.gemm.matmul`: register tiles of 6 samples by two
+# vectors of outputs, read from the weight stored transposed, for every batch size and layer size
+# (no BLAS call: no fixed cost for small layers, no packing, and faster than SciPy's BLAS at the
+# batch sizes this project is for).
+TILES = "register tiles"
 
 # Models with at most this many weight values, all finite, embed them as readable literals.
 INLINE_LIMIT = 4096
-
-LOOPS, GEMM, GEMV = "loops", "gemm n>=2, loops n=1", "gemv n=1, gemm n>=2"
 
 
 class LoweringError(AssertionError):
@@ -79,13 +77,13 @@ class Fold:
 
 @dataclass(frozen=True)
 class LinearKernel:
-    """y = x W^T (+ b) over (n, in) rows, then the folded layers; BLAS path by size."""
+    """y = x W^T (+ b) over (n, in) rows, then the folded layers; `matmul` names the kernel."""
 
     name: str
     layer: ir.Layer
     dtype: np.dtype
     folds: tuple[Fold, ...]
-    blas: str  # LOOPS, GEMM or GEMV
+    matmul: str  # TILES
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -137,7 +135,7 @@ class Step:
     rows: int
     in_width: int
     out_width: int
-    blas: str | None = None
+    matmul: str | None = None
 
     @property
     def in_place(self) -> bool:
@@ -206,15 +204,6 @@ def kernel_tensors(layer: ir.Layer) -> tuple[str, ...]:
     )
 
 
-def blas_path(layer: ir.Layer) -> str:
-    weights = layer.in_features * layer.out_features
-    if weights >= BLAS_GEMV_MIN:
-        return GEMV
-    if weights >= BLAS_GEMM_MIN:
-        return GEMM
-    return LOOPS
-
-
 # --------------------------------------------------------------------------- lowering
 
 
@@ -259,6 +248,8 @@ class _Lowering:
         classes = tuple(self.classes.values())
         # ABI 2 added the generic layer class (weights and buffers from the table) and
         # per-sample shapes of more than one axis; modules that use neither run on ABI 1.
+        # ABI 3 added `gemm.matmul` and Linear weights stored transposed.
+        tiles = any(isinstance(k, LinearKernel) for k in self.kernels.values())
         new = any(c.layer.spec.runtime == "Layer" for c in classes) or any(
             len(m.in_shape) != 1 or len(m.out_shape) != 1 for m in self.program.models
         )
@@ -269,7 +260,7 @@ class _Lowering:
             tuple(models),
             tuple(weights),
             inline,
-            2 if new else 1,
+            3 if tiles else 2 if new else 1,
         )
 
     def kernel(self, key: tuple, wanted: str, make: Callable[[str], Kernel]) -> Kernel:
@@ -291,9 +282,8 @@ class _Lowering:
                 wanted += "_" + fold.layer.spec.base
             key: tuple = ("linear", n_out, n_in, dtype.name, has_bias)
             key += tuple((f.layer.kind, f.layer.args, kernel_tensors(f.layer)) for f in folds)
-            blas = blas_path(layer)
             return self.kernel(
-                key, wanted, lambda name: LinearKernel(name, layer, dtype, folds, blas)
+                key, wanted, lambda name: LinearKernel(name, layer, dtype, folds, TILES)
             )
         if isinstance(native, (Elementwise, Channelwise, Rowwise)):
             key = ("act", layer.kind, layer.args, kernel_tensors(layer), dtype.name)
@@ -373,10 +363,12 @@ class _Lowering:
             rows, in_width = head.spec.rows(head.argdict, head.in_shape)
             out_width = math.prod(head.out_shape) // rows
             all_args = tuple(i for _, _, idx in group for i in idx)
-            blas = core.blas if isinstance(core, LinearKernel) else None
+            matmul = core.matmul if isinstance(core, LinearKernel) else None
             layers = tuple((p, layer) for p, layer, _ in group)
             steps.append(
-                Step(core.name, current, target, all_args, layers, rows, in_width, out_width, blas)
+                Step(
+                    core.name, current, target, all_args, layers, rows, in_width, out_width, matmul
+                )
             )
             current = target
         return self.kernel(
@@ -462,7 +454,7 @@ def render_text(plan: Plan) -> str:
             core = by_name[module.core]
             line = f"    {child:<{width}}  {cls_name}: {module.name} -> {core.name}"
             if isinstance(core, LinearKernel):
-                line += f"  # {core.blas}"
+                line += f"  # {core.matmul}"
             out.append(line)
         out.append(f"  fused forward {forward.name}, with no hook anywhere:")
         for step in forward.steps:
@@ -472,8 +464,8 @@ def render_text(plan: Plan) -> str:
             args = ", ".join(forward.args[i][0] for i in step.args)
             call = f"{step.kernel}({source}{'; ' + args if args else ''})"
             notes = [", ".join(describe(p, layer) for p, layer in step.layers if p)]
-            if step.blas is not None:
-                notes.append(step.blas)
+            if step.matmul is not None:
+                notes.append(step.matmul)
             if step.in_place:
                 notes.append("in place")
             comment = "; ".join(n for n in notes if n)

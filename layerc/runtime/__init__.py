@@ -24,9 +24,10 @@ from .threads import get_num_threads, set_num_threads
 
 # Generated modules call `check_abi(N)` with the oldest runtime ABI that runs them: a module
 # this runtime cannot run must be recompiled rather than misbehave. ABI 2 added the generic
-# `Layer` class, buffers and per-sample shapes of more than one axis; it runs ABI 1 modules too.
-ABI = 2
-SUPPORTED_ABIS = (1, 2)
+# `Layer` class, buffers and per-sample shapes of more than one axis; ABI 3 the matrix-product
+# kernel `gemm.matmul`, with Linear weights stored transposed. It runs older modules too.
+ABI = 3
+SUPPORTED_ABIS = (1, 2, 3)
 
 
 def check_abi(abi: int) -> None:

@@ -81,6 +81,9 @@ class Linear(Layer):
     in_features: int
     out_features: int
     has_bias: bool = True
+    # Set by generated modules whose kernels multiply with `gemm.matmul`: the weight is then
+    # stored transposed (see `gemm.transposed`); its shape and values are torch's all the same.
+    _weight_transposed: bool = False
 
     def __init__(self, weight: Any, bias: Any = None) -> None:
         Module.__init__(self)
@@ -88,7 +91,7 @@ class Linear(Layer):
         w = np.array(to_numpy(weight), dtype=self.dtype, order="C", copy=True)
         if w.shape != shape:
             raise ValueError(f"weight must have shape {shape}, got {w.shape}")
-        self._register_parameter("weight", w)
+        self._register_parameter("weight", self._stored("weight", w))
         if self.has_bias:
             b = np.array(to_numpy(bias), dtype=self.dtype, order="C", copy=True)
             if b.shape != (self.out_features,):
@@ -99,6 +102,17 @@ class Linear(Layer):
 
     def _get_name(self) -> str:
         return "Linear"
+
+    def _stored(self, name: str, array: np.ndarray) -> np.ndarray:
+        if name == "weight" and self._weight_transposed:
+            from . import gemm
+
+            # An array the kernel reads in place is kept (load_state_dict(assign=True) binds
+            # the arrays it is given, as torch does); any other is copied into that layout.
+            if gemm.reads_in_place(array):
+                return array
+            return gemm.transposed(array)
+        return super()._stored(name, array)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}"

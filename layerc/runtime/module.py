@@ -170,7 +170,7 @@ def _expected(shape: tuple[int, ...] | None) -> str:
 
 def _checked_value(key: str, param: np.ndarray, value: Any, errors: list[str]) -> np.ndarray | None:
     """`value` as an array that can be copied into `param` (real numbers of its shape, in its
-    dtype, C-contiguous and writeable), or None after appending torch's error for `key`."""
+    dtype and writeable), or None after appending torch's error for `key`."""
     try:
         array = to_numpy(value)
     except Exception:
@@ -188,7 +188,7 @@ def _checked_value(key: str, param: np.ndarray, value: Any, errors: list[str]) -
             f"from checkpoint, the shape in current model is {_fmt_shape(param.shape)}."
         )
         return None
-    array = np.ascontiguousarray(array, dtype=param.dtype)
+    array = np.asarray(array, dtype=param.dtype)  # the module lays it out (`_stored`)
     return array if array.flags.writeable else array.copy()
 
 
@@ -729,6 +729,11 @@ class Module:
         self.__dict__[name] = module
         H.bump()
 
+    def _stored(self, name: str, array: np.ndarray) -> np.ndarray:
+        """`array` (of this module's tensor `name`'s dtype) laid out as the kernels read it:
+        C-contiguous, a copy only where needed; Linear stores its weight transposed."""
+        return np.ascontiguousarray(array)
+
     def _register_parameter(self, name: str, value: np.ndarray | None) -> None:
         self._parameters[name] = value
         self.__dict__[name] = value
@@ -756,7 +761,7 @@ class Module:
             )
         if array.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-        array = np.ascontiguousarray(array, dtype=current.dtype)
+        array = self._stored(name, np.asarray(array, dtype=current.dtype))
         registry[name] = array
         self.__dict__[name] = array
         self._update_params_tuple()
@@ -1068,5 +1073,7 @@ class Module:
                     f"{self._get_name()}.njit(): parameter {key!r} no longer has the shape "
                     f"{_fmt_shape(shape)} the kernel was generated for"
                 )
-            arrays.append(np.array(array, dtype=self.dtype, order="C", copy=True))
+            *path, name = key.split(".")
+            owner = self.get_submodule(".".join(path)) if path else self
+            arrays.append(owner._stored(name, np.array(array, dtype=self.dtype, copy=True)))
         return bind(self._kernel, tuple(arrays), self.dtype, self._out_tail, self._in_rank)

@@ -1,5 +1,9 @@
-"""Thread control for generated modules. Batched Linear layers run in BLAS (SciPy's, called by
-numba's np.dot), which uses every core by default; `set_num_threads(1)` pins layerc to one."""
+"""Thread control for generated modules.
+
+layerc's kernels run on the calling thread: every Linear multiplies with layerc's own kernel
+(`layerc.runtime.gemm`), not with BLAS, so no call of a generated module starts threads.
+`set_num_threads` limits the BLAS libraries NumPy (and anything else loaded) uses, so that code
+around a model, a NumPy reference for instance, keeps to the same budget."""
 
 from __future__ import annotations
 
@@ -9,12 +13,10 @@ _limiter: Any = None
 
 
 def set_num_threads(n: int) -> None:
-    """Use at most `n` BLAS threads from now on (this also limits NumPy's BLAS)."""
+    """Use at most `n` BLAS threads from now on (in every BLAS library loaded, NumPy's too)."""
     global _limiter
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of threads must be a positive integer, got {n!r}")
-    # Load SciPy's BLAS first: threadpoolctl limits only libraries already loaded.
-    import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     _limiter = threadpool_limits(limits=n, user_api="blas")
@@ -22,7 +24,6 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The largest thread count among the BLAS libraries loaded in this process."""
-    import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import threadpool_info
 
     return max(

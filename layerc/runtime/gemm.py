@@ -1,0 +1,331 @@
+"""The matrix product of every Linear layer: ys = xs @ W^T, register-blocked, in native vectors.
+
+A Linear layer keeps its weight as torch does, shape (out_features, in_features), but stored
+column-major ("F" order): the memory holds W^T, so the `out_features` values that one input
+feature multiplies are contiguous. The kernel then computes a tile of ROWS samples by 2 vectors
+of outputs at a time, all in registers: for each input feature k it loads two vectors of W^T's
+row k, broadcasts each sample's x[k], and adds the products with fused multiply-adds. Each
+weight loaded serves ROWS samples and each x value a whole vector of outputs, so the loop runs
+at the speed of the FMA units rather than of memory. The tile is written in LLVM IR (a numba
+intrinsic), since numba cannot keep an array of vector accumulators in registers; the vector
+width is the widest the CPU has (AVX-512: 16 float32, AVX2: 8), chosen when this module is
+imported. The last tile of a layer whose width is not a multiple of the vectors loads and stores
+through masks, so nothing outside the arrays is touched, and nothing is packed or cached: the
+weights are read where they are, and writing to them (as torch allows) takes effect at once.
+
+The kernel needs no BLAS and does not allocate (unless given a weight in another layout, which
+it copies). It runs on the calling thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llvmlite.binding as ll
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import config
+from numba.extending import intrinsic
+
+ROWS = 6  # samples per tile: 6 x 2 vector accumulators, with room for the weights and x
+VECTORS = 2  # vectors of outputs per tile
+
+
+def _vector_bits() -> int:
+    """512 where numba compiles for a CPU with AVX-512F, else 256 (AVX2 or narrower)."""
+    features = getattr(config, "CPU_FEATURES", None)  # NUMBA_CPU_FEATURES, when set
+    if features is None:
+        host = ll.get_host_cpu_features()
+        return 512 if host.get("avx512f", False) else 256
+    return 512 if "+avx512f" in features else 256
+
+
+BITS = _vector_bits()
+
+
+def lanes(dtype: np.dtype | type) -> int:
+    """Values of `dtype` in one vector register."""
+    return BITS // (8 * np.dtype(dtype).itemsize)
+
+
+def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    existing = module.globals.get(name)
+    if isinstance(existing, ir.Function):
+        return existing
+    return ir.Function(module, fnty, name=name)
+
+
+def _make_tile(rows: int, masked: bool) -> object:
+    """An intrinsic `tile(x, ldx, w, ldw, k, y, ldy, nc, zero)` that writes the `rows` x NR
+    block y[r, j] = sum_i x[r, i] * w[i, j] (NR = VECTORS vectors; addresses and leading
+    dimensions in elements, `zero` a 0 of the element type). With `masked`, only the first `nc`
+    columns are read and written."""
+
+    @intrinsic
+    def tile(typingctx, x, ldx, w, ldw, k, y, ldy, nc, zero):  # type: ignore[no-untyped-def]
+        if not isinstance(zero, types.Float):
+            return None
+        sig = types.void(
+            types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
+            types.intp, zero,
+        )  # fmt: skip
+        width = lanes(np.float64 if zero.bitwidth == 64 else np.float32)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            xa, ldx_, wa, ldw_, k_, ya, ldy_, nc_, _ = args
+            i64, i32, i1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
+            ft = ir.DoubleType() if zero.bitwidth == 64 else ir.FloatType()
+            vt = ir.VectorType(ft, width)
+            mt = ir.VectorType(i1, width)
+            fp, vp = ft.as_pointer(), vt.as_pointer()
+            bits = "f64" if zero.bitwidth == 64 else "f32"
+            module = builder.module
+            fma = _declare(module, f"llvm.fma.v{width}{bits}", ir.FunctionType(vt, [vt, vt, vt]))
+            xp = builder.inttoptr(xa, fp)
+            wp = builder.inttoptr(wa, fp)
+            yp = builder.inttoptr(ya, fp)
+            c = lambda v: ir.Constant(i64, v)  # noqa: E731
+            vzero = ir.Constant(vt, [0.0] * width)
+            masks = []
+            if masked:
+                mload = _declare(
+                    module,
+                    f"llvm.masked.load.v{width}{bits}.p0",
+                    ir.FunctionType(vt, [vp, i32, mt, vt]),
+                )
+                mstore = _declare(
+                    module,
+                    f"llvm.masked.store.v{width}{bits}.p0",
+                    ir.FunctionType(ir.VoidType(), [vt, vp, i32, mt]),
+                )
+                iota = ir.Constant(ir.VectorType(i64, width), list(range(width)))
+                for v in range(VECTORS):
+                    left = builder.sub(nc_, c(v * width))
+                    splat = builder.insert_element(
+                        ir.Constant(ir.VectorType(i64, width), ir.Undefined),
+                        left,
+                        ir.Constant(i32, 0),
+                    )
+                    splat = builder.shuffle_vector(
+                        splat, splat, ir.Constant(ir.VectorType(i32, width), [0] * width)
+                    )
+                    masks.append(builder.icmp_signed("<", iota, splat))
+            align = ir.Constant(i32, 8 if bits == "f64" else 4)
+
+            def load(ptr, v):  # type: ignore[no-untyped-def]
+                ptr = builder.bitcast(ptr, vp)
+                if masked:
+                    return builder.call(mload, [ptr, align, masks[v], vzero])
+                return builder.load(ptr, align=align.constant)
+
+            def store(value, ptr, v):  # type: ignore[no-untyped-def]
+                ptr = builder.bitcast(ptr, vp)
+                if masked:
+                    builder.call(mstore, [value, ptr, align, masks[v]])
+                else:
+                    builder.store(value, ptr, align=align.constant)
+
+            broadcast = ir.Constant(ir.VectorType(i32, width), [0] * width)
+            undef = ir.Constant(vt, ir.Undefined)
+
+            # The loop over the inputs: accumulators start at zero (phis of the loop block),
+            # each input i loads VECTORS vectors of W^T's row i and broadcasts x[r, i] of each
+            # row r of the tile. (Several accumulator sets, for inputs i, i+1, ..., would hide
+            # the FMA latency in tiles of one or two rows, but those are bound by reading the
+            # weights: measured, no gain at batch 1.)
+            before = builder.block
+            body = builder.append_basic_block("tile.loop")
+            after = builder.append_basic_block("tile.after")
+            builder.cbranch(builder.icmp_signed(">", k_, c(0)), body, after)
+            builder.position_at_end(body)
+            i = builder.phi(i64)
+            i.add_incoming(c(0), before)
+            acc = [[builder.phi(vt) for _ in range(VECTORS)] for _ in range(rows)]
+            wrow = builder.mul(i, ldw_)
+            wv = [
+                load(builder.gep(wp, [builder.add(wrow, c(v * width))]), v) for v in range(VECTORS)
+            ]
+            new = []
+            for r in range(rows):
+                xv = builder.load(builder.gep(xp, [builder.add(builder.mul(c(r), ldx_), i)]))
+                xv = builder.insert_element(undef, xv, ir.Constant(i32, 0))
+                xv = builder.shuffle_vector(xv, undef, broadcast)
+                new.append([builder.call(fma, [xv, wv[v], acc[r][v]]) for v in range(VECTORS)])
+            following = builder.add(i, c(1))
+            i.add_incoming(following, body)
+            for r in range(rows):
+                for v in range(VECTORS):
+                    acc[r][v].add_incoming(vzero, before)
+                    acc[r][v].add_incoming(new[r][v], body)
+            builder.cbranch(builder.icmp_signed("<", following, k_), body, after)
+            builder.position_at_end(after)
+            total = [[builder.phi(vt) for _ in range(VECTORS)] for _ in range(rows)]
+            for r in range(rows):
+                for v in range(VECTORS):
+                    total[r][v].add_incoming(vzero, before)
+                    total[r][v].add_incoming(new[r][v], body)
+            for r in range(rows):
+                for v in range(VECTORS):
+                    offset = builder.add(builder.mul(c(r), ldy_), c(v * width))
+                    store(total[r][v], builder.gep(yp, [offset]), v)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_t1, _t2, _t3, _t4, _t5, _t6 = (_make_tile(rows, masked=False) for rows in range(1, ROWS + 1))
+# The masked tiles serve only the last block of columns of a layer: whole tiles of ROWS rows,
+# then one row at a time (fewer variants, less for LLVM to compile into every caller).
+_m1, _m6 = _make_tile(1, masked=True), _make_tile(ROWS, masked=True)
+
+
+@numba.njit
+def _block(x, ldx, w, ldw, k, y, ldy, n, nc, zero):  # type: ignore[no-untyped-def]
+    """y[:n, :nc] = x[:n] @ w[:, :nc] for one block of nc <= NR columns, ROWS rows a tile
+    (addresses in bytes, leading dimensions in elements)."""
+    size = _itemsize(zero)
+    i = 0
+    if nc == VECTORS * (BITS // 8) // size:
+        while i + ROWS <= n:
+            _t6(x + i * ldx * size, ldx, w, ldw, k, y + i * ldy * size, ldy, nc, zero)
+            i += ROWS
+        xa = x + i * ldx * size
+        ya = y + i * ldy * size
+        r = n - i
+        if r == 1:
+            _t1(xa, ldx, w, ldw, k, ya, ldy, nc, zero)
+        elif r == 2:
+            _t2(xa, ldx, w, ldw, k, ya, ldy, nc, zero)
+        elif r == 3:
+            _t3(xa, ldx, w, ldw, k, ya, ldy, nc, zero)
+        elif r == 4:
+            _t4(xa, ldx, w, ldw, k, ya, ldy, nc, zero)
+        elif r == 5:
+            _t5(xa, ldx, w, ldw, k, ya, ldy, nc, zero)
+        return
+    while i + ROWS <= n:
+        _m6(x + i * ldx * size, ldx, w, ldw, k, y + i * ldy * size, ldy, nc, zero)
+        i += ROWS
+    while i < n:
+        _m1(x + i * ldx * size, ldx, w, ldw, k, y + i * ldy * size, ldy, nc, zero)
+        i += 1
+
+
+@intrinsic
+def _itemsize(typingctx, value):  # type: ignore[no-untyped-def]
+    """The size in bytes of a float scalar's type, as a compile-time constant."""
+    if not isinstance(value, types.Float):
+        return None
+    size = value.bitwidth // 8
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(ir.IntType(64), size)
+
+    return types.intp(value), codegen
+
+
+@intrinsic
+def _address(typingctx, array):  # type: ignore[no-untyped-def]
+    """The address of an array's first element, as a signed integer (`array.ctypes.data` is
+    unsigned, and numba turns unsigned plus signed arithmetic into floating point)."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return types.intp(array), codegen
+
+
+def _native(dtype: type) -> Any:
+    """The whole product for one dtype, `f(n, k, m, x, w, ldw, y)` on addresses: a C function,
+    compiled (or loaded from numba's cache) once per process."""
+    zero = dtype(0)
+    size = np.dtype(dtype).itemsize
+    nr = VECTORS * (BITS // 8) // size
+
+    def product(n, k, m, x, w, ldw, y):  # type: ignore[no-untyped-def]
+        for j in range(0, m, nr):
+            _block(x, k, w + j * size, ldw, k, y + j * size, m, n, min(nr, m - j), zero)
+
+    return numba.cfunc(types.void(*[types.intp] * 7), cache=True)(product)
+
+
+# Kernels call the product by name, through the symbols below, rather than linking its code into
+# each of them: LLVM would otherwise optimise the tiles again in every kernel that multiplies
+# (a second per Linear at first call). The names carry a version: a change of their arguments
+# gets new names, so a kernel cached by an older layerc fails to link rather than misbehave.
+SYMBOLS = {np.float32: "layerc_gemm_v1_f32", np.float64: "layerc_gemm_v1_f64"}
+_NATIVE = {dtype: _native(dtype) for dtype in SYMBOLS}
+for _dtype, _symbol in SYMBOLS.items():
+    ll.add_symbol(_symbol, _NATIVE[_dtype].address)
+
+
+@intrinsic
+def _product(typingctx, n, k, m, x, w, ldw, y, zero):  # type: ignore[no-untyped-def]
+    """Call the registered product for `zero`'s type."""
+    if not isinstance(zero, types.Float):
+        return None
+    symbol = SYMBOLS[np.float64 if zero.bitwidth == 64 else np.float32]
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64] * 7)
+        fn = _declare(builder.module, symbol, fnty)
+        builder.call(fn, args[:7])
+        return context.get_dummy_value()
+
+    return types.void(*[types.intp] * 7, zero), codegen
+
+
+@numba.njit(inline="always")
+def matmul(xs, weight, ys):  # type: ignore[no-untyped-def]
+    """ys = xs @ weight.T. xs (n, k) and ys (n, m) are C-contiguous and do not overlap; weight
+    (m, k) is read in place when stored column-major (as Linear stores it), copied otherwise."""
+    n, k = xs.shape
+    m = ys.shape[1]
+    if n == 0 or m == 0:
+        return
+    wt = weight.T
+    size = xs.itemsize
+    if (m > 1 and wt.strides[1] != size) or wt.strides[0] % size != 0:  # as `reads_in_place`
+        wt = np.ascontiguousarray(wt)
+    _product(n, k, m, _address(xs), _address(wt), wt.strides[0] // size, _address(ys), ys[0, 0])
+
+
+def reads_in_place(weight: np.ndarray) -> bool:
+    """Whether `matmul` reads `weight` (m, k) where it is, without a copy per call: the values
+    of each column (one input feature) must be adjacent, as in an F-ordered array."""
+    m = weight.shape[0]
+    size = weight.itemsize
+    return (m <= 1 or weight.strides[0] == size) and weight.strides[1] % size == 0
+
+
+def transposed(weight: np.ndarray) -> np.ndarray:
+    """A copy of `weight` (m, k) as `matmul` reads it fastest: W^T in memory, 64-byte aligned
+    (a vector load then never straddles two cache lines), its rows an odd number of cache lines
+    apart, so that the rows a tile reads fall in different cache sets (a power-of-two row length
+    makes them collide)."""
+    m, k = weight.shape
+    line = 64 // weight.dtype.itemsize  # values in a cache line, a whole number of vectors
+    ld = -(-m // line) * line
+    if ld // line % 2 == 0:
+        ld += line
+    storage = aligned_zeros((k, ld), weight.dtype)
+    view = storage[:, :m].T
+    view[...] = weight
+    return view
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """np.zeros(shape, dtype) whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(count * dtype.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + count * dtype.itemsize].view(dtype).reshape(shape)
