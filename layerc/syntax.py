@@ -181,10 +181,112 @@ Value = Number | Bool | String | Name | ListLit | Call
 
 
 @dataclass(frozen=True)
+class TupleLit:
+    """A parenthesised tuple of values, `(a, b)`: the inputs or expectations of a test of a
+    model with several inputs or outputs (section 8), in `forward` order."""
+
+    items: tuple[Value, ...]
+    loc: Loc  # its '('
+
+
+@dataclass(frozen=True)
 class Entry:
     name: str
-    value: Value
+    value: Value | TupleLit
     loc: Loc
+
+
+# --------------------------------------------------------------------------- forward blocks
+# A graph model's `forward(inputs) { statements; return values }`, in the notation of a
+# PyTorch forward. Expressions are trees of the nodes below; `loc` is where each starts, except
+# a BinOp's, which is its operator's (where a size mismatch is reported).
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value by name: an input of forward, or a name bound by an earlier statement."""
+
+    name: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Num:
+    """A number in an expression (`2 * x`, `x - 1`), as written."""
+
+    text: str
+    loc: Loc
+
+    @property
+    def value(self) -> float:
+        return float(self.text)
+
+
+@dataclass(frozen=True)
+class Apply:
+    """`callee(args...)`: a call of one of the model's layers (or nested models), or of the
+    built-in `cat` (concatenation along the feature axis)."""
+
+    callee: str
+    args: tuple[Expr, ...]
+    loc: Loc  # the callee's name
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """`left op right` with op one of + - * (elementwise)."""
+
+    op: str
+    left: Expr
+    right: Expr
+    loc: Loc  # the operator
+
+
+@dataclass(frozen=True)
+class Neg:
+    """Unary minus, `-x`."""
+
+    operand: Expr
+    loc: Loc  # the '-'
+
+
+Expr = Ref | Num | Apply | BinOp | Neg
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input of forward, `x`, or annotated with its per-sample shape: `mask: 8` gives (8,),
+    `img: [1, 28, 28]` gives (1, 28, 28)."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    loc: Loc  # the name
+    shape_loc: Loc | None = None  # the annotation
+
+
+@dataclass(frozen=True)
+class Assign:
+    """`name = expr`; each name is bound once."""
+
+    name: str
+    value: Expr
+    loc: Loc  # the name
+
+
+@dataclass(frozen=True)
+class Return:
+    """`return a, b, ...`: the model's outputs, in order (a tuple when there are several)."""
+
+    values: tuple[Expr, ...]
+    loc: Loc  # the keyword
+
+
+@dataclass(frozen=True)
+class ForwardDef:
+    inputs: tuple[Input, ...]
+    body: tuple[Assign, ...]
+    result: Return
+    loc: Loc  # the keyword `forward`
 
 
 @dataclass(frozen=True)
@@ -209,6 +311,7 @@ class ModelDef:
     loc: Loc
     name_loc: Loc
     comments: tuple[str, ...] = ()  # as a LayerDef's
+    forward: ForwardDef | None = None  # a graph model (section 8); None: a pipeline
 
 
 @dataclass(frozen=True)
