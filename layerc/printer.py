@@ -10,13 +10,17 @@ The layout: four spaces per level; one statement per line; one blank line betwee
 (and, with the source, blank lines between statements where it had one); `name = value` in entries
 and `name=value` in arguments, as in Python; `Kind()` with its parentheses; a list of lists written
 one row per line, aligned like a matrix; a long list wrapped at 100 columns; `;` and `,`
-separators dropped. A bracketed group with a comment inside is written one item per line. A comment
-is one line, `# text`; a comment of a built tree has every character that is not printable (line
-breaks of any kind among them) replaced by '?', so nothing in it can end the line and start code.
-Only layout changes: numbers are written as their `text`, strings in double quotes with the
+separators dropped. A graph model's forward block comes after its layers, a blank line apart; its
+expressions are written as Python writes them (`h = fc2(act(x)) * -y`: spaces around binary
+operators, none after a unary minus, parentheses only where precedence needs them), wrapped at 100
+columns (see "expressions" below); a test's tuple is `(a, b)`, or one item per line when it holds a
+matrix or does not fit. A bracketed group with a comment inside is written one item per line. A
+comment is one line, `# text`; a comment of a built tree has every character that is not printable
+(line breaks of any kind among them) replaced by '?', so nothing in it can end the line and start
+code. Only layout changes: numbers are written as their `text`, strings in double quotes with the
 grammar's two escapes (`\\"` and `\\\\`), so the text parses back to the same tree; a name that
-is not a .lyr name, a number text that is not a .lyr number or a string with a line break is a
-bug in the tree, refused with ValueError.
+is not a .lyr name, a number text that is not a .lyr number, a string with a line break or an
+expression nested deeper than the parser allows is a bug in the tree, refused with ValueError.
 
 With the source, each comment goes back before the first token that followed it there: a comment
 that ended a line of code stays at the end of that line, one on a line of its own stays on its own
@@ -230,6 +234,22 @@ class _Source:
     def closing(self, start: int) -> int:
         """The offset of the bracket that closes the '(' or '{' at `start`."""
         return self.scan.brackets[start]
+
+    def skip_parens(self, opening: bool = True) -> None:
+        """Step over the parentheses that come next (only the ')'s unless `opening`): in an
+        expression, those the layout does not write, as precedence does not need them."""
+        while True:
+            start = self.next_start()
+            ch = self.text[start : start + 1]
+            if ch == ")" or (opening and ch == "("):
+                self.take(ch)
+            else:
+                return
+
+    def skip_closers(self, end: int) -> None:
+        """Step over the ')'s before offset `end` (where a call's own ')' stands)."""
+        while self.next_start() < end:
+            self.take(")")
 
 
 # --------------------------------------------------------------------------- list literals
@@ -643,20 +663,24 @@ class _Layout:
             assert self.src is not None
             self.src.take("(")  # `model M() {` is written `model M {`, as with no options
             self.src.take(")")
-        self.body(node.layers, self.layer)
+        self.body(node.layers, self.layer, node.forward)
 
     def test(self, node: S.TestDef) -> None:
         self.tok("test")
         self.w.sp()
         self.tok(_name(node.model))
-        self.body(node.entries, self.entry)
+        self.body(node.entries, self.test_entry)
 
     def body(
-        self, items: Sequence[S.LayerDef] | Sequence[S.Entry], write: Callable[[Any], None]
+        self,
+        items: Sequence[S.LayerDef] | Sequence[S.Entry],
+        write: Callable[[Any], None],
+        forward: S.ForwardDef | None = None,
     ) -> None:
-        """`{ items }`: one item per line, one level deeper; `{}` when empty."""
+        """`{ items }`: one item per line, one level deeper; `{}` when empty. A model's forward
+        block comes after its layers, a blank line apart."""
         self.w.sp()
-        if not items and not self.comment_inside(()):
+        if not items and forward is None and not self.comment_inside(()):
             self.tok("{")
             self.tok("}")
             return
@@ -669,6 +693,9 @@ class _Layout:
                 for comment in item.comments:
                     self.w.comment(comment)
             write(item)
+        if forward is not None:
+            self.w.brk(inner, "force" if items else "none")
+            self.forward(forward)
         self.w.brk(outer, "none", comment_indent=inner)
         self.tok("}")
 
@@ -686,16 +713,204 @@ class _Layout:
         if node.entries is not None:
             self.body(node.entries, self.entry)
 
-    def entry(self, node: S.Entry) -> None:
+    def entry(self, node: S.Entry, tuples: bool = False) -> None:
         self.tok(_name(node.name))
         self.w.sp()
         self.tok("=")
         self.w.sp()
-        self.value(node.value)
+        if isinstance(node.value, S.TupleLit):
+            if not tuples:
+                raise ValueError("a tuple is the value of a test's entry only")
+            self.tuple_literal(node.value)
+        else:
+            self.value(node.value)
+
+    def test_entry(self, node: S.Entry) -> None:
+        self.entry(node, tuples=True)
+
+    # ------------------------------------------------------------------ forward blocks
+
+    def forward(self, node: S.ForwardDef) -> None:
+        """`forward(inputs) {`, one statement per line one level deeper, `}`."""
+        if not node.inputs:
+            raise ValueError("a forward block has at least one input")
+        self.tok("forward")
+        self.items("(", node.inputs, ")", self.input)
+        self.w.sp()
+        self.tok("{")
+        outer = self.w.cur_indent
+        inner = outer + INDENT
+        statements: list[S.Assign | S.Return] = [*node.body, node.result]
+        for i, statement in enumerate(statements):
+            self.w.brk(inner, "none" if i == 0 else "keep")
+            if isinstance(statement, S.Assign):
+                self.tok(_forward_name(statement.name))
+                self.w.sp()
+                self.tok("=")
+                self.w.sp()
+                self.expression(statement.value, 0)
+            else:
+                self.tok("return")
+                self.w.sp()
+                self.results(statement.values)
+            if self.src is not None:
+                self.src.skip_parens(opening=False)  # of parentheses the layout dropped
+        self.w.brk(outer, "none", comment_indent=inner)
+        self.tok("}")
+
+    def input(self, node: S.Input) -> None:
+        """`x`, `mask: 8` or `img: [1, 28, 28]` (with the source, the annotation as written)."""
+        self.tok(_forward_name(node.name))
+        if node.shape is None:
+            return
+        sizes = [_size(n) for n in node.shape]
+        self.tok(":")
+        self.w.sp()
+        if self.src is not None:
+            start = self.src.next_start()
+            if self.src.text.startswith("[", start):
+                at, line = self.src.take("[")
+                _ListLayout(self.w, self.src.text, self.src.scan, at, line).run()
+                self.src.skip_to(self.src.scan.spans[at][0])
+            else:
+                m = _DIGITS.match(self.src.text, start)
+                assert m is not None, "an annotation is digits or a list"
+                self.tok(m.group())
+        elif len(sizes) == 1:
+            self.tok(sizes[0])
+        else:
+            self.tok("[")
+            for i, size in enumerate(sizes):
+                if i:
+                    self.w.text_(",")
+                    self.w.sp()
+                self.tok(size)
+            self.tok("]")
+
+    def results(self, values: Sequence[S.Expr]) -> None:
+        """The values of `return`: `a, b` on the line when they fit, else one per line, aligned
+        under the first."""
+        if not values:
+            raise ValueError("return returns at least one value")
+        widths = [_checked_width(v) for v in values]
+        if len(values) == 1 or self.w.column() + sum(widths) + 2 * (len(values) - 1) <= WIDTH:
+            for i, value in enumerate(values):
+                if i:
+                    self.w.text_(",")
+                    self.w.sp()
+                self.expression(value, 0 if i == len(values) - 1 else 1)
+            return
+        column = self.w.column()
+        # The first value's line counts as starting at its column, as the others' lines do, so
+        # that what it continues on other lines is indented as theirs is.
+        self.w.cur_indent = column
+        for i, value in enumerate(values):
+            if i:
+                self.w.text_(",")
+                self.w.brk(column)
+            self.expression(value, 0 if i == len(values) - 1 else 1)
+
+    # ------------------------------------------------------------------ expressions
+    #
+    # An expression is written on its line when it fits in WIDTH (with `after` columns for what
+    # follows it there); else its outermost parts are laid out over several lines: a call one
+    # argument per line, a chain of + and - (or of *) one operator and operand per line, one
+    # level deeper than the line it starts on, and the parts of each again so. A call with a
+    # comment inside is written one argument per line, as any bracketed group.
+
+    def expression(self, node: S.Expr, after: int) -> None:
+        _checked_width(node)  # refuses what no .lyr text can hold, before any recursion
+        self.expr(node, after)
+
+    def etok(self, text: str) -> None:
+        """An expression's token: with the source, after the parentheses the layout drops."""
+        if self.src is not None:
+            self.src.skip_parens()
+        self.tok(text)
+
+    def expr(self, node: S.Expr, after: int) -> None:
+        fits = self.w.column() + _width(node) + after <= WIDTH
+        if isinstance(node, S.Ref):
+            self.etok(_forward_name(node.name))
+        elif isinstance(node, S.Num):
+            self.etok(_num(node.text))
+        elif isinstance(node, S.Neg):
+            self.etok("-")
+            self.operand(node.operand, _precedence(node.operand) < _UNARY, after)
+        elif isinstance(node, S.Apply):
+            self.apply(node, fits, after)
+        elif isinstance(node, S.BinOp):
+            self.chain(node, fits, after)
+        else:
+            raise AssertionError(f"the printer cannot write a {type(node).__name__}")
+
+    def operand(self, node: S.Expr, parens: bool, after: int) -> None:
+        """An operand, in parentheses when precedence needs them: on the line if they fit, else
+        `(`, the operand one level deeper, `)`."""
+        if not parens:
+            self.expr(node, after)
+            return
+        if self.src is not None:
+            self.src.skip_parens(opening=False)
+        if self.w.column() + _width(node) + 2 + after <= WIDTH:
+            self.tok("(")
+            self.expr(node, 1 + after)
+            self.tok(")")
+            return
+        self.tok("(")
+        outer = self.w.cur_indent
+        self.w.brk(outer + INDENT)
+        self.expr(node, 0)
+        self.w.brk(outer)
+        self.tok(")")
+
+    def apply(self, node: S.Apply, fits: bool, after: int) -> None:
+        self.etok(_forward_name(node.callee))
+        inside = self.src is not None and self.comment_inside(())
+        lpar = self.src.next_start() if self.src is not None else 0
+        self.tok("(")
+        last = len(node.args) - 1
+        if fits and not inside:
+            for i, arg in enumerate(node.args):
+                if i:
+                    self.w.text_(",")
+                    self.w.sp()
+                self.expr(arg, 0 if i == last else 1)
+        else:
+            outer = self.w.cur_indent
+            inner = outer + INDENT
+            for arg in node.args:
+                self.w.brk(inner)
+                self.expr(arg, 1)
+                self.w.text_(",")
+            self.w.brk(outer, comment_indent=inner)
+        if self.src is not None:
+            self.src.skip_closers(self.src.closing(lpar))
+        self.tok(")")
+
+    def chain(self, node: S.BinOp, fits: bool, after: int) -> None:
+        """`a + b - c` (or `a * b * c`): the operands of one precedence, left to right."""
+        level = _precedence(node)
+        rest: list[tuple[str, S.Expr]] = []
+        first: S.Expr = node
+        while isinstance(first, S.BinOp) and _precedence(first) == level:
+            rest.append((first.op, first.right))
+            first = first.left
+        rest.reverse()
+        self.operand(first, _precedence(first) < level, 0)
+        deeper = self.w.cur_indent + INDENT
+        for i, (op, right) in enumerate(rest):
+            if fits:
+                self.w.sp()
+            else:
+                self.w.brk(deeper)
+            self.etok(_operator(op))
+            self.w.sp()
+            self.operand(right, _precedence(right) <= level, after if i == len(rest) - 1 else 0)
 
     # ------------------------------------------------------------------ values
 
-    def comment_inside(self, items: Sequence[S.Arg]) -> bool:
+    def comment_inside(self, items: Sequence[S.Arg | S.Input | S.Value]) -> bool:
         """Whether a comment stands inside the bracketed group that comes next (its opening
         bracket not yet written): with the source, anywhere between its brackets; without, in
         one of its list literals."""
@@ -705,7 +920,11 @@ class _Layout:
         return any(self.literal_scan(lit).commented for lit in _literals(items))
 
     def items(
-        self, opening: str, items: Sequence[S.Arg], close: str, write: Callable[[S.Arg], None]
+        self,
+        opening: str,
+        items: Sequence[Any],
+        close: str,
+        write: Callable[[Any], None],
     ) -> None:
         """Bracketed items: on one line, or one per line when a comment is inside."""
         inside = self.comment_inside(items)
@@ -751,6 +970,43 @@ class _Layout:
         else:
             raise AssertionError(f"the printer cannot write a {type(node).__name__}")
 
+    def tuple_literal(self, node: S.TupleLit) -> None:
+        """`(a, b)` on one line when it fits and holds no matrix (a list of lists, laid out one
+        row per line) and no comment; else one item per line. A tuple of one is `(a,)`."""
+        if not node.items:
+            raise ValueError("a tuple literal holds at least one value")
+        inside = self.comment_inside(node.items)
+        flat = sum(_value_width(item, WIDTH) + 2 for item in node.items)  # items and ", "
+        broken = (
+            inside
+            or any(isinstance(v, S.ListLit) and self.has_list(v) for v in node.items)
+            or self.w.column() + flat + (1 if len(node.items) == 1 else 0) > WIDTH
+        )
+        self.tok("(")
+        if broken:
+            outer = self.w.cur_indent
+            inner = outer + INDENT
+            for item in node.items:
+                self.w.brk(inner)
+                self.value(item)
+                self.w.text_(",")
+            self.w.brk(outer, comment_indent=inner)
+        else:
+            for i, item in enumerate(node.items):
+                if i:
+                    self.w.text_(",")
+                    self.w.sp()
+                self.value(item)
+            if len(node.items) == 1:
+                self.w.text_(",")
+        self.tok(")")
+
+    def has_list(self, node: S.ListLit) -> bool:
+        """Whether a list literal holds a list (and so is laid out one item per line)."""
+        text, start, _ = node.extent
+        scan = self.src.scan if self.src is not None else self.literal_scan(node)
+        return bool(scan.codes[scan.spans[start][1]] & _HAS_LIST)
+
     def list_literal(self, node: S.ListLit) -> None:
         text, start, end = node.extent
         if self.src is not None:
@@ -769,10 +1025,140 @@ class _Layout:
         return self.scans[id(node)]
 
 
-def _literals(values: Sequence[S.Arg]) -> Iterator[S.ListLit]:
-    """The list literals among arguments, and among the arguments of calls among them."""
-    for arg in values:
-        if isinstance(arg.value, S.ListLit):
-            yield arg.value
-        elif isinstance(arg.value, S.Call):
-            yield from _literals(arg.value.args)
+def _literals(values: Sequence[S.Arg | S.Input | S.Value]) -> Iterator[S.ListLit]:
+    """The list literals among arguments or values, and among the arguments of calls among
+    them."""
+    for item in values:
+        value = item.value if isinstance(item, S.Arg) else item
+        if isinstance(value, S.ListLit):
+            yield value
+        elif isinstance(value, S.Call):
+            yield from _literals(value.args)
+
+
+# --------------------------------------------------------------------------- expressions
+
+_SUM, _PRODUCT, _UNARY, _ATOM = 1, 2, 3, 4
+_OPERATORS = {"+": _SUM, "-": _SUM, "*": _PRODUCT}
+# A number in an expression: the grammar's NUMBER without a '-' (`-1` is Neg(Num("1"))).
+_NUM_TEXT = re.compile(r"\+?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_DIGITS = re.compile(r"\d+")
+
+
+def _forward_name(text: str) -> str:
+    """A name in a forward block, where `return` is a keyword too."""
+    if text == "return":
+        raise ValueError("'return' is not a name in a forward block")
+    return _name(text)
+
+
+def _precedence(node: S.Expr) -> int:
+    if isinstance(node, S.BinOp):
+        return _OPERATORS[_operator(node.op)]
+    return _UNARY if isinstance(node, S.Neg) else _ATOM
+
+
+def _operator(op: str) -> str:
+    if op not in _OPERATORS:
+        raise ValueError(f"{op!r} is not an operator of .lyr expressions")
+    return op
+
+
+def _num(text: str) -> str:
+    if not _NUM_TEXT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a number of a .lyr expression")
+    return text
+
+
+def _size(size: int) -> str:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"{size!r} is not a size of an input's shape")
+    return str(size)
+
+
+def _checked_width(node: S.Expr) -> int:
+    """`_width(node)`, after checking without recursion that the tree nests no deeper than the
+    parser allows (MAX_EXPRESSION_DEPTH), so that the layout's recursion is bounded."""
+    stack = [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, S.Ref | S.Num):
+            continue
+        if depth >= S.MAX_EXPRESSION_DEPTH:
+            raise ValueError(
+                f"an expression nests operations more than {S.MAX_EXPRESSION_DEPTH} deep"
+            )
+        if isinstance(item, S.Neg):
+            stack.append((item.operand, depth + 1))
+        elif isinstance(item, S.BinOp):
+            stack += [(item.left, depth + 1), (item.right, depth + 1)]
+        elif isinstance(item, S.Apply):
+            stack += [(arg, depth + 1) for arg in item.args]
+        else:
+            raise AssertionError(f"the printer cannot write a {type(item).__name__}")
+    return _width(node)
+
+
+def _width(node: S.Expr) -> int:
+    """The length of `node` written on one line."""
+    if isinstance(node, S.Ref):
+        return len(node.name)
+    if isinstance(node, S.Num):
+        return len(node.text)
+    if isinstance(node, S.Neg):
+        parens = 2 if _precedence(node.operand) < _UNARY else 0
+        return 1 + parens + _width(node.operand)
+    if isinstance(node, S.Apply):
+        return (
+            len(node.callee) + 2 + sum(_width(a) + 2 for a in node.args) - (2 if node.args else 0)
+        )
+    if isinstance(node, S.BinOp):
+        level = _precedence(node)
+        left = _width(node.left) + (2 if _precedence(node.left) < level else 0)
+        right = _width(node.right) + (2 if _precedence(node.right) <= level else 0)
+        return left + 3 + right
+    raise AssertionError(f"the printer cannot write a {type(node).__name__}")
+
+
+# A list literal's tokens as its one-line form writes them: strings, comments (not written),
+# brackets, commas and '=', and runs of anything else (numbers, names).
+_FLAT_TOKEN = re.compile(rf'{_STRING}|#[^\n]*|[\[\](),=]|[^\s\[\](),="#]+')
+
+
+def _value_width(node: S.Value, limit: int) -> int:
+    """The length of a value written on one line, or a number above `limit` when it is more;
+    a list literal is read only as far as that."""
+    if isinstance(node, S.Number):
+        return len(node.text)
+    if isinstance(node, S.Bool):
+        return 4 if node.value else 5
+    if isinstance(node, S.String):
+        return len(string_literal(node.value))
+    if isinstance(node, S.Name):
+        return len(node.value)
+    if isinstance(node, S.Call):
+        width = len(node.func) + 2
+        for i, arg in enumerate(node.args):
+            name = len(arg.name) + 1 if arg.name is not None else 0
+            width += (2 if i else 0) + name + _value_width(arg.value, limit)
+            if width > limit:
+                break
+        return width
+    if isinstance(node, S.ListLit):
+        text, start, end = node.extent
+        width, comma = 0, False
+        for m in _FLAT_TOKEN.finditer(text, start, end):
+            token = m.group()
+            if token.startswith("#"):
+                continue
+            if token == ",":
+                comma = True
+                continue
+            if comma and token not in ")]":
+                width += 2  # ", " (a comma before a closing bracket is dropped)
+            comma = False
+            width += len(token)
+            if width > limit:
+                break
+        return width
+    raise AssertionError(f"the printer cannot write a {type(node).__name__}")

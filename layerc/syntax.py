@@ -1,7 +1,9 @@
 """The front end: .lyr source text in, a syntax tree of frozen, located dataclasses out.
 
 Lark parses with the LALR grammar in grammar/layerc.lark; `_Builder` then walks lark's tree and
-builds nodes that mirror the text (no meaning is checked here beyond what the grammar says).
+builds nodes that mirror the text (no meaning is checked here beyond what the grammar says, and
+the few rules of form the grammar leaves to the builder for clearer messages: a forward block
+after the layers and only one, its return last, an input's shape, how deep an expression nests).
 List literals, which can be megabytes of numbers, are read apart, before lark, in time and memory
 linear in their text (see "list literals" below). Lexing and parsing failures become
 `LayercError`s with the location of the offending token.
@@ -21,6 +23,7 @@ from pathlib import Path
 import lark
 import numpy as np
 from lark import Token, Tree
+from lark.lark import PostLex
 
 from .errors import LayercError, Loc
 
@@ -212,7 +215,8 @@ class Ref:
 
 @dataclass(frozen=True)
 class Num:
-    """A number in an expression (`2 * x`, `x - 1`), as written."""
+    """A number in an expression (`2 * x`, `x - 1`), as written but for a '-' sign: as in
+    Python, `-1` is `Neg(Num("1"))` (a '+' sign stays in `text`)."""
 
     text: str
     loc: Loc
@@ -283,6 +287,8 @@ class Return:
 
 @dataclass(frozen=True)
 class ForwardDef:
+    """`forward(inputs) { body; return ... }`: a model's graph (section 8), after its layers."""
+
     inputs: tuple[Input, ...]
     body: tuple[Assign, ...]
     result: Return
@@ -340,18 +346,55 @@ def grammar_path() -> Path:
     return Path(__file__).resolve().parents[1] / "grammar" / "layerc.lark"
 
 
-@lru_cache(maxsize=1)
-def _parser() -> lark.Lark:
+class _Keywords(PostLex):
+    """Lark's contextual lexer reads only the terminals the parser can take next, which makes
+    `forward` a keyword only where a forward block can start and keeps a sign out of a NUMBER
+    after an operand (`x -1` is `x - 1`). NAME and the keywords model, test, true and false are
+    read everywhere, so those four are never names, whatever the parser expects, and no keyword
+    is read out of the start of a longer name (`modelx`). `return` is a keyword inside forward
+    blocks, from `forward` to the block's closing brace (a layer may still be named `return`):
+    there it ends an expression that lacks its last operand, as in Python."""
+
+    always_accept = ("NAME", "MODEL", "TEST", "TRUE", "FALSE")
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        depth = -1  # of braces inside a forward block; -1 outside one
+        for token in stream:
+            if token.type == "FORWARD":
+                depth = 0
+            elif depth >= 0:
+                if token.type == "NAME" and token == "return":
+                    token.type = "RETURN"
+                elif token.type == "LBRACE":
+                    depth += 1
+                elif token.type == "RBRACE":
+                    depth -= 1
+                    if depth == 0:
+                        depth = -1
+            yield token
+
+
+@lru_cache(maxsize=2)
+def _parser(start: str = "start") -> lark.Lark:
+    """The parser of the grammar; with `start="value"`, of one value (a list literal's
+    `items`)."""
     return lark.Lark(
         grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
-        lexer="basic",  # keywords are never names, whatever the parser expects
+        lexer="contextual",
+        postlex=_Keywords(),
         propagate_positions=True,
         maybe_placeholders=False,
+        start=start,
     )
 
 
 MAX_NESTING = 32
+# How deep operations (calls, operators, unary minus) may nest in an expression of a forward
+# block: `a + b` is 1 deep, `f(a + b)` 2. Every stage after the parser walks expressions
+# recursively; this keeps them far from Python's recursion limit. (Parentheses are bounded by
+# MAX_NESTING, and the grammar reads chains like `a + b + c` and `--x` as flat lists.)
+MAX_EXPRESSION_DEPTH = 100
 
 _TERMINAL_WORDS = {
     "NAME": "a name",
@@ -371,17 +414,33 @@ _TERMINAL_WORDS = {
     "TEST": "'test'",
     "TRUE": "'true'",
     "FALSE": "'false'",
+    "FORWARD": "'forward'",
+    "RETURN": "'return'",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "COLON": "':'",
     "$END": "end of file",
 }
 
 
-# The tokens that can start a value: when all are possible, the message says "a value".
+# The tokens that can start a value, and an expression: when all are possible, the message says
+# "a value" or "an expression".
 _VALUE_STARTS = frozenset({"NUMBER", "SIGNED_SPECIAL", "STRING", "NAME", "TRUE", "FALSE", "LSQB"})
+_EXPRESSION_STARTS = frozenset({"NUMBER", "NAME", "LPAR", "MINUS"})
+# Characters that are tokens only in forward blocks: elsewhere they are reported as characters
+# the language does not have, as they were before forward blocks (`Linear(- 1)`).
+_FORWARD_PUNCTUATION = frozenset({"PLUS", "MINUS", "STAR", "COLON"})
 
 
 def _describe_expected(expected: set[str]) -> str:
+    # Where a layer may start so may a forward block; a message about a model's layers does not
+    # list it (it would in every message about a pipeline model).
+    expected = expected - {"FORWARD"}
     if _VALUE_STARTS <= expected:
         expected = (expected - _VALUE_STARTS) | {"a value"}
+    elif _EXPRESSION_STARTS <= expected:
+        expected = (expected - _EXPRESSION_STARTS) | {"an expression"}
     words = sorted({_TERMINAL_WORDS.get(t, t) for t in expected})
     if not words:
         return ""
@@ -963,19 +1022,6 @@ def _prepare(text: str, file: str) -> tuple[dict[int, ListScan], str]:
     return scans, "".join(pieces)
 
 
-@lru_cache(maxsize=1)
-def _value_parser() -> lark.Lark:
-    """The grammar with `value` as its start: reads one value (a list literal's `items`)."""
-    return lark.Lark(
-        grammar_path().read_text(encoding="utf-8"),
-        parser="lalr",
-        lexer="basic",
-        propagate_positions=True,
-        maybe_placeholders=False,
-        start="value",
-    )
-
-
 def _parse_items(node: ListLit) -> tuple[Value, ...]:
     """The entries of a list literal as nodes. Lark parses the literal alone, placed on a line
     of spaces as wide as what precedes it on its line, so that columns come out right."""
@@ -1018,7 +1064,7 @@ def _check_structure(lark_text: str, file: str) -> None:
 
 
 def _lark_parse(text: str, file: str, start: str = "start") -> Tree:
-    parser = _parser() if start == "start" else _value_parser()
+    parser = _parser(start)
     try:
         return parser.parse(text)
     except lark.exceptions.UnexpectedCharacters as exc:
@@ -1038,13 +1084,22 @@ def _lark_parse(text: str, file: str, start: str = "start") -> Tree:
         expected = _acceptable(exc)
         message = f"unexpected {_describe_token(token)}{_describe_expected(expected)}"
         before = _token_before(text, token) if token.type == "EQUAL" else None
+        stack = exc.interactive_parser.parser_state.value_stack if exc.interactive_parser else []
+        in_forward = any(isinstance(v, Token) and v.type == "FORWARD" for v in stack)
         if token.type in ("MODEL", "TEST", "TRUE", "FALSE") and "NAME" in expected:
             message = f"'{token}' is a keyword and cannot be used as a name"
-        elif before is not None and before.type in ("TRUE", "FALSE"):
+        elif token.type == "RETURN" and expected & {"NAME", "NUMBER"} == {"NAME"}:
+            message = f"'{token}' is a keyword and cannot be used as a name"  # `forward(return)`
+        elif before is not None and before.type in ("TRUE", "FALSE", "RETURN"):
             # `Linear(4, 3, false=1)`: `false` was read as a value, so the parser only trips
-            # on the '='; the mistake is the keyword used as an argument name.
+            # on the '='; the mistake is the keyword used as an argument name (or, in forward,
+            # `return = ...`, as the name a statement assigns).
             message = f"'{before}' is a keyword and cannot be used as a name"
             loc = Loc(file, before.line or 1, before.column or 1)
+        elif in_forward:
+            message, loc = _in_forward(text, file, token, expected, stack, message, loc)
+        elif token.type in _FORWARD_PUNCTUATION and not expected & _FORWARD_PUNCTUATION:
+            message = f"unexpected character {str(token)!r}"
         elif token.type == "NAME":
             message += _suggest_keyword(str(token), expected)
         raise LayercError(message, loc) from None
@@ -1053,6 +1108,56 @@ def _lark_parse(text: str, file: str, start: str = "start") -> Tree:
         raise LayercError(
             f"unexpected end of file{_describe_expected(set(exc.expected))}", loc
         ) from None
+
+
+# What follows a name that starts a statement (`h = ...`), or a number written in its place.
+_ASSIGNMENT_NEXT = re.compile(r"(?:[ \t\f\r\n]|#[^\n]*\n)*=")
+
+
+def _in_forward(
+    text: str,
+    file: str,
+    token: Token,
+    expected: set[str],
+    stack: list[Token | Tree],
+    message: str,
+    loc: Loc,
+) -> tuple[str, Loc]:
+    """The message and location of a syntax error inside a forward block (`stack`, lark's value
+    stack, holds the block's tokens so far): clearer than "unexpected ..." where the mistake is
+    plain, as it is in Python."""
+    statement_next = token.type in ("RBRACE", "$END", "RETURN") or (
+        token.type == "NAME" and _ASSIGNMENT_NEXT.match(text, token.end_pos or 0) is not None
+    )
+    lpar = _open_parenthesis(stack)
+    if lpar is not None and "RPAR" in expected and statement_next:
+        # The statement has ended (a '}', a `return`, `h =`) with a '(' still open.
+        return "'(' was never closed", Loc(file, lpar.line or 1, lpar.column or 1)
+    if token.type == "RPAR" and lpar is None:
+        return "unmatched ')'", loc
+    if token.type == "NUMBER" and "RETURN" in expected:
+        if _ASSIGNMENT_NEXT.match(text, token.end_pos or 0):
+            return "cannot assign to a number: a statement is NAME = EXPR or return EXPR", loc
+    last = stack[-1] if stack else None
+    if expected == {"EQUAL"} and isinstance(last, Token) and last.type == "NAME":
+        # `retrun h`: the misspelt keyword was read as the name of an assignment.
+        if difflib.get_close_matches(str(last), ["return"], n=1, cutoff=0.6):
+            where = Loc(file, last.line or 1, last.column or 1)
+            return f"unexpected {_describe_token(last)}; did you mean 'return'?", where
+    return message, loc
+
+
+def _open_parenthesis(stack: list[Token | Tree]) -> Token | None:
+    """The innermost '(' on lark's value stack that no ')' there closes."""
+    closed = 0
+    for item in reversed(stack):
+        if isinstance(item, Token) and item.type == "RPAR":
+            closed += 1
+        elif isinstance(item, Token) and item.type == "LPAR":
+            if not closed:
+                return item
+            closed -= 1
+    return None
 
 
 def _token_before(text: str, token: Token) -> Token | None:
@@ -1132,12 +1237,29 @@ class _Builder:
         name, *rest = tree.children
         options: tuple[Arg, ...] = ()
         layers = []
+        forward: ForwardDef | None = None
         for child in rest:
             if child.data == "options":
                 options = self.args(child)
+            elif child.data == "forward":
+                if forward is not None:
+                    raise LayercError(
+                        f"a model has one forward block; this one follows the one at line "
+                        f"{forward.loc.line}",
+                        self.loc(child),
+                    )
+                forward = self.forward(child)
             else:
-                layers.append(self.layer(child))
-        return ModelDef(str(name), options, tuple(layers), self.loc(tree), self.loc(name))
+                layer = self.layer(child)
+                if forward is not None:
+                    raise LayercError(
+                        "a layer after forward: a model's layers come before its forward block",
+                        layer.loc,
+                    )
+                layers.append(layer)
+        return ModelDef(
+            str(name), options, tuple(layers), self.loc(tree), self.loc(name), forward=forward
+        )
 
     def layer(self, tree: Tree) -> LayerDef:
         tokens = [c for c in tree.children if isinstance(c, Token)]
@@ -1166,7 +1288,122 @@ class _Builder:
 
     def entry(self, tree: Tree) -> Entry:
         name, value = tree.children
+        if isinstance(value, Tree) and value.data == "tuple":
+            items = tuple(self.value(item) for item in value.children)
+            return Entry(str(name), TupleLit(items, self.loc(value)), self.loc(name))
         return Entry(str(name), self.value(value), self.loc(name))
+
+    # ------------------------------------------------------------------ forward blocks
+
+    def forward(self, tree: Tree) -> ForwardDef:
+        keyword, *rest = tree.children
+        inputs = tuple(self.input(c) for c in rest if c.data == "input")
+        body: list[Assign] = []
+        result: Return | None = None
+        for child in rest:
+            if child.data == "input":
+                continue
+            if result is not None:
+                raise LayercError(
+                    "a statement after return: return is the last statement of forward",
+                    self.loc(child),
+                )
+            if child.data == "assign":
+                target, value = child.children
+                body.append(Assign(str(target), self.expr(value), self.loc(target)))
+            else:
+                word, *values = child.children
+                result = Return(tuple(self.expr(v) for v in values), self.loc(word))
+        if result is None:
+            # At the block's closing '}', where the return should have been.
+            end = Loc(self.file, tree.meta.end_line + self.line_offset, tree.meta.end_column - 1)
+            raise LayercError(
+                "forward ends without a return: its last statement is return EXPR", end
+            )
+        return ForwardDef(inputs, tuple(body), result, self.loc(keyword))
+
+    def input(self, tree: Tree) -> Input:
+        name, *annotation = tree.children
+        if not annotation:
+            return Input(str(name), None, self.loc(name))
+        (shape,) = annotation
+        if isinstance(shape, Token):  # `mask: 8`
+            return Input(str(name), (self.size(shape),), self.loc(name), self.loc(shape))
+        literal = self.list_literal(shape)  # `img: [1, 28, 28]`
+        scan = literal.scan
+        if scan.problem is not None:  # an entry that is no number, or a ragged list
+            raise LayercError(_SHAPE_MESSAGE, literal.offset_loc(scan.problem.offset))
+        if scan.shape is None or len(scan.shape) != 1 or scan.shape == (0,):
+            raise LayercError(_SHAPE_MESSAGE, literal.loc)  # nested, or empty
+        sizes = []
+        for _, offset, text in literal.numbers(range(scan.shape[0])):
+            if not text.isdigit():
+                raise LayercError(_SHAPE_MESSAGE, literal.offset_loc(offset))
+            sizes.append(int(text))
+        return Input(str(name), tuple(sizes), self.loc(name), literal.loc)
+
+    def size(self, token: Token) -> int:
+        if not str(token).isdigit():
+            raise LayercError(_SHAPE_MESSAGE, self.loc(token))
+        return int(str(token))
+
+    def expr(self, item: Tree | Token) -> Expr:
+        node, _ = self.expr_and_depth(item)
+        return node
+
+    def expr_and_depth(self, item: Tree | Token) -> tuple[Expr, int]:
+        """An expression and how deep its operations nest (see MAX_EXPRESSION_DEPTH). Lark's
+        tree nests only at parentheses (at most MAX_NESTING deep): chains of operators and
+        runs of unary minus come as flat lists, folded here without recursion."""
+        if isinstance(item, Token):  # a name or a number (lark's tree keeps them bare)
+            if item.type == "NAME":
+                return Ref(str(item), self.loc(item)), 0
+            number = self.signed(item)
+            return number, 1 if isinstance(number, Neg) else 0
+        kind = item.data
+        if kind == "apply":
+            callee, *raw = item.children
+            assert isinstance(callee, Token)
+            args = [self.expr_and_depth(a) for a in raw]
+            depth = self.deeper(max((d for _, d in args), default=0), callee)
+            return Apply(str(callee), tuple(a for a, _ in args), self.loc(callee)), depth
+        if kind == "unary":
+            *signs, operand = item.children
+            node, depth = self.expr_and_depth(operand)
+            for sign in reversed(signs):
+                assert isinstance(sign, Token)
+                depth = self.deeper(depth, sign)
+                node = Neg(node, self.loc(sign))
+            return node, depth
+        if kind in ("sum", "product"):
+            first, *rest = item.children
+            node, depth = self.expr_and_depth(first)
+            for i in range(0, len(rest), 2):
+                op = rest[i]
+                assert isinstance(op, Token)
+                right, right_depth = self.expr_and_depth(rest[i + 1])
+                depth = self.deeper(max(depth, right_depth), op)
+                node = BinOp(str(op), node, right, self.loc(op))
+            return node, depth
+        raise AssertionError(f"unhandled parse tree node {kind!r}")
+
+    def deeper(self, depth: int, at: Token) -> int:
+        """The depth of an operation at `at` whose operands nest `depth` deep."""
+        if depth + 1 > MAX_EXPRESSION_DEPTH:
+            raise LayercError(
+                f"this expression nests operations more than {MAX_EXPRESSION_DEPTH} deep; "
+                "split it into several statements",
+                self.loc(at),
+            )
+        return depth + 1
+
+    def signed(self, token: Token) -> Num | Neg:
+        """A NUMBER token where an operand stands: `-1` is Neg(Num("1")), as in Python."""
+        text = str(token)
+        if not text.startswith("-"):
+            return Num(text, self.loc(token))
+        loc = self.loc(token)
+        return Neg(Num(text[1:], Loc(loc.file, loc.line, loc.col + 1)), loc)
 
     def args(self, tree: Tree) -> tuple[Arg, ...]:
         out = []
@@ -1243,6 +1480,12 @@ class _Builder:
                 out.append(ch)
                 i += 1
         return String("".join(out), self.loc(token))
+
+
+_SHAPE_MESSAGE = (
+    "an input's shape is a whole number or a list of whole numbers, "
+    "like `mask: 8` or `img: [1, 28, 28]`"
+)
 
 
 def _bad_escape_message(ch: str) -> str:

@@ -43,7 +43,7 @@ def syntax_shape(node: object) -> object:
     if isinstance(node, syntax.ListLit):  # read lazily from the text: compare its entries
         return ("ListLit", syntax_shape(node.items))
     if is_dataclass(node) and not isinstance(node, type):
-        skip = {"loc", "kind_loc", "name_loc", "model_loc", "has_parens", "file"}
+        skip = {"loc", "kind_loc", "name_loc", "model_loc", "shape_loc", "has_parens", "file"}
         values = tuple(
             (f.name, syntax_shape(getattr(node, f.name)))
             for f in fields(node)

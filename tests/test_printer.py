@@ -1,8 +1,8 @@
 """The one .lyr printer (layerc.printer), which `layerc fmt` and `layerc import` share: a parsed
-tree printed without its source parses back to the same tree (the spec's programs, the samples,
-the docs' examples, generated programs), in the canonical layout fmt leaves alone; with its source,
-it is fmt; a tree built in code prints with its comments made safe and its strings escaped, and
-what no .lyr text can hold is refused."""
+tree printed without its source parses back to the same tree (the spec's programs, graph models
+among them, the samples, the docs' examples, generated programs), in the canonical layout fmt
+leaves alone; with its source, it is fmt; a tree built in code prints with its comments made safe
+and its strings escaped, and what no .lyr text can hold is refused."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from test_fmt import ROOT, _example_sources, literal_texts, program_texts, syntax_shape
+from test_forward_syntax import LONG, SECTION_8, forward_program_texts
+from test_forward_syntax import MESSY as MESSY_GRAPH
 
 from layerc import syntax
 from layerc import syntax as S
@@ -68,6 +70,28 @@ def test_generated_programs_round_trip(text: str) -> None:
 def test_generated_literals_round_trip(text: str) -> None:
     """Nested lists, matrices, wrapped rows, calls, strings and names in lists, comments inside
     lists (which a literal carries in its text, so they are printed even without the source)."""
+    assert_round_trips(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(SECTION_8, id="spec-section-8"),
+        pytest.param(MESSY_GRAPH, id="comments-everywhere"),
+        pytest.param(LONG, id="long-lines"),
+    ],
+)
+def test_graph_models_round_trip(text: str) -> None:
+    """Forward blocks (section 8) and test tuples: parentheses precedence does not need are
+    dropped, long expressions wrapped, comments kept; the tree comes back the same."""
+    assert_round_trips(text)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(forward_program_texts())
+def test_generated_graph_models_round_trip(text: str) -> None:
+    """Random expressions (precedence, unary minus, signs, redundant parentheses, calls) with
+    comments and line breaks between any two tokens, long names that make lines wrap."""
     assert_round_trips(text)
 
 
