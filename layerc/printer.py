@@ -481,6 +481,11 @@ class _Writer:
     def sp(self) -> None:
         self.space = True
 
+    def align(self, column: int) -> None:
+        """Let the line being built count as indented to `column` (for the lines that continue
+        what comes next), as a line broken to `column` would be."""
+        self.cur_indent = column
+
     def put(self, text: str, start: int | None, line: int | None) -> None:
         """Write a token's `text`; with its place in the source (offset `start`, line `line`),
         after the source's comments that came before it."""
@@ -801,9 +806,7 @@ class _Layout:
                 self.expression(value, 0 if i == len(values) - 1 else 1)
             return
         column = self.w.column()
-        # The first value's line counts as starting at its column, as the others' lines do, so
-        # that what it continues on other lines is indented as theirs is.
-        self.w.cur_indent = column
+        self.w.align(column)  # what the first value continues is indented as the others' is
         for i, value in enumerate(values):
             if i:
                 self.w.text_(",")

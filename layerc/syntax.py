@@ -1137,14 +1137,19 @@ def _in_forward(
         return "unmatched ')'", loc
     if token.type == "NUMBER" and "RETURN" in expected:
         if _ASSIGNMENT_NEXT.match(text, token.end_pos or 0):
-            return "cannot assign to a number: a statement is NAME = EXPR or return EXPR", loc
+            return f"cannot assign to a number: {_STATEMENTS}", loc
     last = stack[-1] if stack else None
     if expected == {"EQUAL"} and isinstance(last, Token) and last.type == "NAME":
-        # `retrun h`: the misspelt keyword was read as the name of an assignment.
+        # A name read as the start of a statement, without the '=' after it: a misspelt
+        # `return` (`retrun h`), or a name that does not belong (`h = x y`, `h = x\n  relu`).
+        where = Loc(file, last.line or 1, last.column or 1)
         if difflib.get_close_matches(str(last), ["return"], n=1, cutoff=0.6):
-            where = Loc(file, last.line or 1, last.column or 1)
             return f"unexpected {_describe_token(last)}; did you mean 'return'?", where
+        return f"unexpected {_describe_token(last)}: {_STATEMENTS}", where
     return message, loc
+
+
+_STATEMENTS = "a statement is NAME = EXPR or return EXPR"
 
 
 def _open_parenthesis(stack: list[Token | Tree]) -> Token | None:

@@ -664,6 +664,16 @@ FWD = "model M {{\n    fc = Linear(2, 2)\n\n    forward(x) {{\n{}\n    }}\n}}\n"
             id="unary-plus",
         ),
         pytest.param(
+            FWD.format("        h = x y\n        return h"), 5, 15,
+            "unexpected 'y': a statement is NAME = EXPR or return EXPR",
+            id="missing-operator",
+        ),
+        pytest.param(
+            FWD.format("        h = fc(x)\n        fc\n        return h"), 6, 9,
+            "unexpected 'fc': a statement is NAME = EXPR or return EXPR",
+            id="stray-name",
+        ),
+        pytest.param(
             FWD.format("        h = x\n        retrun h"), 6, 9,
             "unexpected 'retrun'; did you mean 'return'?",
             id="misspelt-return",
