@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import LayercError, UsageError, render
+from .errors import LayercError, LayercWarning, UsageError, render
 
 if TYPE_CHECKING:
     from .driver import TestResult
+    from .ir import Program
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -118,11 +119,17 @@ def _source_text(file: str | None) -> str | None:
         return None
 
 
-def _report(exc: LayercError) -> None:
+def _report(exc: LayercError | LayercWarning) -> None:
     from .tools.term import colour_enabled
 
     text = _source_text(exc.file) if exc.loc else None
     print(render(exc, text, colour_enabled(sys.stderr)), file=sys.stderr)
+
+
+def _warn(program: Program) -> None:
+    """The checker's warnings, on stderr, as errors are shown: `file:line:col: warning: ...`."""
+    for warning in program.warnings:
+        _report(warning)
 
 
 def _output_path(file: Path, output: str | None) -> Path | None:
@@ -141,7 +148,8 @@ def _output_path(file: Path, output: str | None) -> Path | None:
 def _compile(file: Path, output: str | None, warm: bool = False) -> int:
     from .driver import compile_file
 
-    _, written = compile_file(file, _output_path(file, output))
+    program, written = compile_file(file, _output_path(file, output))
+    _warn(program)
     for path in written:
         print(f"wrote {path}")
     if warm:
@@ -155,6 +163,7 @@ def _check(file: Path) -> int:
     from .driver import check_file
 
     program, _ = check_file(file)
+    _warn(program)
     models = ", ".join(f"{m.name} ({m.in_features} -> {m.out_features})" for m in program.models)
     print(f"{file}: ok: {models}; {len(program.tests)} test(s)")
     return EXIT_OK
@@ -166,11 +175,12 @@ def _test(files: list[Path]) -> int:
     passed = failed = 0
     for file in files:
         try:
-            _, results = run_tests(file)
+            program, results = run_tests(file)
         except LayercError as exc:
             _report(exc)
             failed += 1
             continue
+        _warn(program)
         if not results:
             print(f"{file}: no test blocks")
         for r in results:

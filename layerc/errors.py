@@ -1,6 +1,7 @@
 """Source locations and user errors: a `Loc` names a place in a .lyr file, a `LayercError`
-carries a message and a `Loc`, and `render` turns one into `file:line:col: message` followed by
-the source line and a caret, the only form in which users see compile errors."""
+carries a message and a `Loc` (a `LayercWarning` too, for what is legal but probably a mistake),
+and `render` turns one into `file:line:col: message` (`file:line:col: warning: message`) followed
+by the source line and a caret, the only form in which users see compile errors."""
 
 from __future__ import annotations
 
@@ -34,6 +35,22 @@ class LayercError(Exception):
         return f"{where}: {self.message}"
 
 
+@dataclass(frozen=True)
+class LayercWarning:
+    """Something legal in the user's input that is probably a mistake (a value never used);
+    the checker collects these on the program and compilation goes on."""
+
+    message: str
+    loc: Loc
+
+    @property
+    def file(self) -> str:
+        return self.loc.file
+
+    def __str__(self) -> str:
+        return f"{self.loc}: warning: {self.message}"
+
+
 def suggest(name: str, options: list[str]) -> str:
     """ "; did you mean 'X'?" for the option closest to `name`, ignoring case (so that `Relu`
     finds `ReLU`), or "" when none is close."""
@@ -61,12 +78,20 @@ def source_line(text: str, line: int) -> str | None:
 _MAX_SHOWN = 200
 
 
-# ANSI styles for a terminal, as gcc and clang use them: bold location, red message, green caret.
-_BOLD, _RED, _GREEN, _RESET = "\x1b[1m", "\x1b[1;31m", "\x1b[1;32m", "\x1b[0m"
+# ANSI styles for a terminal, as gcc and clang use them: bold location, red message (magenta
+# for a warning), green caret.
+_BOLD, _RED, _MAGENTA, _GREEN, _RESET = (
+    "\x1b[1m",
+    "\x1b[1;31m",
+    "\x1b[1;35m",
+    "\x1b[1;32m",
+    "\x1b[0m",
+)
 
 
-def render(error: LayercError, text: str | None, colour: bool = False) -> str:
-    """`file:line:col: message`, then the offending line and a caret under the column.
+def render(error: LayercError | LayercWarning, text: str | None, colour: bool = False) -> str:
+    """`file:line:col: message` (or `file:line:col: warning: message`), then the offending line
+    and a caret under the column.
 
     Very long lines are shown as a window around the column so a megabyte-long line does not
     flood the terminal; control characters are shown escaped so they cannot move the cursor.
@@ -76,7 +101,8 @@ def render(error: LayercError, text: str | None, colour: bool = False) -> str:
     head = f"{error}"
     if colour and head.endswith(f": {error.message}"):
         where = head[: len(head) - len(error.message) - 2]
-        head = f"{_BOLD}{where}:{_RESET} {_RED}{error.message}{_RESET}"
+        style = _MAGENTA if isinstance(error, LayercWarning) else _RED
+        head = f"{_BOLD}{where}:{_RESET} {style}{error.message}{_RESET}"
     out = [head]
     if error.loc is None or text is None:
         return out[0]

@@ -222,6 +222,12 @@ class _Lowering:
 
     def run(self) -> Plan:
         for model in self.program.models:
+            if model.graph is not None:
+                raise LoweringError(
+                    f"model {model.name!r} has a forward block: the lowering stage does not "
+                    "handle graph models yet"
+                )
+        for model in self.program.models:
             self.class_names[model.name] = self.names.claim(model.name)
         models = []
         weights: list[tuple[str, np.ndarray]] = []

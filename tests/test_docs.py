@@ -445,6 +445,9 @@ def test_language_reference_states_the_checkers_limits() -> None:
         "layers in one model, nested models expanded": checker.MAX_LAYERS,
         "models nested inside each other": checker.MAX_MODEL_DEPTH,
         "brackets nested in a literal": syntax.MAX_NESTING,
+        "operations nested in one expression of a `forward` block (`f(a + b)` is 2)": (
+            syntax.MAX_EXPRESSION_DEPTH
+        ),
         "a list literal, from its `[` to its `]`": syntax.MAX_LITERAL,
         "characters other than white space outside list literals, in one source": (
             syntax.MAX_STRUCTURE
