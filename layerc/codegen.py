@@ -225,8 +225,17 @@ class _Renderer:
         for alias, name in RUNTIME_MODULES.items():
             if alias + "." in kernels:
                 e.line(f"import layerc.runtime.{name} as {alias}")
+        tiles = sorted(
+            {
+                k.dtype.name
+                for k in self.plan.kernels
+                if isinstance(k, LinearKernel) and k.matmul == lower.TILES
+            }
+        )
         e.line()
         e.line(f"_rt.check_abi({self.plan.abi})")
+        for name in tiles:  # before numba loads a cached kernel that calls it
+            e.line(f"_rt_gemm.load(_np.{name})")
         e.line()
         e.line("# No nnan/ninf: NaN and Inf keep IEEE semantics; reassoc lets LLVM vectorise sums.")
         e.line(f"_FASTMATH = {FASTMATH}")
