@@ -29,6 +29,8 @@ from numba import types
 from numba.core import config
 from numba.extending import intrinsic
 
+from .cache import kernel_cache
+
 ROWS = 6  # samples per tile: 6 x 2 vector accumulators, with room for the weights and x
 VECTORS = 2  # vectors of outputs per tile
 
@@ -253,7 +255,8 @@ def _native(dtype: type) -> Any:
         for j in range(0, m, nr):
             _block(x, k, w + j * size, ldw, k, y + j * size, m, n, min(nr, m - j), zero)
 
-    return numba.cfunc(types.void(*[types.intp] * 7), cache=True)(product)
+    # Cached where numba can write (as a generated module's kernels; else compiled in memory).
+    return numba.cfunc(types.void(*[types.intp] * 7), cache=kernel_cache(__file__))(product)
 
 
 # Kernels call the product by name, through the symbols below, rather than linking its code into
