@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compile_text
+from conftest import around, compile_text
 from torch import nn
 
 from layerc import driver
@@ -75,21 +75,6 @@ def _no_inf(values: list[float]) -> tuple[float, ...]:
     return tuple(v for v in values if not math.isinf(v))
 
 
-def _at(threshold: float) -> list[float]:
-    """`threshold` and `-threshold`, with their neighbours in float32 and in float64 (a value
-    the model's dtype holds exactly on either side of the switch)."""
-    out = []
-    for x in (threshold, -threshold):
-        out.append(x)
-        for dtype in (np.float32, np.float64):
-            value = dtype(x)
-            out += [
-                float(np.nextafter(value, dtype(-math.inf))),
-                float(np.nextafter(value, dtype(math.inf))),
-            ]
-    return out
-
-
 def _moderate(values: list[float]) -> tuple[float, ...]:
     """torch accumulates the moments of float32 values in float32, which overflows for |x| near
     1e20: large magnitudes are left out where a layer normalises with computed statistics."""
@@ -129,14 +114,14 @@ CASES = [
     Case("Softsign", "Softsign()", nn.Softsign),
     Case("LogSoftmax", "LogSoftmax(dim=-1)", lambda: nn.LogSoftmax(dim=-1)),
     # The shrinks switch at +-lambd: FINITE_SPECIALS hold +-0.5, +-2.5 and +-3 with neighbours,
-    # and _at(0.1) a lambd that float32 does not hold, exactly and one step to either side.
+    # and around(0.1) a lambd that float32 does not hold, exactly and one step to either side.
     Case("Hardshrink", "Hardshrink()", nn.Hardshrink),
     Case("Hardshrink-lambd", "Hardshrink(2.5)", lambda: nn.Hardshrink(2.5)),
     Case(
         "Hardshrink-inexact",
         "Hardshrink(lambd=0.1)",
         lambda: nn.Hardshrink(lambd=0.1),
-        tuple(FINITE_SPECIALS + NONFINITE + _at(0.1)),
+        tuple(FINITE_SPECIALS + NONFINITE + around(0.1)),
     ),
     Case("Hardshrink-zero", "Hardshrink(0)", lambda: nn.Hardshrink(0)),
     # torch's Hardshrink takes a negative lambd (it is then the identity), as layerc does
@@ -147,7 +132,7 @@ CASES = [
         "Softshrink-inexact",
         "Softshrink(0.1)",
         lambda: nn.Softshrink(0.1),
-        tuple(FINITE_SPECIALS + NONFINITE + _at(0.1)),
+        tuple(FINITE_SPECIALS + NONFINITE + around(0.1)),
     ),
     Case("Softshrink-zero", "Softshrink(0.0)", lambda: nn.Softshrink(0.0)),
     Case("Tanhshrink", "Tanhshrink()", nn.Tanhshrink),

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import around
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file as save_file_np
@@ -167,6 +168,23 @@ def opset11_float64_model(rng: np.random.Generator) -> onnx.ModelProto:
     )
 
 
+def torch_export(net: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
+    """torch.onnx.export with the TorchScript exporter (the default one needs onnxscript, which
+    the test extra does not install), the batch axis dynamic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (x,),
+            str(path),
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            dynamo=False,
+        )
+
+
 def torch_exported_model(folder: Path) -> tuple[Path, torch.nn.Module]:
     """A torch.nn.Sequential through torch.onnx.export (the TorchScript exporter, which works
     offline; the dynamo exporter needs onnxscript)."""
@@ -180,18 +198,7 @@ def torch_exported_model(folder: Path) -> tuple[Path, torch.nn.Module]:
         torch.nn.Softmax(dim=-1),
     ).eval()
     path = folder / "from_torch.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.zeros(2, 6),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-        )
+    torch_export(net, torch.zeros(2, 6), path)
     return path, net
 
 
@@ -1332,20 +1339,6 @@ def test_the_table_alone_says_where_an_op_computes_a_kind(
 # --------------------------------------------------------------------------- the shrinks
 
 
-def _at(threshold: float) -> list[float]:
-    """`threshold` and `-threshold`, each with its neighbours in float32 and in float64."""
-    out = []
-    for x in (threshold, -threshold):
-        out.append(x)
-        for dtype in (np.float32, np.float64):
-            value = dtype(x)
-            out += [
-                float(np.nextafter(value, dtype(-np.inf))),
-                float(np.nextafter(value, dtype(np.inf))),
-            ]
-    return out
-
-
 # The float64 forms: Where(|x| <= lambd, 0, x), and
 # Where(x > lambd, x - lambd, Where(x < -lambd, x + lambd, x * 0))
 HARD64 = ["Abs", "LessOrEqual", "Where"]
@@ -1395,7 +1388,7 @@ def test_shrinks_export_as_the_table_says_and_match_torch(
     _, written = driver.compile_file(src)
     net = driver.import_module(written[-1]).M()
     nonfinite = [np.inf, -np.inf] + ([np.nan] if ops32 != ["Shrink"] or dtype == "float64" else [])
-    values = [0.0, -0.0, *_at(switch), *nonfinite]
+    values = [0.0, -0.0, *around(switch), *nonfinite]
     values += list(np.random.default_rng(0).standard_normal(32 - len(values)) * 3)
     x = np.array(values, dtype).reshape(4, 8)
     tol = F32_TOL if dtype == "float32" else F64_TOL
@@ -1453,23 +1446,6 @@ def test_integer_arguments_export_as_float_attributes(
     assert f"    {back}\n" in lyr.read_text()
 
 
-def _torch_export(net: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    """torch.onnx.export with the TorchScript exporter (the default one needs onnxscript, which
-    the test extra does not install), the batch axis dynamic."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (x,),
-            str(path),
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-            dynamo=False,
-        )
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_torch_exported_shrinks_match_torch_and_layerc(tmp_path: Path, dtype: str) -> None:
     """torch.onnx.export writes Hardshrink and Softshrink as comparisons and Where, Tanhshrink
@@ -1482,7 +1458,7 @@ def test_torch_exported_shrinks_match_torch_and_layerc(tmp_path: Path, dtype: st
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), *layers, torch.nn.Linear(6, 3))
     net = net.to(getattr(torch, dtype)).eval()
     path = tmp_path / "net.onnx"
-    _torch_export(net, torch.zeros(2, 4, dtype=getattr(torch, dtype)), path)
+    torch_export(net, torch.zeros(2, 4, dtype=getattr(torch, dtype)), path)
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert "Tanh" in ops and "Shrink" not in ops
     src = tmp_path / "same.lyr"
