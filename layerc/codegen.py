@@ -225,8 +225,17 @@ class _Renderer:
         for alias, name in RUNTIME_MODULES.items():
             if alias + "." in kernels:
                 e.line(f"import layerc.runtime.{name} as {alias}")
+        tiles = sorted(
+            {
+                k.dtype.name
+                for k in self.plan.kernels
+                if isinstance(k, LinearKernel) and k.matmul == lower.TILES
+            }
+        )
         e.line()
         e.line(f"_rt.check_abi({self.plan.abi})")
+        for name in tiles:  # before numba loads a cached kernel that calls it
+            e.line(f"_rt_gemm.load(_np.{name})")
         e.line()
         e.line("# No nnan/ninf: NaN and Inf keep IEEE semantics; reassoc lets LLVM vectorise sums.")
         e.line(f"_FASTMATH = {FASTMATH}")
@@ -300,16 +309,30 @@ class _Renderer:
                 f'"""Linear {n_in} -> {n_out}, {k.dtype.name}: {formula} for each row x of xs{then}.'  # noqa: E501
             )
             e.line()
-            e.line(f"A = weight, shape ({n_out}, {n_in}), stored transposed; xs (n, {n_in}) and")
-            e.line(f"ys (n, {n_out}) are C-contiguous and do not overlap.")
+            e.line(f"A = weight, shape ({n_out}, {n_in}), stored transposed (F order); the")
+            e.line(
+                f"arrays xs (n, {n_in}) and ys (n, {n_out}) are C-contiguous and do not overlap."
+            )
             e.line('"""')
             e.line("n = xs.shape[0]")
             for index, fold in enumerate(k.folds, 1):
                 native = fold.layer.spec.native
                 if isinstance(native, kinds.Channelwise) and native.prepare is not None:
                     native.prepare(e, fold.layer.argdict, t, _prefixed(f"e{index}_"), str(n_out))
-            e.line(f"_rt_gemm.matmul(xs, weight, ys)  # {k.matmul}")
-            self.epilogue_loop(e, k, n_out, t)
+            if k.matmul == lower.TILES:
+                e.line(f"_rt_gemm.matmul(xs, weight, ys)  # {k.matmul}")
+                self.epilogue_loop(e, k, n_out, t)
+                return
+            e.line("for s in range(n):")
+            with e.indent():
+                e.line(f"for o in range({n_out}):")
+                with e.indent():
+                    e.line(f"acc = {t}(0.0)")
+                    e.line(f"for i in range({n_in}):")
+                    with e.indent():
+                        e.line("acc += weight[o, i] * xs[s, i]")
+                    e.line("v = acc + bias[o]" if has_bias else "v = acc")
+                    self.epilogue(e, k, t)
 
     def epilogue_loop(self, e: Emitter, k: LinearKernel, n_out: int, t: str) -> None:
         """After the product: add the bias and apply the folded layers, in place."""

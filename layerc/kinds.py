@@ -5,7 +5,8 @@ need to know about a kind: its parameters (PyTorch's names, order, defaults and 
 weights and buffers (state_dict keys, shapes, PyTorch's initial values, which are block entries),
 its shape rule, how it computes (an elementwise expression of `v`, a per-channel expression, a
 row kernel or a matrix product), whether it may join a preceding Linear's epilogue, the
-torch.nn class it must match (name and `extra_repr`), and its ONNX operator. Adding a kind is
+torch.nn class it must match (name and `extra_repr`), and what it is in ONNX (`Onnx`: the
+operator, or the subgraph, it is written as, and how an import reads it back). Adding a kind is
 one entry here (plus its tests and docs).
 
 Nothing here reads source text: arguments arrive bound and converted (see `binder`), and every
@@ -15,14 +16,19 @@ number that reaches generated code is printed from a parsed value.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import binder as B
 from . import syntax as S
 from .binder import REQUIRED, Param
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .ir import Layer
 
 # Bound arguments by name; each value has the type its parameter's converter gives.
 Args = Mapping[str, Any]
@@ -130,24 +136,133 @@ class Tensor:
         return self.initial(args) if callable(self.initial) else self.initial
 
 
+class OnnxGraph(Protocol):
+    """What an ONNX form writes a layer through (onnx_io's graph builder). Every name it makes
+    for the layer at `path` starts with `/{path}/`; values are named by the strings returned."""
+
+    def node(self, op: str, inputs: list[str], out: str, name: str, **attrs: object) -> str:
+        """An ONNX node `op` from `inputs` to `out`; returns `out`."""
+        ...
+
+    def op(self, path: str, layer: Layer, value: str, out: str) -> None:
+        """The layer as its kind's operator (`Onnx.op`, `attributes`, `inputs`)."""
+        ...
+
+    def constant(self, name: str, value: float) -> str:
+        """An initializer of the model's dtype."""
+        ...
+
+    def shape(self, name: str, dims: Sequence[int]) -> str:
+        """An int64 initializer (a shape for Reshape)."""
+        ...
+
+    def tensor_input(self, path: str, layer: Layer, name: str) -> str:
+        """The initializer of the layer's tensor `name`, under its state_dict key."""
+        ...
+
+
+class OnnxReader(Protocol):
+    """What an `Onnx.read` reads a node through (onnx_io's importer), at the node's place in
+    the chain of layers it imports."""
+
+    # the per-sample shape of the value the node takes; None for one axis of unknown size
+    sample: tuple[int, ...] | None
+
+    def error(self, message: str) -> Exception:
+        """The error that refuses the ONNX file with `message`."""
+        ...
+
+    def quote(self, name: str) -> str:
+        """A name from the ONNX file, quoted and shortened for a message."""
+        ...
+
+    def rank(self) -> int:
+        """How many axes the value has per sample."""
+        ...
+
+    def axis(self, axis: int) -> int | None:
+        """An ONNX axis of the value (batch axis 0; negative from the end) as a non-negative
+        one, or None when it is out of range."""
+        ...
+
+    def channels(self, where: str) -> int | None:
+        """The channels of a value of samples (C,) or (C, L) (None if unknown); refuses more
+        axes."""
+        ...
+
+    def tensors(
+        self, node: Any, kind: str, where: str, *, required: int
+    ) -> list[tuple[str, str, np.ndarray]]:
+        """The node's constant inputs after the data input, as (the kind's name for it, the
+        input's name, the array in float64), in the order of `Onnx.inputs`; the first
+        `required` must be there."""
+        ...
+
+    def shaped(
+        self, tensors: list[tuple[str, str, np.ndarray]], shape: Shape, where: str
+    ) -> list[tuple[str, np.ndarray]]:
+        """Each tensor reshaped to `shape` (give or take leading axes of size 1), named by the
+        kind; refuses one that does not fit."""
+        ...
+
+
+@dataclass(frozen=True)
+class OnnxForm:
+    """A layer written as ONNX nodes of its own making: `write(graph, path, layer, x, out)`
+    adds the nodes that compute the layer from the value `x` into `out`; `opset` is the oldest
+    operator set that has every node it writes."""
+
+    write: Callable[[OnnxGraph, str, Layer, str, str], None]
+    opset: int = 1
+
+
+# How a kind reads a node of its operator back: (reader, node, its attributes, where) -> (the
+# layer's arguments, its block entries as (name, float64 array)).
+OnnxRead = Callable[
+    [OnnxReader, Any, dict[str, object], str],
+    tuple[dict[str, object], list[tuple[str, "np.ndarray"]]],
+]
+
+
 @dataclass(frozen=True)
 class Onnx:
-    """The ONNX operator a layer of the kind exports as: `inputs` are the layer's tensors that
+    """How a layer of the kind is written in ONNX, and read back. (Export knows nothing of any
+    kind but this; import reads it for every op but those that make the chain's structure.)
+
+    `op` is the ONNX operator that computes the kind: `inputs` are the layer's tensors that
     follow the data input (as initializers), `attributes(args)` the operator's attributes.
     `fixed` names the arguments the operator has no attribute for, with the values at which it
     computes the kind: `layerc export` writes the operator only for a layer with those values,
-    and `layerc import` gives them to the layer it reads from the operator. (Export and import
-    read this for every kind.)"""
+    and `layerc import` gives them to the layer it reads from the operator. `dtypes` names the
+    model dtypes in which it computes the kind (None: every dtype its schema takes).
 
-    op: str
+    `subgraph` writes the layer as several operators where `op` does not compute it (there is
+    no such operator, the arguments are not the `fixed` ones, or the model's dtype is not one
+    it computes the kind in). On samples of several axes, a kind that keeps the shape and
+    computes value by value or along the last axes is written as on (batch, features) values;
+    `channels_on_axis_1` says the operator takes samples (C, L) with their channels on axis 1,
+    as the kind does; any other kind needs `several_axes`, its form there.
+
+    Import reads a node of `op` as the first kind (fewest parameters first, see `KINDS_BY_OP`)
+    whose exported attributes it has: each attribute either one that `attributes` copies from
+    an argument (attributes that copy the same argument must agree), or equal to the value the
+    kind exports; arguments the kind refuses rule it out. A kind whose node has tensor inputs,
+    or whose arguments depend on the value's shape, reads it with `read` instead."""
+
+    op: str | None = None
     attributes: Callable[[Args], dict[str, object]] = lambda a: {}
     inputs: tuple[str, ...] = ()
     opset: int = 1
     fixed: tuple[tuple[str, object], ...] = ()
+    dtypes: tuple[str, ...] | None = None
+    subgraph: OnnxForm | None = None
+    several_axes: OnnxForm | None = None
+    channels_on_axis_1: bool = False
+    read: OnnxRead | None = None
 
     def computes(self, args: Args) -> bool:
         """Whether the operator computes a layer with these arguments (`fixed`)."""
-        return all(args[name] == value for name, value in self.fixed)
+        return self.op is not None and all(args[name] == value for name, value in self.fixed)
 
 
 # --------------------------------------------------------------------------- shape rules
@@ -551,6 +666,190 @@ def _activation(
     )
 
 
+# --------------------------------------------------------------------------- ONNX forms
+#
+# Each writes one layer, `write(graph, path, layer, x, out)`, from the value `x` to `out`.
+
+
+def _silu_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """x * Sigmoid(x)."""
+    s = g.node("Sigmoid", [x], f"/{path}/sigmoid", f"/{path}/Sigmoid")
+    g.node("Mul", [x, s], out, f"/{path}/Mul")
+
+
+def _log_sigmoid_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """-Softplus(-x)."""
+    neg = g.node("Neg", [x], f"/{path}/neg", f"/{path}/Neg")
+    sp = g.node("Softplus", [neg], f"/{path}/softplus", f"/{path}/Softplus")
+    g.node("Neg", [sp], out, f"/{path}/Neg_1")
+
+
+def _softplus_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """Softplus with a beta or threshold that ONNX's Softplus does not compute:
+    Where(x * beta > threshold, x, Softplus(x * beta) / beta)."""
+    at = f"/{path}"
+    beta = g.constant(f"{at}/beta", float(layer.arg("beta")))  # type: ignore[arg-type]
+    threshold = g.constant(f"{at}/threshold", float(layer.arg("threshold")))  # type: ignore[arg-type]
+    scaled = g.node("Mul", [x, beta], f"{at}/scaled", f"{at}/Mul")
+    sp = g.node("Softplus", [scaled], f"{at}/softplus", f"{at}/Softplus")
+    soft = g.node("Div", [sp, beta], f"{at}/soft", f"{at}/Div")
+    above = g.node("Greater", [scaled, threshold], f"{at}/above", f"{at}/Greater")
+    g.node("Where", [above, x, soft], out, f"{at}/Where")
+
+
+def _celu_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """CELU in float64, which ONNX's Celu does not take:
+    Where(x > 0, x, alpha * (Exp(x / alpha) - 1))."""
+    at = f"/{path}"
+    alpha = g.constant(f"{at}/alpha", float(layer.arg("alpha")))  # type: ignore[arg-type]
+    zero = g.constant(f"{at}/zero", 0.0)
+    one = g.constant(f"{at}/one", 1.0)
+    scaled = g.node("Div", [x, alpha], f"{at}/scaled", f"{at}/Div")
+    exp = g.node("Exp", [scaled], f"{at}/exp", f"{at}/Exp")
+    minus = g.node("Sub", [exp, one], f"{at}/expm1", f"{at}/Sub")
+    below = g.node("Mul", [minus, alpha], f"{at}/below", f"{at}/Mul")
+    positive = g.node("Greater", [x, zero], f"{at}/positive", f"{at}/Greater")
+    g.node("Where", [positive, x, below], out, f"{at}/Where")
+
+
+def _hardshrink_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """Hardshrink in float64: Where(|x| <= lambd, 0, x), with lambd in the model's dtype (NaN
+    stays NaN, as in torch)."""
+    at = f"/{path}"
+    lambd = g.constant(f"{at}/lambd", float(layer.arg("lambd")))  # type: ignore[arg-type]
+    zero = g.constant(f"{at}/zero", 0.0)
+    magnitude = g.node("Abs", [x], f"{at}/abs", f"{at}/Abs")
+    inside = g.node("LessOrEqual", [magnitude, lambd], f"{at}/inside", f"{at}/LessOrEqual")
+    g.node("Where", [inside, zero, x], out, f"{at}/Where")
+
+
+def _softshrink_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """Softshrink in float64: Where(x > lambd, x - lambd, Where(x < -lambd, x + lambd, x * 0)),
+    with lambd in the model's dtype (x * 0 keeps NaN, as torch's formula does)."""
+    at = f"/{path}"
+    value = float(layer.arg("lambd"))  # type: ignore[arg-type]
+    lambd = g.constant(f"{at}/lambd", value)
+    minus_lambd = g.constant(f"{at}/minus_lambd", -value)
+    zero = g.constant(f"{at}/zero", 0.0)
+    above = g.node("Greater", [x, lambd], f"{at}/above", f"{at}/Greater")
+    lowered = g.node("Sub", [x, lambd], f"{at}/lowered", f"{at}/Sub")
+    below = g.node("Less", [x, minus_lambd], f"{at}/below", f"{at}/Less")
+    raised = g.node("Add", [x, lambd], f"{at}/raised", f"{at}/Add")
+    zeroed = g.node("Mul", [x, zero], f"{at}/zeroed", f"{at}/Mul")
+    rest = g.node("Where", [below, raised, zeroed], f"{at}/rest", f"{at}/Where")
+    g.node("Where", [above, lowered, rest], out, f"{at}/Where_1")
+
+
+def _tanhshrink_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """x - Tanh(x)."""
+    tanh = g.node("Tanh", [x], f"/{path}/tanh", f"/{path}/Tanh")
+    g.node("Sub", [x, tanh], out, f"/{path}/Sub")
+
+
+def _linear_matmul_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """A Linear on the last axis of samples of several axes, which Gemm (2-D only) cannot take:
+    MatMul by the transposed weight, then Add of the bias."""
+    at = f"/{path}"
+    weight = g.tensor_input(path, layer, "weight")
+    transposed = g.node("Transpose", [weight], f"{at}/weight_t", f"{at}/Transpose", perm=[1, 0])
+    if layer.bias is None:
+        g.node("MatMul", [x, transposed], out, f"{at}/MatMul")
+        return
+    product = g.node("MatMul", [x, transposed], f"{at}/matmul", f"{at}/MatMul")
+    g.node("Add", [product, g.tensor_input(path, layer, "bias")], out, f"{at}/Add")
+
+
+def _flatten_reshape_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """Flatten to one axis per sample is ONNX's Flatten (the table's); to several axes, ONNX's
+    Flatten (always 2-D) cannot: Reshape to (batch, *output shape), the 0 copying the batch."""
+    if len(layer.out_shape) == 1:
+        g.op(path, layer, x, out)
+        return
+    shape = g.shape(f"/{path}/shape", [0, *layer.out_shape])
+    g.node("Reshape", [x, shape], out, f"/{path}/Reshape")
+
+
+def _prelu_channels_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
+    """PRelu's slope broadcasts from the last axis, PReLU's weight applies along channel axis 1:
+    on samples (C, *rest), the weight reshaped to (C, 1, ...) (one weight: as it is)."""
+    if layer.arg("num_parameters") == 1:
+        g.op(path, layer, x, out)
+        return
+    weight = g.tensor_input(path, layer, "weight")
+    channels = (layer.in_shape[0], *[1] * (len(layer.in_shape) - 1))
+    shape = g.shape(f"/{path}/slope_shape", channels)
+    slope = g.node("Reshape", [weight, shape], f"/{path}/slope", f"/{path}/Reshape")
+    g.node("PRelu", [x, slope], out, f"/{path}/PRelu")
+
+
+# --------------------------------------------------------------------------- ONNX readers
+#
+# Each reads a node of its kind's operator: (reader, node, attributes, where) -> (arguments,
+# block entries).
+
+
+def _read_prelu(
+    r: OnnxReader, node: Any, attrs: dict[str, object], where: str
+) -> tuple[dict[str, object], list[tuple[str, np.ndarray]]]:
+    """PRelu's slope broadcasts against the value from its last axis; PReLU has one weight,
+    or one per channel (axis 1): a slope of shape (C,) on (batch, C), (C, 1) on
+    (batch, C, L), or of one value."""
+    ((name, input_name, slope),) = r.tensors(node, "PReLU", where, required=1)
+    ndim = 1 + r.rank()
+    padded = (1,) * (ndim - slope.ndim) + slope.shape
+    if len(padded) > ndim or any(d != 1 for i, d in enumerate(padded) if i != 1):
+        raise r.error(
+            f"{where}: slope {r.quote(input_name)} has shape {fmt_shape(slope.shape)}; layerc "
+            "reads one value, or one per channel (axis 1), as PReLU's weight"
+        )
+    size = padded[1]
+    channels = r.sample[0] if r.sample is not None else None
+    if size != 1 and channels is not None and size != channels:
+        what = "per input but its input has" if r.rank() == 1 else "but its input has"
+        unit = "" if r.rank() == 1 else " channels"
+        raise r.error(f"{where} has {size} values {what} {channels}{unit}")
+    return {"num_parameters": size}, [(name, slope.reshape(-1))]
+
+
+def _read_batch_norm(
+    r: OnnxReader, node: Any, attrs: dict[str, object], where: str
+) -> tuple[dict[str, object], list[tuple[str, np.ndarray]]]:
+    """BatchNormalization in inference mode, with its four tensors, on samples (C,) or (C, L)."""
+    if attrs.get("training_mode", 0):
+        raise r.error(f"{where} is in training mode; layerc models run in eval mode")
+    found = r.tensors(node, "BatchNorm1d", where, required=4)
+    channels = r.channels(where) or found[0][2].size
+    tensors = r.shaped(found, (channels,), where)
+    eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
+    return {"num_features": channels, "eps": eps}, tensors
+
+
+def _read_layer_norm(
+    r: OnnxReader, node: Any, attrs: dict[str, object], where: str
+) -> tuple[dict[str, object], list[tuple[str, np.ndarray]]]:
+    """LayerNormalization from an axis of the sample to its end, with a scale and perhaps a
+    bias: normalized_shape is the sample's axes from there."""
+    axis = int(attrs.get("axis", -1))  # type: ignore[call-overload]
+    start = r.axis(axis)
+    if not start:
+        raise r.error(
+            f"{where} normalises from axis {axis}, which takes in the batch axis; layerc "
+            "normalises the last axes of each sample"
+        )
+    found = r.tensors(node, "LayerNorm", where, required=1)
+    if r.sample is not None:
+        normalized = r.sample[start - 1 :]
+    else:
+        normalized = (found[0][2].size,)
+    tensors = r.shaped(found, normalized, where)
+    eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
+    shape: object = normalized[0] if len(normalized) == 1 else normalized
+    args: dict[str, object] = {"normalized_shape": shape, "eps": eps}
+    if len(tensors) == 1:
+        args["bias"] = False
+    return args, tensors
+
+
 _NONE = ()
 
 
@@ -586,7 +885,12 @@ KINDS: dict[str, Kind] = _kinds(
             f"in_features={a['in_features']}, out_features={a['out_features']}, bias={a['bias']}"
         ),
         runtime="Linear",
-        onnx=Onnx("Gemm", lambda a: {"transB": 1}, inputs=("weight", "bias")),
+        onnx=Onnx(
+            "Gemm",
+            lambda a: {"transB": 1},
+            inputs=("weight", "bias"),
+            several_axes=OnnxForm(_linear_matmul_onnx),
+        ),
         initialiser=_linear_init,
     ),
     Kind(
@@ -668,7 +972,12 @@ KINDS: dict[str, Kind] = _kinds(
         accepts=_context,
         dropped=True,
         extra_repr=lambda a: f"start_dim={a['start_dim']}, end_dim={a['end_dim']}",
-        onnx=Onnx("Flatten", lambda a: {"axis": a["start_dim"]}),
+        # (Reshape with a shape input: opset 5)
+        onnx=Onnx(
+            "Flatten",
+            lambda a: {"axis": a["start_dim"]},
+            several_axes=OnnxForm(_flatten_reshape_onnx, opset=5),
+        ),
     ),
     Kind(
         "BatchNorm1d",
@@ -734,6 +1043,8 @@ KINDS: dict[str, Kind] = _kinds(
             lambda a: {"epsilon": a["eps"], "momentum": 1 - a["momentum"]},
             inputs=("weight", "bias", "running_mean", "running_var"),
             opset=15,
+            channels_on_axis_1=True,
+            read=_read_batch_norm,
         ),
     ),
     Kind(
@@ -767,6 +1078,7 @@ KINDS: dict[str, Kind] = _kinds(
             lambda a: {"axis": -len(a["normalized_shape"]), "epsilon": a["eps"]},
             inputs=("weight", "bias"),
             opset=17,
+            read=_read_layer_norm,
         ),
     ),
     Kind(
@@ -784,7 +1096,12 @@ KINDS: dict[str, Kind] = _kinds(
         accepts=lambda a, shape: shape if a["num_parameters"] > 1 else None,
         fuse="activation",
         extra_repr=lambda a: f"num_parameters={a['num_parameters']}",
-        onnx=Onnx("PRelu", inputs=("weight",)),
+        onnx=Onnx(
+            "PRelu",
+            inputs=("weight",),
+            several_axes=OnnxForm(_prelu_channels_onnx, opset=7),
+            read=_read_prelu,
+        ),
     ),
     _activation(
         "GELU",
@@ -813,7 +1130,8 @@ KINDS: dict[str, Kind] = _kinds(
         ),
         params=(_float("alpha", 1.0, nonzero=True),),
         extra_repr=lambda a: f"alpha={a['alpha']}",
-        onnx=Onnx("Celu", lambda a: {"alpha": a["alpha"]}, opset=12),
+        # ONNX's Celu takes float32 only: in float64, the subgraph
+        onnx=Onnx("Celu", lambda a: {"alpha": a["alpha"]}, opset=12, subgraph=OnnxForm(_celu_onnx)),
     ),
     _activation(
         "Softplus",
@@ -828,7 +1146,11 @@ KINDS: dict[str, Kind] = _kinds(
         # ONNX's Softplus, log(1 + exp(x)), has neither beta nor threshold: it is torch's at
         # beta=1, threshold=20 (past 20, torch's x and log(1 + exp(x)) differ by less than
         # exp(-20) = 2e-9: less than float32's rounding of x, and 1e-10 of x in float64)
-        onnx=Onnx("Softplus", fixed=(("beta", 1.0), ("threshold", 20.0))),
+        onnx=Onnx(
+            "Softplus",
+            fixed=(("beta", 1.0), ("threshold", 20.0)),
+            subgraph=OnnxForm(_softplus_onnx),
+        ),
     ),
     _activation(
         "Hardtanh",
@@ -845,7 +1167,7 @@ KINDS: dict[str, Kind] = _kinds(
         "silu",
         "SiLU: x / (1 + exp(-x)), elementwise.",
         lambda a, t: f"v / ({t}(1.0) + _np.exp(-v))",
-        onnx=None,  # x * Sigmoid(x): two ONNX ops
+        onnx=Onnx(subgraph=OnnxForm(_silu_onnx)),  # x * Sigmoid(x): two ONNX ops
     ),
     _activation(
         "Mish",
@@ -890,7 +1212,7 @@ KINDS: dict[str, Kind] = _kinds(
         "log_sigmoid",
         "LogSigmoid: log(1 / (1 + exp(-x))) = min(x, 0) - log(1 + exp(-|x|)), elementwise.",
         lambda a, t: f"({t}(0.0) if v > 0 else v) - _np.log1p(_np.exp(-_np.abs(v)))",
-        onnx=None,  # -Softplus(-x): two ONNX ops
+        onnx=Onnx(subgraph=OnnxForm(_log_sigmoid_onnx)),  # -Softplus(-x): three ONNX ops
     ),
     _activation(
         "Softsign",
@@ -910,11 +1232,74 @@ KINDS: dict[str, Kind] = _kinds(
         extra_repr=lambda a: f"dim={a['dim']}",
         onnx=Onnx("LogSoftmax", lambda a: {"axis": -1}),
     ),
+    _activation(
+        "Hardshrink",
+        "hardshrink",
+        "Hardshrink: 0 where -lambd <= x <= lambd, else x, elementwise; NaN stays NaN.",
+        lambda a, t: (
+            f"{t}(0.0) if v >= {_const(t, -a['lambd'])} and v <= {_const(t, a['lambd'])} else v"
+        ),
+        params=(_float("lambd", 0.5),),
+        extra_repr=lambda a: f"{a['lambd']}",
+        # ONNX's Shrink with bias 0. Its lambd is a float32 attribute (and ONNX Runtime
+        # computes it in float32 even on doubles): in float64, the subgraph. ONNX's Shrink
+        # gives 0 for NaN, where torch's Hardshrink (and layerc) give NaN.
+        onnx=Onnx(
+            "Shrink",
+            lambda a: {"bias": 0.0, "lambd": a["lambd"]},
+            opset=9,
+            dtypes=("float32",),
+            subgraph=OnnxForm(_hardshrink_onnx, opset=12),
+        ),
+    ),
+    _activation(
+        "Softshrink",
+        "softshrink",
+        "Softshrink: x - lambd above lambd, x + lambd below -lambd, else 0, elementwise; NaN "
+        "stays NaN.",
+        lambda a, t: (
+            f"v - {_const(t, a['lambd'])} if v > {_const(t, a['lambd'])} else "
+            f"(v + {_const(t, a['lambd'])} if v < {_const(t, -a['lambd'])} else v * {t}(0.0))"
+        ),
+        # torch refuses a negative lambd ("lambda must be in range [0, ...]") when called
+        params=(_float("lambd", 0.5, minimum=0),),
+        extra_repr=lambda a: f"{a['lambd']}",
+        # ONNX's Shrink with bias = lambd; in float64, the subgraph (as Hardshrink's)
+        onnx=Onnx(
+            "Shrink",
+            lambda a: {"bias": a["lambd"], "lambd": a["lambd"]},
+            opset=9,
+            dtypes=("float32",),
+            subgraph=OnnxForm(_softshrink_onnx, opset=9),
+        ),
+    ),
+    _activation(
+        "Tanhshrink",
+        "tanhshrink",
+        "Tanhshrink: x - tanh(x), elementwise.",
+        lambda a, t: "v - _np.tanh(v)",
+        onnx=Onnx(subgraph=OnnxForm(_tanhshrink_onnx)),  # x - Tanh(x): two ONNX ops
+    ),
 )
+
+
+def _kinds_by_op() -> dict[str, tuple[str, ...]]:
+    """ONNX op -> the kinds that export as it (`Onnx.op`), kinds with fewer parameters first
+    (Clip(0, 6) is a ReLU6 before it is a Hardtanh)."""
+    index: dict[str, list[str]] = {}
+    for kind in sorted(KINDS.values(), key=lambda k: len(k.params)):
+        if kind.onnx is not None and kind.onnx.op is not None:
+            index.setdefault(kind.onnx.op, []).append(kind.name)
+    return {op: tuple(kinds) for op, kinds in index.items()}
+
+
+# The table read backwards, as `layerc import` reads it: ONNX op -> layer kinds.
+KINDS_BY_OP = _kinds_by_op()
 
 
 __all__ = [
     "KINDS",
+    "KINDS_BY_OP",
     "REQUIRED",
     "Channelwise",
     "Elementwise",
@@ -922,6 +1307,9 @@ __all__ = [
     "Lines",
     "MatMul",
     "Onnx",
+    "OnnxForm",
+    "OnnxGraph",
+    "OnnxReader",
     "Rowwise",
     "ShapeError",
     "Tensor",

@@ -21,11 +21,18 @@ import numpy as np
 from . import ir
 from .kinds import Channelwise, Elementwise, MatMul, Rowwise, Shape
 
-# Every Linear multiplies with `layerc.runtime.gemm.matmul`: register tiles of 6 samples by two
-# vectors of outputs, read from the weight stored transposed, for every batch size and layer size
-# (no BLAS call: no fixed cost for small layers, no packing, and faster than SciPy's BLAS at the
-# batch sizes this project is for).
-TILES = "register tiles"
+# A Linear multiplies with `layerc.runtime.gemm.matmul`, register tiles of 6 samples by two
+# vectors of outputs read from the weight stored transposed, for every batch size (no BLAS: no
+# fixed cost per call, no packing, and faster than SciPy's BLAS at the batch sizes this project
+# is for). A Linear of at most LOOPS_MAX weights runs plain loops instead: the lesson's formula
+# as written, which at that size costs no more than the call into the tiles.
+LOOPS_MAX = 256
+LOOPS, TILES = "loops", "register tiles"
+
+
+def matmul_path(layer: ir.Layer) -> str:
+    return LOOPS if layer.in_features * layer.out_features <= LOOPS_MAX else TILES
+
 
 # Models with at most this many weight values, all finite, embed them as readable literals.
 INLINE_LIMIT = 4096
@@ -83,7 +90,7 @@ class LinearKernel:
     layer: ir.Layer
     dtype: np.dtype
     folds: tuple[Fold, ...]
-    matmul: str  # TILES
+    matmul: str  # LOOPS or TILES
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -255,7 +262,7 @@ class _Lowering:
         # ABI 2 added the generic layer class (weights and buffers from the table) and
         # per-sample shapes of more than one axis; modules that use neither run on ABI 1.
         # ABI 3 added `gemm.matmul` and Linear weights stored transposed.
-        tiles = any(isinstance(k, LinearKernel) for k in self.kernels.values())
+        tiles = any(isinstance(k, LinearKernel) for k in self.kernels.values())  # all transposed
         new = any(c.layer.spec.runtime == "Layer" for c in classes) or any(
             len(m.in_shape) != 1 or len(m.out_shape) != 1 for m in self.program.models
         )
@@ -289,7 +296,9 @@ class _Lowering:
             key: tuple = ("linear", n_out, n_in, dtype.name, has_bias)
             key += tuple((f.layer.kind, f.layer.args, kernel_tensors(f.layer)) for f in folds)
             return self.kernel(
-                key, wanted, lambda name: LinearKernel(name, layer, dtype, folds, TILES)
+                key,
+                wanted,
+                lambda name: LinearKernel(name, layer, dtype, folds, matmul_path(layer)),
             )
         if isinstance(native, (Elementwise, Channelwise, Rowwise)):
             key = ("act", layer.kind, layer.args, kernel_tensors(layer), dtype.name)

@@ -2,16 +2,18 @@
 (`import_onnx`), or a checked program in and a validated ONNX graph out (`export_onnx`).
 
 Import reads a single chain of Gemm / MatMul (+ Add), Identity, Flatten, Reshape, Dropout and the
-ops the table of kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`),
-from an input of shape (batch, features) or (batch, *sample shape), and refuses anything else,
-naming the node; it builds the .lyr file as a syntax tree and prints it with the one printer
-(layerc.printer). Export writes each layer as its kind's op where that op computes the layer, as
-a small subgraph where it does not (SiLU, LogSigmoid, Softplus with beta or threshold, CELU in
-float64), and on samples of several axes as the op that computes the kind there (a Linear as
-MatMul and Add, a Flatten to several axes as Reshape). ONNX files have no lines, so every
-problem with one is a file-level `LayercError`. The file is parsed from bytes read through a
-checked descriptor; external data (paths inside the model, the source of CVE-2022-25882 and
-CVE-2024-27318) is refused, and nothing is written until the whole model has been read.
+ops the table of kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`), from
+an input of shape (batch, features) or (batch, *sample shape), and refuses anything else, naming the
+node; it builds the .lyr file as a syntax tree and prints it with the one printer (layerc.printer).
+Export writes each layer as the table says: its kind's op where that op computes the layer, the
+kind's subgraph where it does not, and on samples of several axes the kind's form for them. What a
+kind is in ONNX lives in its entry of the table (`Onnx`); this module knows ONNX files and the
+chain, and reads by hand only the ops that make the chain's structure (a Linear's Gemm, MatMul and
+Add; Flatten and Reshape, which change the sample's shape; Dropout, Identity, Constant and
+Transpose). ONNX files have no lines, so every problem with one is a file-level `LayercError`. The
+file is parsed from bytes read through a checked descriptor; external data (paths inside the model,
+the source of CVE-2022-25882 and CVE-2024-27318) is refused, and nothing is written until the whole
+model has been read.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, ir
+from . import binder as B
 from . import syntax as S
 from . import weights as W
 from .check import MAX_NAME_LENGTH, MAX_WEIGHTS
 from .errors import LayercError, Loc
 from .files import Inputs, WriteFailed, open_regular, read_regular, refuse_inputs, write_atomically
-from .kinds import KINDS, MAX_FEATURES, MAX_RANK, Elementwise, Rowwise
+from .kinds import KINDS, KINDS_BY_OP, MAX_FEATURES, MAX_RANK, Elementwise, Onnx, Rowwise
 from .printer import print_program
 
 MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
@@ -43,18 +46,6 @@ MAX_IMPORT_WEIGHTS = MAX_WEIGHTS
 EXPORT_IR_VERSION = 8  # the IR version that came with opset 17: readable by older runtimes
 
 
-def _reverse_index() -> dict[str, tuple[str, ...]]:
-    """ONNX op -> the layer kinds that export as it (from `Kind.onnx` in layerc.kinds), kinds
-    with fewer parameters first (Clip(0, 6) is a ReLU6 before it is a Hardtanh)."""
-    index: dict[str, list[str]] = {}
-    for kind in sorted(KINDS.values(), key=lambda k: len(k.params)):
-        if kind.onnx is not None:
-            index.setdefault(kind.onnx.op, []).append(kind.name)
-    return {op: tuple(kinds) for op, kinds in index.items()}
-
-
-# ONNX op -> .lyr layer kinds, read from the table of kinds.
-KINDS_BY_OP = _reverse_index()
 # Ops read by hand: a Linear's parts, ops that compute nothing, and constants.
 _STRUCTURAL_OPS = (
     *("Gemm", "MatMul", "Add", "Identity", "Flatten", "Reshape", "Dropout"),
@@ -255,6 +246,10 @@ class _Reader:
 
     def error(self, message: str) -> LayercError:
         return LayercError(message, file=self.file)
+
+    @staticmethod
+    def quote(name: str) -> str:
+        return _q(name)
 
     def run(self) -> _Imported:
         opset = self.opset_version = self.opset()
@@ -599,7 +594,19 @@ class _Reader:
         imported: _Imported,
         tensors: list[tuple[str, np.ndarray]] | None = None,
     ) -> None:
-        """A layer of `kind` with the arguments `args` (those with their default left out)."""
+        """A layer of `kind` with the arguments `args` (those with their default left out);
+        arguments the kind refuses (as the checker would) refuse the node."""
+        written = self.arguments(kind, args, where, imported)
+        why = _refusal(kind, written)
+        if why is not None:
+            raise self.error(f"{where} reads as a {kind} that layerc refuses: {why}")
+        imported.layers.append(_Activation(kind, written, [where], tensors or []))
+
+    def arguments(
+        self, kind: str, args: dict[str, object], where: str, imported: _Imported
+    ) -> tuple[S.Arg, ...]:
+        """The arguments `args` of a layer of `kind` as the .lyr writes them: in the kind's
+        order, those that differ from their default."""
         defaults = {p.name: p.default for p in KINDS[kind].params}
         order = list(defaults)
         written = []
@@ -626,7 +633,7 @@ class _Reader:
                     )
                 node = S.String(value, _BUILT)
             written.append(S.Arg(name, node, _BUILT))
-        imported.layers.append(_Activation(kind, tuple(written), [where], tensors or []))
+        return tuple(written)
 
     @staticmethod
     def number(value: float, imported: _Imported) -> str:
@@ -637,19 +644,33 @@ class _Reader:
         return repr(float(value))
 
     def op_kind(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        """An op of the table of kinds without tensors: the first kind it exports from whose
-        attributes match, each node attribute either an argument of the kind or the constant
-        the kind exports."""
+        """An op of the table of kinds: read by the first kind that exports as it and reads it
+        itself (`Onnx.read`: tensor inputs, arguments from the value's shape), else as the
+        first kind whose attributes match, each node attribute either an argument of the kind
+        or the constant the kind exports."""
+        for kind in KINDS_BY_OP[node.op_type]:
+            read = _onnx(kind).read
+            if read is not None:
+                read_args, tensors = read(self, node, attrs, where)
+                self.activation(kind, read_args, where, imported, tensors)
+                return
         full = self.with_defaults(node.op_type, attrs)
+        refused = []  # the kinds whose attributes match, but not their arguments' checks
         for kind in KINDS_BY_OP[node.op_type]:
             args = _match_attributes(kind, full)
-            if args is not None:
-                self.activation(kind, args, where, imported)
+            if args is None:
+                continue
+            written = self.arguments(kind, args, where, imported)
+            why = _refusal(kind, written)
+            if why is None:
+                imported.layers.append(_Activation(kind, written, [where], []))
                 return
+            refused.append(f"; as a {kind}, {why}")
         shown = ", ".join(f"{k}={v!r}" for k, v in sorted(full.items()))
         raise self.error(
             f"{where} has attributes ({shown}) that no layer kind computes "
-            f"(layerc maps {node.op_type} to {', '.join(KINDS_BY_OP[node.op_type])})"
+            f"(layerc maps {node.op_type} to {', '.join(KINDS_BY_OP[node.op_type])}"
+            f"{''.join(refused)})"
         )
 
     def op_Softmax(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
@@ -679,7 +700,7 @@ class _Reader:
         if set(bounds) != {"min", "max"}:
             raise self.error(
                 f"{where} has no {' or '.join(sorted({'min', 'max'} - set(bounds)))} bound; "
-                "layerc maps a Clip with both bounds to Hardtanh or ReLU6"
+                f"layerc maps a Clip with both bounds to {' or '.join(KINDS_BY_OP['Clip'])}"
             )
         self.op_kind(node, bounds, where, imported)
 
@@ -704,8 +725,7 @@ class _Reader:
         """The constant inputs after the data input: (the kind's name for it, the input's name,
         the array), in the order of the kind's ONNX inputs; the first `required` must be
         there."""
-        spec = KINDS[kind].onnx
-        assert spec is not None
+        spec = _onnx(kind)
         out = [
             (name, input_name, self.array(input_name, where))
             for name, input_name in zip(spec.inputs, node.input[1:], strict=False)
@@ -741,58 +761,6 @@ class _Reader:
                 "per-channel layers take (C,) or (C, L)"
             )
         return None if self.sample is None else self.sample[0]
-
-    def op_PRelu(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        """PRelu's slope broadcasts against the value from its last axis; PReLU has one weight,
-        or one per channel (axis 1): a slope of shape (C,) on (batch, C), (C, 1) on
-        (batch, C, L), or of one value."""
-        ((name, input_name, slope),) = self.tensors(node, "PReLU", where, required=1)
-        ndim = 1 + self.rank()
-        padded = (1,) * (ndim - slope.ndim) + slope.shape
-        if len(padded) > ndim or any(d != 1 for i, d in enumerate(padded) if i != 1):
-            raise self.error(
-                f"{where}: slope {_q(input_name)} has shape {W.fmt_shape(slope.shape)}; layerc "
-                "reads one value, or one per channel (axis 1), as PReLU's weight"
-            )
-        size = padded[1]
-        channels = self.sample[0] if self.sample is not None else None
-        if size != 1 and channels is not None and size != channels:
-            what = "per input but its input has" if self.rank() == 1 else "but its input has"
-            unit = "" if self.rank() == 1 else " channels"
-            raise self.error(f"{where} has {size} values {what} {channels}{unit}")
-        tensors = [(name, slope.reshape(-1))]
-        self.activation("PReLU", {"num_parameters": size}, where, imported, tensors)
-
-    def op_BatchNormalization(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        if attrs.get("training_mode", 0):
-            raise self.error(f"{where} is in training mode; layerc models run in eval mode")
-        found = self.tensors(node, "BatchNorm1d", where, required=4)
-        channels = self.channels(where) or found[0][2].size
-        tensors = self.shaped(found, (channels,), where)
-        eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
-        args: dict[str, object] = {"num_features": channels, "eps": eps}
-        self.activation("BatchNorm1d", args, where, imported, tensors)
-
-    def op_LayerNormalization(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        axis = int(attrs.get("axis", -1))  # type: ignore[call-overload]
-        start = self.axis(axis)
-        if not start:
-            raise self.error(
-                f"{where} normalises from axis {axis}, which takes in the batch axis; layerc "
-                "normalises the last axes of each sample"
-            )
-        found = self.tensors(node, "LayerNorm", where, required=1)
-        if self.sample is not None:
-            normalized = self.sample[start - 1 :]
-        else:
-            normalized = (found[0][2].size,)
-        tensors = self.shaped(found, normalized, where)
-        eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
-        shape: object = normalized[0] if len(normalized) == 1 else normalized
-        args: dict[str, object] = {"normalized_shape": shape, "eps": eps}
-        if len(tensors) == 1:
-            args["bias"] = False
-        self.activation("LayerNorm", args, where, imported, tensors)
 
     def op_Identity(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         """Nothing to compute: the chain's value just takes the output's name."""
@@ -928,6 +896,13 @@ def _merged_axes(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, int] 
     return None
 
 
+def _onnx(kind: str) -> Onnx:
+    """The table's ONNX form of `kind`, which has one (it is in `KINDS_BY_OP`)."""
+    spec = KINDS[kind].onnx
+    assert spec is not None, kind
+    return spec
+
+
 def _match_attributes(kind: str, attrs: dict[str, object]) -> dict[str, object] | None:
     """The arguments of a layer of `kind` that exports as an op with the attributes `attrs`
     (every attribute, defaults filled in), or None if none does. An attribute the kind's
@@ -936,8 +911,8 @@ def _match_attributes(kind: str, attrs: dict[str, object]) -> dict[str, object] 
     The arguments the op has no attribute for take the values at which it computes the kind
     (`Onnx.fixed`: ONNX's Softplus is torch's with beta=1 and threshold=20)."""
     spec = KINDS[kind]
-    assert spec.onnx is not None, kind
-    fixed = dict(spec.onnx.fixed)
+    onnx = _onnx(kind)
+    fixed = dict(onnx.fixed)
     defaults = {p.name: p.default for p in spec.params} | fixed
     source: dict[str, str] = {}  # attribute -> the argument it copies
     for param in spec.params:
@@ -945,23 +920,37 @@ def _match_attributes(kind: str, attrs: dict[str, object]) -> dict[str, object] 
             continue
         marker = object()
         try:
-            probed = spec.onnx.attributes({**defaults, param.name: marker})
+            probed = onnx.attributes({**defaults, param.name: marker})
         except Exception:  # an attribute computed from the argument: not a copy
             continue
         for name, value in probed.items():
             if value is marker:
                 source[name] = param.name
-    exported = spec.onnx.attributes(defaults)
+    exported = onnx.attributes(defaults)
     args: dict[str, object] = dict(fixed)
     for name, value in attrs.items():
         if name in source:
-            args[source[name]] = value
+            copied = source[name]
+            if copied in args and not _same_attribute(value, args[copied]):
+                return None  # two attributes that copy one argument (Softshrink's bias, lambd)
+            args[copied] = value
         elif name in exported:
             if not _same_attribute(value, exported[name]):
                 return None
         else:
             return None
     return args
+
+
+def _refusal(kind: str, args: tuple[S.Arg, ...]) -> str | None:
+    """Why the checker would refuse a layer of `kind` with the arguments `args`, or None: each
+    argument converted and checked by its parameter, then the kind's checks between them."""
+    spec = KINDS[kind]
+    try:
+        spec.validate(B.bind(kind, spec.params, args, _BUILT))
+    except LayercError as exc:
+        return exc.message
+    return None
 
 
 def _same_attribute(value: object, exported: object) -> bool:
@@ -1140,14 +1129,15 @@ _Form = tuple[int, Callable[["_Graph", str, ir.Layer, str, str], None]]
 
 
 def _form(path: str, layer: ir.Layer, model: ir.Model) -> _Form:
-    """How `layer` (at `path` in `model`) is written: its kind's operator, where that computes
-    the layer (`_op_computes`); else the kind's subgraph (`_SUBGRAPHS`). On samples of several
-    axes, the kinds in `_SEVERAL_AXES` have their own form, and the others must compute value by
-    value or along the last axes (`_any_shape`). What fits none is an error at the layer."""
+    """How `layer` (at `path` in `model`) is written, as the table of kinds says (`Onnx`): its
+    kind's operator, where that computes the layer (`_op_computes`); else the kind's subgraph.
+    On samples of several axes, a kind with a form for them (`Onnx.several_axes`) is written so,
+    and any other must compute value by value or along the last axes (`_any_shape`). What fits
+    none is an error at the layer."""
     spec = layer.spec.onnx
     if len(layer.in_shape) > 1:
-        if layer.kind in _SEVERAL_AXES:
-            return _SEVERAL_AXES[layer.kind]
+        if spec is not None and spec.several_axes is not None:
+            return spec.several_axes.opset, spec.several_axes.write
         if not _any_shape(layer):
             raise _cannot_write(
                 path,
@@ -1158,8 +1148,8 @@ def _form(path: str, layer: ir.Layer, model: ir.Model) -> _Form:
             )
     if spec is not None and _op_computes(layer, model.dtype):
         return spec.opset, _Graph.op
-    if layer.kind in _SUBGRAPHS:
-        return _SUBGRAPHS[layer.kind]
+    if spec is not None and spec.subgraph is not None:
+        return spec.subgraph.opset, spec.subgraph.write
     raise _cannot_write(path, layer, model, "ONNX has no operator of the same meaning")
 
 
@@ -1172,12 +1162,14 @@ def _cannot_write(path: str, layer: ir.Layer, model: ir.Model, why: str) -> Laye
 
 def _op_computes(layer: ir.Layer, dtype: np.dtype) -> bool:
     """Whether the kind's ONNX operator computes `layer`: the layer has the arguments the op
-    stands for (`Onnx.fixed`), and the op's schema takes the model's dtype (ONNX's Celu takes
-    float32 only)."""
+    stands for (`Onnx.fixed`), the table says it computes the kind in the model's dtype
+    (`Onnx.dtypes`), and the op's schema takes that dtype (ONNX's Celu takes float32 only)."""
     import onnx
 
     spec = layer.spec.onnx
-    if spec is None or not spec.computes(layer.argdict):
+    if spec is None or spec.op is None or not spec.computes(layer.argdict):
+        return False
+    if spec.dtypes is not None and np.dtype(dtype).name not in spec.dtypes:
         return False
     schema = onnx.defs.get_schema(spec.op, max(EXPORT_OPSET, spec.opset), "")
     (allowed,) = [
@@ -1190,17 +1182,31 @@ def _op_computes(layer: ir.Layer, dtype: np.dtype) -> bool:
 
 def _any_shape(layer: ir.Layer) -> bool:
     """Whether the kind's ONNX form computes on samples of any shape as the kind does: it keeps
-    the shape and computes value by value (ReLU, SiLU's subgraph, Dropout's Identity), along
-    the last axes (ONNX's Softmax, LogSoftmax and LayerNormalization, with the negative axis the
-    table writes), or per channel on axis 1 (`_CHANNELS_ON_AXIS_1`)."""
+    the shape and computes value by value (an op, a subgraph of elementwise ops, an Identity),
+    along the last axes (the table writes a negative axis for those ops), or per channel on
+    axis 1 (`Onnx.channels_on_axis_1`)."""
     spec = layer.spec
-    return spec.keeps_shape and (
-        isinstance(spec.native, (Elementwise, Rowwise)) or spec.name in _CHANNELS_ON_AXIS_1
-    )
+    on_axis_1 = spec.onnx is not None and spec.onnx.channels_on_axis_1
+    return spec.keeps_shape and (isinstance(spec.native, (Elementwise, Rowwise)) or on_axis_1)
 
 
-# Kinds whose ONNX operator takes samples (C, L) as the kind does, its channels on axis 1.
-_CHANNELS_ON_AXIS_1 = frozenset({"BatchNorm1d"})
+def _typed(op: str, opset: int, attrs: dict[str, object]) -> dict[str, object]:
+    """`attrs` with the types the op's schema gives them: an integer argument (`ELU(alpha=2)`,
+    `Hardshrink(1)`) for a float attribute is a float (make_node would write an int one)."""
+    import onnx
+
+    schema = onnx.defs.get_schema(op, opset, "")
+    floats = {
+        name
+        for name, attr in schema.attributes.items()
+        if attr.type == onnx.defs.OpSchema.AttrType.FLOAT
+    }
+    return {
+        name: float(value)
+        if name in floats and isinstance(value, int) and not isinstance(value, bool)
+        else value
+        for name, value in attrs.items()
+    }
 
 
 # Attributes that became inputs in a later opset: op -> (that opset, the attributes in input order)
@@ -1240,8 +1246,8 @@ class _Graph:
     def op(self, path: str, layer: ir.Layer, value: str, out: str) -> None:
         """The layer as its kind's operator: the table's attributes, its tensors as inputs."""
         spec = layer.spec.onnx
-        assert spec is not None, layer.kind
-        attrs = dict(spec.attributes(layer.argdict))
+        assert spec is not None and spec.op is not None, layer.kind
+        attrs = _typed(spec.op, self.opset, spec.attributes(layer.argdict))
         inputs = [value]
         for name in spec.inputs:
             inputs.append(self.tensor_input(path, layer, name))
@@ -1273,111 +1279,6 @@ class _Graph:
         args = layer.argdict
         value = np.full(tensor.shape(args), tensor.initial_value(args), dtype=self.dtype)
         return self.constant(f"/{path}/{name}", value)
-
-
-# --------------------------------------------------------------------------- subgraphs
-#
-# Each writes one layer, `writer(graph, path, layer, x, out)`, from the value `x` to `out`.
-
-
-def _silu(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """x * Sigmoid(x)."""
-    s = g.node("Sigmoid", [x], f"/{path}/sigmoid", f"/{path}/Sigmoid")
-    g.node("Mul", [x, s], out, f"/{path}/Mul")
-
-
-def _log_sigmoid(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """-Softplus(-x)."""
-    neg = g.node("Neg", [x], f"/{path}/neg", f"/{path}/Neg")
-    sp = g.node("Softplus", [neg], f"/{path}/softplus", f"/{path}/Softplus")
-    g.node("Neg", [sp], out, f"/{path}/Neg_1")
-
-
-def _softplus(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """Softplus with a beta or threshold that ONNX's Softplus does not compute:
-    Where(x * beta > threshold, x, Softplus(x * beta) / beta)."""
-    at = f"/{path}"
-    beta = g.constant(f"{at}/beta", float(layer.arg("beta")))  # type: ignore[arg-type]
-    threshold = g.constant(f"{at}/threshold", float(layer.arg("threshold")))  # type: ignore[arg-type]
-    scaled = g.node("Mul", [x, beta], f"{at}/scaled", f"{at}/Mul")
-    sp = g.node("Softplus", [scaled], f"{at}/softplus", f"{at}/Softplus")
-    soft = g.node("Div", [sp, beta], f"{at}/soft", f"{at}/Div")
-    above = g.node("Greater", [scaled, threshold], f"{at}/above", f"{at}/Greater")
-    g.node("Where", [above, x, soft], out, f"{at}/Where")
-
-
-def _celu(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """CELU in float64, which ONNX's Celu does not take:
-    Where(x > 0, x, alpha * (Exp(x / alpha) - 1))."""
-    at = f"/{path}"
-    alpha = g.constant(f"{at}/alpha", float(layer.arg("alpha")))  # type: ignore[arg-type]
-    zero = g.constant(f"{at}/zero", 0.0)
-    one = g.constant(f"{at}/one", 1.0)
-    scaled = g.node("Div", [x, alpha], f"{at}/scaled", f"{at}/Div")
-    exp = g.node("Exp", [scaled], f"{at}/exp", f"{at}/Exp")
-    minus = g.node("Sub", [exp, one], f"{at}/expm1", f"{at}/Sub")
-    below = g.node("Mul", [minus, alpha], f"{at}/below", f"{at}/Mul")
-    positive = g.node("Greater", [x, zero], f"{at}/positive", f"{at}/Greater")
-    g.node("Where", [positive, x, below], out, f"{at}/Where")
-
-
-# Kinds written as a small subgraph where their operator does not compute them (there is none,
-# the arguments are not those it stands for, or it does not take the dtype).
-_SUBGRAPHS: dict[str, _Form] = {
-    "SiLU": (1, _silu),
-    "LogSigmoid": (1, _log_sigmoid),
-    "Softplus": (1, _softplus),
-    "CELU": (1, _celu),
-}
-
-
-# --------------------------------------------------------------------------- samples of several axes
-
-
-def _matmul(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """A Linear on the last axis of samples of several axes, which Gemm (2-D only) cannot take:
-    MatMul by the transposed weight, then Add of the bias."""
-    at = f"/{path}"
-    weight = g.tensor_input(path, layer, "weight")
-    transposed = g.node("Transpose", [weight], f"{at}/weight_t", f"{at}/Transpose", perm=[1, 0])
-    if layer.bias is None:
-        g.node("MatMul", [x, transposed], out, f"{at}/MatMul")
-        return
-    product = g.node("MatMul", [x, transposed], f"{at}/matmul", f"{at}/MatMul")
-    g.node("Add", [product, g.tensor_input(path, layer, "bias")], out, f"{at}/Add")
-
-
-def _flatten(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """Flatten to one axis per sample is ONNX's Flatten (the table's); to several axes, ONNX's
-    Flatten (always 2-D) cannot: Reshape to (batch, *output shape), the 0 copying the batch."""
-    if len(layer.out_shape) == 1:
-        g.op(path, layer, x, out)
-        return
-    shape = g.shape(f"/{path}/shape", [0, *layer.out_shape])
-    g.node("Reshape", [x, shape], out, f"/{path}/Reshape")
-
-
-def _prelu(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
-    """PRelu's slope broadcasts from the last axis, PReLU's weight applies along channel axis 1:
-    on samples (C, *rest), the weight reshaped to (C, 1, ...) (one weight: as it is)."""
-    if layer.arg("num_parameters") == 1:
-        g.op(path, layer, x, out)
-        return
-    weight = g.tensor_input(path, layer, "weight")
-    channels = (layer.in_shape[0], *[1] * (len(layer.in_shape) - 1))
-    shape = g.shape(f"/{path}/slope_shape", channels)
-    slope = g.node("Reshape", [weight, shape], f"/{path}/slope", f"/{path}/Reshape")
-    g.node("PRelu", [x, slope], out, f"/{path}/PRelu")
-
-
-# Kinds whose operator computes them only on (batch, features) values, and how they are written
-# on samples of several axes (the opset: that of Reshape with a shape input, and PRelu's and
-# Flatten's in the table).
-_SEVERAL_AXES: dict[str, _Form] = {
-    "Linear": (1, _matmul),
-    "Flatten": (5, _flatten),
-    "PReLU": (7, _prelu),
-}
 
 
 # =========================================================================== writing

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -62,3 +64,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """Whether golden files are to be rewritten instead of compared (`--update-golden`)."""
     return bool(request.config.getoption("--update-golden"))
+
+
+def around(threshold: float) -> list[float]:
+    """`threshold` and `-threshold`, each with its neighbours in float32 and in float64 (a value
+    the model's dtype holds exactly on either side of a switch in a formula)."""
+    out = []
+    for x in (threshold, -threshold):
+        out.append(x)
+        for dtype in (np.float32, np.float64):
+            value = dtype(x)
+            out += [
+                float(np.nextafter(value, dtype(-math.inf))),
+                float(np.nextafter(value, dtype(math.inf))),
+            ]
+    return out

@@ -265,15 +265,15 @@ ERRORS = [
     ("unknown-kind", f"model M {{\n  fc = Lineer(4, 3) {INIT}\n}}", 2, 8,
      "unknown layer kind 'Lineer'; did you mean 'Linear'? (layer kinds: Linear, ReLU, Sigmoid, "
      "Tanh, Identity, LeakyReLU, Softmax, "
-     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)"),
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink)"),
     ("unknown-kind-case", f"model M {{\n  Linear(4, 3) {INIT}\n  relu\n}}", 3, 3,
      "unknown layer kind 'relu'; did you mean 'ReLU'? (layer kinds: Linear, ReLU, Sigmoid, Tanh, "
      "Identity, LeakyReLU, Softmax, "
-     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)"),
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink)"),
     ("unknown-kind-model", f"model Encoder {{ Linear(4, 4) {INIT} }}\nmodel M {{\n  Encoderr\n}}",
      3, 3, "unknown layer kind 'Encoderr'; did you mean 'Encoder'? (layer kinds: Linear, ReLU, "
      "Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
-     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax; models defined above: Encoder)"),
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink; models defined above: Encoder)"),
     ("unknown-keyword", f"model M {{\n  Linear(4, 3, bais=false) {INIT}\n}}", 2, 16,
      "Linear has no argument 'bais'; did you mean 'bias'? (arguments: in_features, "
      "out_features, bias)"),
@@ -322,7 +322,7 @@ ERRORS = [
     ("unknown-model", f"model M {{\n  Linear(4, 4) {INIT}\n  enc = Encoder\n}}", 3, 9,
      "unknown layer kind 'Encoder' (layer kinds: Linear, ReLU, Sigmoid, Tanh, Identity, "
      "LeakyReLU, Softmax, "
-     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)"),
+     "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink)"),
     ("model-before-definition",
      f"model M {{\n  Linear(4, 4) {INIT}\n  Enc\n}}\nmodel Enc {{ Linear(4, 4) {INIT} }}", 3, 3,
      "model 'Enc' is used before it is defined (line 5); define it earlier in the file"),

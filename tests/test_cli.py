@@ -147,7 +147,7 @@ def test_check_error_prints_location_source_line_and_caret(work: Path) -> None:
     assert result.stderr == (
         "bad.lyr:2:8: unknown layer kind 'Lineer'; did you mean 'Linear'? (layer kinds: Linear, "
         "ReLU, Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
-        "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)\n"
+        "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink)\n"
         "      fc = Lineer(4, 3) { init = uniform(seed=0) }\n"
         "           ^\n"
     )

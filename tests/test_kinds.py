@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compile_text
+from conftest import around, compile_text
 from torch import nn
 
 from layerc import driver
@@ -113,6 +113,29 @@ CASES = [
     Case("LogSigmoid", "LogSigmoid()", nn.LogSigmoid),
     Case("Softsign", "Softsign()", nn.Softsign),
     Case("LogSoftmax", "LogSoftmax(dim=-1)", lambda: nn.LogSoftmax(dim=-1)),
+    # The shrinks switch at +-lambd: FINITE_SPECIALS hold +-0.5, +-2.5 and +-3 with neighbours,
+    # and around(0.1) a lambd that float32 does not hold, exactly and one step to either side.
+    Case("Hardshrink", "Hardshrink()", nn.Hardshrink),
+    Case("Hardshrink-lambd", "Hardshrink(2.5)", lambda: nn.Hardshrink(2.5)),
+    Case(
+        "Hardshrink-inexact",
+        "Hardshrink(lambd=0.1)",
+        lambda: nn.Hardshrink(lambd=0.1),
+        tuple(FINITE_SPECIALS + NONFINITE + around(0.1)),
+    ),
+    Case("Hardshrink-zero", "Hardshrink(0)", lambda: nn.Hardshrink(0)),
+    # torch's Hardshrink takes a negative lambd (it is then the identity), as layerc does
+    Case("Hardshrink-negative", "Hardshrink(-1.0)", lambda: nn.Hardshrink(-1.0)),
+    Case("Softshrink", "Softshrink()", nn.Softshrink),
+    Case("Softshrink-lambd", "Softshrink(lambd=3)", lambda: nn.Softshrink(lambd=3)),
+    Case(
+        "Softshrink-inexact",
+        "Softshrink(0.1)",
+        lambda: nn.Softshrink(0.1),
+        tuple(FINITE_SPECIALS + NONFINITE + around(0.1)),
+    ),
+    Case("Softshrink-zero", "Softshrink(0.0)", lambda: nn.Softshrink(0.0)),
+    Case("Tanhshrink", "Tanhshrink()", nn.Tanhshrink),
     Case("PReLU", "PReLU()", nn.PReLU),
     Case("PReLU-init", "PReLU(init=-0.1)", lambda: nn.PReLU(init=-0.1)),
     Case("PReLU-channels", f"PReLU({WIDTH}) {{ weight = {_w(_SLOPES)} }}", lambda: nn.PReLU(WIDTH)),
@@ -593,6 +616,26 @@ ERRORS = [
      "Hardtanh needs max_val > min_val, but max_val=-1 and min_val=1"),
     ("silu-argument", "model M {\n  " + LIN + "\n  SiLU(true)\n}", 3, 8,
      "SiLU takes 0 positional arguments but 1 was given"),
+    ("softshrink-negative", "model M {\n  " + LIN + "\n  Softshrink(-0.5)\n}", 3, 14,
+     "lambd must be >= 0, not -0.5"),
+    ("softshrink-negative-keyword", "model M {\n  " + LIN + "\n  s = Softshrink(lambd=-1e-3)\n}",
+     3, 24, "lambd must be >= 0, not -1e-3"),
+    ("softshrink-inf", "model M {\n  " + LIN + "\n  Softshrink(inf)\n}", 3, 14,
+     "lambd must be a finite number"),
+    ("hardshrink-nan", "model M {\n  " + LIN + "\n  Hardshrink(lambd=nan)\n}", 3, 20,
+     "lambd must be a finite number"),
+    ("hardshrink-string", "model M {\n  " + LIN + "\n  Hardshrink(\"0.5\")\n}", 3, 14,
+     "lambd must be a finite number"),
+    ("hardshrink-bool", "model M {\n  " + LIN + "\n  Hardshrink(true)\n}", 3, 14,
+     "lambd must be a finite number"),
+    ("hardshrink-list", "model M {\n  " + LIN + "\n  Hardshrink([0.5])\n}", 3, 14,
+     "lambd must be a finite number"),
+    ("hardshrink-lambda", "model M {\n  " + LIN + "\n  Hardshrink(lambda=0.5)\n}", 3, 14,
+     "Hardshrink has no argument 'lambda'; did you mean 'lambd'? (arguments: lambd)"),
+    ("softshrink-twice", "model M {\n  " + LIN + "\n  Softshrink(0.5, lambd=0.5)\n}", 3, 19,
+     "argument 'lambd' is given twice"),
+    ("tanhshrink-argument", "model M {\n  " + LIN + "\n  Tanhshrink(0.5)\n}", 3, 14,
+     "Tanhshrink takes 0 positional arguments but 1 was given"),
     ("log-softmax-dim", "model M {\n  " + LIN + "\n  LogSoftmax(dim=0)\n}", 3, 18,
      "LogSoftmax supports dim=-1 only (the feature axis, which is the last axis of every input "
      "a layerc model takes)"),

@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import around
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file as save_file_np
@@ -167,6 +168,23 @@ def opset11_float64_model(rng: np.random.Generator) -> onnx.ModelProto:
     )
 
 
+def torch_export(net: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
+    """torch.onnx.export with the TorchScript exporter (the default one needs onnxscript, which
+    the test extra does not install), the batch axis dynamic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (x,),
+            str(path),
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            dynamo=False,
+        )
+
+
 def torch_exported_model(folder: Path) -> tuple[Path, torch.nn.Module]:
     """A torch.nn.Sequential through torch.onnx.export (the TorchScript exporter, which works
     offline; the dynamo exporter needs onnxscript)."""
@@ -180,18 +198,7 @@ def torch_exported_model(folder: Path) -> tuple[Path, torch.nn.Module]:
         torch.nn.Softmax(dim=-1),
     ).eval()
     path = folder / "from_torch.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.zeros(2, 6),),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-        )
+    torch_export(net, torch.zeros(2, 6), path)
     return path, net
 
 
@@ -519,6 +526,11 @@ KIND_CASES = [
     ("LogSigmoid", "LogSigmoid()", "LogSigmoid()"),
     ("Softsign", "Softsign()", "Softsign()"),
     ("LogSoftmax", "LogSoftmax(dim=-1)", "LogSoftmax(dim=-1)"),
+    ("Hardshrink", "Hardshrink(lambd=0.75)", "Hardshrink(lambd=0.75)"),
+    ("Hardshrink-negative", "Hardshrink(-0.5)", "Hardshrink(-0.5)"),
+    ("Softshrink", "Softshrink(lambd=0.75)", "Softshrink(lambd=0.75)"),
+    ("Softshrink-zero", "Softshrink(0.0)", "Softshrink(0.0)"),
+    ("Tanhshrink", "Tanhshrink()", "Tanhshrink()"),
 ]
 # What each exports as that import reads back as another kind, or not at all
 ROUND_TRIP = {
@@ -530,9 +542,14 @@ ROUND_TRIP = {
     "Softplus-negative": "refused",
     "SiLU": "refused",  # Sigmoid and Mul
     "LogSigmoid": "refused",  # Neg, Softplus, Neg
+    # Shrink with bias = lambd = 0 is also a Hardshrink(0), the first kind that matches: the
+    # identity, as Softshrink(0) is
+    "Softshrink-zero": "Hardshrink",
+    "Tanhshrink": "refused",  # Tanh and Sub
 }
 # Values on and around the points where the kinds' formulas switch
 SWITCHES = [0.0, -3.0, 3.0, 6.0, -1.0, 1.0, 0.75, 0.5, -2.0, 2.0, 20.0, 10.0, -4.0, 40.0, -40.0]
+SWITCHES += [-0.75, -0.5]
 
 
 def kind_source(layer: str, opt: str = "") -> str:
@@ -751,6 +768,28 @@ def after_linear(node: onnx.NodeProto, inits: list, opset: int = 17) -> onnx.Mod
             17,
             "LayerNorm(normalized_shape=4, eps=0.001, bias=false) {",
         ),
+        # Shrink is a Hardshrink with bias 0 and a Softshrink with bias = lambd
+        (helper.make_node("Shrink", ["h"], ["y"]), [], 9, "Hardshrink()"),
+        (helper.make_node("Shrink", ["h"], ["y"], lambd=0.25), [], 17, "Hardshrink(lambd=0.25)"),
+        (
+            helper.make_node("Shrink", ["h"], ["y"], bias=0.0, lambd=-1.0),
+            [],
+            17,
+            "Hardshrink(lambd=-1.0)",
+        ),
+        (helper.make_node("Shrink", ["h"], ["y"], bias=0.5), [], 17, "Softshrink()"),
+        (
+            helper.make_node("Shrink", ["h"], ["y"], bias=0.3, lambd=0.3),
+            [],
+            9,
+            "Softshrink(lambd=0.3)",
+        ),
+        (
+            helper.make_node("Shrink", ["h"], ["y"], bias=0.0, lambd=0.0),
+            [],
+            17,
+            "Hardshrink(lambd=0.0)",
+        ),
     ],
 )
 def test_single_ops_import_as_kinds(tmp_path: Path, node, inits, opset: int, layer: str) -> None:
@@ -814,6 +853,54 @@ def test_single_ops_import_as_kinds(tmp_path: Path, node, inits, opset: int, lay
             [],
             20,
             ("node 'g' (Gelu): approximate = ", "is not a value layerc reads"),
+        ),
+        (
+            # arguments the checker would refuse are refused at import, naming the node
+            helper.make_node("Celu", ["h"], ["y"], name="c", alpha=0.0),
+            [],
+            17,
+            (
+                "node 'c' (Celu) has attributes (alpha=0.0) that no layer kind computes (layerc "
+                "maps Celu to CELU; as a CELU, alpha must not be zero)",
+            ),
+        ),
+        (
+            helper.make_node(
+                "BatchNormalization", ["h", "s", "b", "m", "v"], ["y"], name="bn", epsilon=-1.0
+            ),
+            [init(n, np.ones(4, np.float32)) for n in "sbmv"],
+            17,
+            (
+                "node 'bn' (BatchNormalization) reads as a BatchNorm1d that layerc refuses: eps "
+                "must be >= 0, not -1.0",
+            ),
+        ),
+        (
+            helper.make_node("Shrink", ["h"], ["y"], name="s", bias=0.25, lambd=0.5),
+            [],
+            17,
+            (
+                "node 's' (Shrink) has attributes (bias=0.25, lambd=0.5) that no layer kind "
+                "computes (layerc maps Shrink to Hardshrink, Softshrink)",
+            ),
+        ),
+        (
+            helper.make_node("Shrink", ["h"], ["y"], name="s", bias=-0.5),
+            [],
+            17,
+            ("node 's' (Shrink) has attributes (bias=-0.5, lambd=0.5) that no layer kind",),
+        ),
+        (
+            # bias = lambd, as a Softshrink's, but torch's Softshrink takes no negative lambd
+            # (and this Shrink computes x - 0.5 below 0.5, x + 0.5 above: no shrink at all)
+            helper.make_node("Shrink", ["h"], ["y"], name="s", bias=-0.5, lambd=-0.5),
+            [],
+            17,
+            (
+                "node 's' (Shrink) has attributes (bias=-0.5, lambd=-0.5) that no layer kind "
+                "computes (layerc maps Shrink to Hardshrink, Softshrink; as a Softshrink, lambd "
+                "must be >= 0, not -0.5)",
+            ),
         ),
     ],
 )
@@ -1249,6 +1336,152 @@ def test_the_table_alone_says_where_an_op_computes_a_kind(
             assert "    Softplus(beta=2.0)\n" in lyr.read_text()
 
 
+# --------------------------------------------------------------------------- the shrinks
+
+
+# The float64 forms: Where(|x| <= lambd, 0, x), and
+# Where(x > lambd, x - lambd, Where(x < -lambd, x + lambd, x * 0))
+HARD64 = ["Abs", "LessOrEqual", "Where"]
+SOFT64 = ["Greater", "Sub", "Less", "Add", "Mul", "Where", "Where"]
+# (layer, the ops it exports as in float32, in float64, where its formula switches)
+SHRINKS = [
+    ("Hardshrink()", ["Shrink"], HARD64, 0.5),
+    ("Hardshrink(lambd=0.1)", ["Shrink"], HARD64, 0.1),
+    ("Hardshrink(1)", ["Shrink"], HARD64, 1.0),
+    ("Hardshrink(-0.5)", ["Shrink"], HARD64, 0.5),
+    ("Hardshrink(0)", ["Shrink"], HARD64, 0.0),
+    ("Softshrink(0.1)", ["Shrink"], SOFT64, 0.1),
+    ("Softshrink(lambd=2)", ["Shrink"], SOFT64, 2.0),
+    ("Softshrink(0)", ["Shrink"], SOFT64, 0.0),
+    ("Tanhshrink()", ["Tanh", "Sub"], ["Tanh", "Sub"], 1.0),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("layer", "ops32", "ops64", "switch"), SHRINKS, ids=[c[0] for c in SHRINKS]
+)
+def test_shrinks_export_as_the_table_says_and_match_torch(
+    tmp_path: Path, layer: str, ops32: list[str], ops64: list[str], switch: float, dtype: str
+) -> None:
+    """Hardshrink is ONNX's Shrink with bias 0, Softshrink Shrink with bias = lambd (float
+    attributes, an integer lambd included); in float64, where Shrink's float32 lambd would move
+    the switch (and ONNX Runtime computes Shrink in float32), each is a subgraph in the model's
+    dtype; Tanhshrink is x - Tanh(x). In ONNX Runtime each computes what torch does, at +-lambd
+    and either side of it, at zeros of both signs and infinities; NaN stays NaN, except through
+    ONNX's Shrink, which gives 0 for it."""
+    src = tmp_path / "m.lyr"
+    src.write_text(f"model M(input=[8], dtype={dtype}) {{\n    a = {layer}\n}}\n")
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(out)]) == 0
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import] == [17]
+    assert [n.op_type for n in model.graph.node] == (ops32 if dtype == "float32" else ops64)
+    twin = eval(f"torch.nn.{layer}")
+    if model.graph.node[0].op_type == "Shrink":
+        attrs = {a.name: a for a in model.graph.node[0].attribute}
+        assert {a.type for a in attrs.values()} == {onnx.AttributeProto.FLOAT}
+        lambd = np.float32(twin.lambd)
+        bias = lambd if isinstance(twin, torch.nn.Softshrink) else np.float32(0)
+        assert (attrs["lambd"].f, attrs["bias"].f) == (lambd, bias)
+    _, written = driver.compile_file(src)
+    net = driver.import_module(written[-1]).M()
+    nonfinite = [np.inf, -np.inf] + ([np.nan] if ops32 != ["Shrink"] or dtype == "float64" else [])
+    values = [0.0, -0.0, *around(switch), *nonfinite]
+    values += list(np.random.default_rng(0).standard_normal(32 - len(values)) * 3)
+    x = np.array(values, dtype).reshape(4, 8)
+    tol = F32_TOL if dtype == "float32" else F64_TOL
+    expected = twin(torch.from_numpy(x))
+    torch.testing.assert_close(
+        torch.from_numpy(np.asarray(net(x))), expected, equal_nan=True, **tol
+    )
+    got = torch.from_numpy(run_ort(out, x))
+    torch.testing.assert_close(got, expected, equal_nan=True, **tol)
+
+
+def test_shrink_gives_0_for_nan_where_torch_and_layerc_give_nan(tmp_path: Path) -> None:
+    """The one difference the float32 export keeps: ONNX's Shrink is 0 outside (-inf, -lambd)
+    and (lambd, inf), NaN included (ONNX Runtime does so), where torch and layerc keep NaN."""
+    src = tmp_path / "m.lyr"
+    src.write_text("model M(input=[2]) {\n    h = Hardshrink()\n}\n")
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(out)]) == 0
+    _, written = driver.compile_file(src)
+    x = np.array([[np.nan, 1.0]], np.float32)
+    assert np.isnan(driver.import_module(written[-1]).M()(x)[0, 0])
+    assert torch.isnan(torch.nn.Hardshrink()(torch.from_numpy(x))[0, 0])
+    assert run_ort(out, x).tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("layer", "back"),
+    [
+        ("ELU(alpha=2)", "ELU(alpha=2.0)"),
+        ("LeakyReLU(1)", "LeakyReLU(negative_slope=1.0)"),
+        ("CELU(3)", "CELU(alpha=3.0)"),
+        ("Hardshrink(1)", "Hardshrink(lambd=1.0)"),
+        ("Softshrink(lambd=2)", "Softshrink(lambd=2.0)"),
+    ],
+)
+def test_integer_arguments_export_as_float_attributes(
+    tmp_path: Path, layer: str, back: str
+) -> None:
+    """An integer literal for a float argument is written as the FLOAT attribute the op's
+    schema declares (not an INT one, which onnx.checker refuses), computes what the module
+    does in ONNX Runtime and reads back as the same layer."""
+    src = tmp_path / "m.lyr"
+    src.write_text(
+        f"model M {{\n    fc = Linear(4, 6) {{ init = uniform(seed=0) }}\n    a = {layer}\n}}\n"
+    )
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(src), "--onnx", str(out)]) == 0
+    (node,) = [n for n in onnx.load(out).graph.node if n.name.startswith("/a/")]
+    assert {a.type for a in node.attribute} == {onnx.AttributeProto.FLOAT}
+    _, written = driver.compile_file(src)
+    x = kind_inputs(16, np.float32)[:, :4]
+    ours = np.asarray(driver.import_module(written[-1]).M()(x))
+    torch.testing.assert_close(torch.from_numpy(run_ort(out, x)), torch.from_numpy(ours), **F32_TOL)
+    lyr = import_onnx(out, tmp_path / "back.lyr")[-1]
+    assert f"    {back}\n" in lyr.read_text()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_exported_shrinks_match_torch_and_layerc(tmp_path: Path, dtype: str) -> None:
+    """torch.onnx.export writes Hardshrink and Softshrink as comparisons and Where, Tanhshrink
+    as Tanh and Sub: in ONNX Runtime the model computes what torch computes, and what the
+    layerc model of the same layers computes with torch's state_dict loaded. `layerc import`
+    reads a chain of layers, not those subgraphs: it refuses the first op it does not read,
+    naming its node."""
+    torch.manual_seed(3)
+    layers = [torch.nn.Hardshrink(0.3), torch.nn.Softshrink(0.2), torch.nn.Tanhshrink()]
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), *layers, torch.nn.Linear(6, 3))
+    net = net.to(getattr(torch, dtype)).eval()
+    path = tmp_path / "net.onnx"
+    torch_export(net, torch.zeros(2, 4, dtype=getattr(torch, dtype)), path)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert "Tanh" in ops and "Shrink" not in ops
+    src = tmp_path / "same.lyr"
+    src.write_text(
+        f"model Same(dtype={dtype}) {{\n    Linear(4, 6) {{ init = zeros() }}\n"
+        "    Hardshrink(0.3)\n    Softshrink(0.2)\n    Tanhshrink()\n"
+        "    Linear(6, 3) { init = zeros() }\n}\n"
+    )
+    _, written = driver.compile_file(src)
+    ours = driver.import_module(written[-1]).Same()
+    result = ours.load_state_dict({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    assert repr(result) == "<All keys matched successfully>"
+    assert repr(ours) == repr(net).replace("Sequential", "Same", 1)
+    x = kind_inputs(64, np.dtype(dtype))[:, :4] / 4
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x))
+    tol = F32_TOL if dtype == "float32" else F64_TOL
+    torch.testing.assert_close(torch.from_numpy(run_ort(path, x)), expected, **tol)
+    torch.testing.assert_close(torch.from_numpy(np.asarray(ours(x))), expected, **tol)
+    with pytest.raises(LayercError, match=r"unsupported ONNX operator '\w+' in node '[^']*'"):
+        import_onnx(path, tmp_path / "back.lyr")
+
+
 # --------------------------------------------------------------------------- samples of several axes
 
 # (name, options, .lyr layers, torch layers, sample shape): models whose samples have several
@@ -1315,13 +1548,28 @@ SEVERAL_AXES = [
     SiLU()
     Softplus(beta=2.0, threshold=1.5)
     LogSigmoid()
+    Tanhshrink()
     Flatten()
     Linear(12, 2) { init = uniform(seed=7) }""",
-        "SiLU(), Softplus(beta=2.0, threshold=1.5), LogSigmoid(), Flatten(), Linear(12, 2)",
+        "SiLU(), Softplus(beta=2.0, threshold=1.5), LogSigmoid(), Tanhshrink(), Flatten(), "
+        "Linear(12, 2)",
+        (3, 4),
+    ),
+    (
+        "shrink",
+        "",
+        """
+    Hardshrink(0.25)
+    Linear(4, 4) { init = uniform(seed=8) }
+    Softshrink(lambd=0.5)
+    Flatten()
+    Linear(12, 2) { init = uniform(seed=9) }""",
+        "Hardshrink(0.25), Linear(4, 4), Softshrink(lambd=0.5), Flatten(), Linear(12, 2)",
         (3, 4),
     ),
 ]
 SEVERAL_AXES.append(("sequence64", ", dtype=float64", *SEVERAL_AXES[1][2:]))
+SEVERAL_AXES.append(("shrink64", ", dtype=float64", *SEVERAL_AXES[4][2:]))
 # What an import of the export reads back: the same kinds (Dropout is written as Identity, which
 # reads back as no layer), or a refusal where a subgraph stands.
 SEVERAL_AXES_BACK = {
@@ -1332,6 +1580,8 @@ SEVERAL_AXES_BACK = {
     ],
     "reshape": ["Flatten", "LayerNorm", "Linear", "CELU", "Flatten", "Linear"],
     "subgraphs": "unsupported ONNX operator 'Mul'",  # SiLU's x * Sigmoid(x)
+    "shrink": ["Hardshrink", "Linear", "Softshrink", "Flatten", "Linear"],
+    "shrink64": "unsupported ONNX operator 'Abs'",  # float64 Hardshrink's Where(|x| <= lambd, ...)
 }
 SEVERAL_AXES_BACK["sequence64"] = SEVERAL_AXES_BACK["sequence"]
 
@@ -1437,11 +1687,17 @@ def test_a_layer_without_a_form_for_several_axes_is_a_located_error(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every kind exports on samples of several axes; one whose ONNX form needs (batch,
-    features) values and that has no form for more (here PReLU's, taken away) is refused at the
-    layer, naming it, its model, its kind, the shape and why, and nothing is written."""
-    from layerc import onnx_io
+    features) values and that has no form for more (here PReLU's, taken out of the table) is
+    refused at the layer, naming it, its model, its kind, the shape and why, and nothing is
+    written."""
+    import dataclasses
 
-    monkeypatch.delitem(onnx_io._SEVERAL_AXES, "PReLU")
+    from layerc.kinds import KINDS
+
+    spec = KINDS["PReLU"]
+    assert spec.onnx is not None and spec.onnx.several_axes is not None
+    onnx_form = dataclasses.replace(spec.onnx, several_axes=None)
+    monkeypatch.setitem(KINDS, "PReLU", dataclasses.replace(spec, onnx=onnx_form))
     src = tmp_path / "m.lyr"
     src.write_text(
         "model Enc(input=[4, 6]) {\n    fc = Linear(6, 8) { init = uniform(seed=0) }\n"

@@ -982,7 +982,7 @@ def test_colour_adds_styles_around_the_plain_text() -> None:
             "model A { Linear(2, 2) { init = zeros() } Relu() }\n",
             "1:43: unknown layer kind 'Relu'; did you mean 'ReLU'? (layer kinds: Linear, ReLU, "
             "Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
-            "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)",
+            "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink)",
         ),
         (
             "model A { Linear(2, 2) { init = zeros() } }\n"
@@ -1063,7 +1063,7 @@ def test_terminal_gets_colour_pipes_and_no_color_do_not(
     assert piped.stderr == (
         "typo.lyr:2:10: unknown layer kind 'Linaer'; did you mean 'Linear'? (layer kinds: Linear, "
         "ReLU, Sigmoid, Tanh, Identity, LeakyReLU, Softmax, "
-        "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax)\n"
+        "Dropout, AlphaDropout, Flatten, BatchNorm1d, LayerNorm, PReLU, GELU, ELU, CELU, Softplus, Hardtanh, SiLU, Mish, SELU, ReLU6, Hardsigmoid, Hardswish, LogSigmoid, Softsign, LogSoftmax, Hardshrink, Softshrink, Tanhshrink)\n"
         "        fc = Linaer(2, 2)\n"
         "             ^\n"
     )

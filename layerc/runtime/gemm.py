@@ -29,6 +29,8 @@ from numba import types
 from numba.core import config
 from numba.extending import intrinsic
 
+from .cache import kernel_cache
+
 ROWS = 6  # samples per tile: 6 x 2 vector accumulators, with room for the weights and x
 VECTORS = 2  # vectors of outputs per tile
 
@@ -253,17 +255,27 @@ def _native(dtype: type) -> Any:
         for j in range(0, m, nr):
             _block(x, k, w + j * size, ldw, k, y + j * size, m, n, min(nr, m - j), zero)
 
-    return numba.cfunc(types.void(*[types.intp] * 7), cache=True)(product)
+    # Cached where numba can write (as a generated module's kernels; else compiled in memory).
+    return numba.cfunc(types.void(*[types.intp] * 7), cache=kernel_cache(__file__))(product)
 
 
 # Kernels call the product by name, through the symbols below, rather than linking its code into
 # each of them: LLVM would otherwise optimise the tiles again in every kernel that multiplies
 # (a second per Linear at first call). The names carry a version: a change of their arguments
 # gets new names, so a kernel cached by an older layerc fails to link rather than misbehave.
-SYMBOLS = {np.float32: "layerc_gemm_v1_f32", np.float64: "layerc_gemm_v1_f64"}
-_NATIVE = {dtype: _native(dtype) for dtype in SYMBOLS}
-for _dtype, _symbol in SYMBOLS.items():
-    ll.add_symbol(_symbol, _NATIVE[_dtype].address)
+SYMBOLS = {np.dtype(np.float32): "layerc_gemm_v1_f32", np.dtype(np.float64): "layerc_gemm_v1_f64"}
+_NATIVE: dict[np.dtype, Any] = {}
+
+
+def load(dtype: type | np.dtype) -> None:
+    """Compile (or load from numba's cache) the product for `dtype` and register its symbol,
+    once per process. A generated module calls this for its dtypes when it is imported, before
+    numba loads any cached kernel that calls the product; compiling a kernel calls it too."""
+    dtype = np.dtype(dtype)
+    if dtype not in _NATIVE:
+        native = _native(dtype.type)
+        ll.add_symbol(SYMBOLS[dtype], native.address)
+        _NATIVE[dtype] = native
 
 
 @intrinsic
@@ -271,7 +283,9 @@ def _product(typingctx, n, k, m, x, w, ldw, y, zero):  # type: ignore[no-untyped
     """Call the registered product for `zero`'s type."""
     if not isinstance(zero, types.Float):
         return None
-    symbol = SYMBOLS[np.float64 if zero.bitwidth == 64 else np.float32]
+    dtype = np.dtype(np.float64 if zero.bitwidth == 64 else np.float32)
+    symbol = SYMBOLS[dtype]
+    load(dtype)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         i64 = ir.IntType(64)
