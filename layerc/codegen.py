@@ -22,7 +22,11 @@ import numpy as np
 
 from . import __version__, ir, kinds, lower
 from .lower import (
+    Arith,
+    CallKernel,
+    Concat,
     ForwardKernel,
+    GraphKernel,
     LayerClass,
     LayerKernel,
     LinearKernel,
@@ -149,19 +153,21 @@ def render(plan: Plan, module_name: str) -> Output:
     return _Renderer(plan, module_name).run()
 
 
-def _emit_input_check(e: Emitter, dtype: np.dtype, shape: tuple[int, ...] | None) -> None:
+def _emit_input_check(
+    e: Emitter, dtype: np.dtype, shape: tuple[int, ...] | None, x: str = "x"
+) -> None:
     """Kernels accept any real array: converted to the model's dtype and made C-contiguous
     (both free when already so), its trailing axes checked. The runtime calls them without
     checking in Python, and on an exception re-checks in Python for a detailed message."""
-    e.line(f"x = _np.ascontiguousarray(_np.asarray(x, dtype=_np.{dtype.name}))")
+    e.line(f"{x} = _np.ascontiguousarray(_np.asarray({x}, dtype=_np.{dtype.name}))")
     if shape is None:
         return
     if len(shape) == 1:
-        e.line(f"if x.shape[-1] != {shape[0]}:")
+        e.line(f"if {x}.shape[-1] != {shape[0]}:")
     else:
         rank = len(shape)
-        tests = [f"x.ndim < {rank}"] + [
-            f"x.shape[x.ndim - {rank - i}] != {size}" for i, size in enumerate(shape)
+        tests = [f"{x}.ndim < {rank}"] + [
+            f"{x}.shape[{x}.ndim - {rank - i}] != {size}" for i, size in enumerate(shape)
         ]
         e.line(f"if {' or '.join(tests)}:")
     with e.indent():
@@ -196,7 +202,7 @@ class _Renderer:
             self.model_class(models, model)
             models.line()
             models.line()
-        head, data, data_name = self.header(kernels.text())
+        head, data, data_name = self.header(kernels.text() + models.text())
         parts = [head, kernels.text(), classes.text(), models.text()]
         all_names = ", ".join(repr(m.name) for m in self.plan.models)
         source = "\n\n\n".join(p.rstrip("\n") for p in parts) + f"\n\n\n__all__ = [{all_names}]\n"
@@ -204,8 +210,9 @@ class _Renderer:
             raise CodegenError("the module must start with the fixed header lines")
         return Output(source, data, data_name)
 
-    def header(self, kernels: str) -> tuple[str, bytes | None, str | None]:
-        """The module's first lines, imports (those the kernels' text uses) and weights."""
+    def header(self, code: str) -> tuple[str, bytes | None, str | None]:
+        """The module's first lines, imports (those the code after them uses) and weights."""
+        kernels = code
         e = Emitter()
         source = self.plan.source
         for line in FIXED_HEADER:
@@ -293,6 +300,10 @@ class _Renderer:
             self.module_kernel(e, kernel)
         elif isinstance(kernel, ForwardKernel):
             self.forward_kernel(e, kernel)
+        elif isinstance(kernel, GraphKernel):
+            self.graph_kernel(e, kernel)
+        elif isinstance(kernel, CallKernel):
+            self.call_kernel(e, kernel)
         else:
             raise CodegenError(f"failed to render kernel {kernel!r}")
 
@@ -458,6 +469,110 @@ class _Renderer:
                 call = ", ".join([source, target, *params])
                 e.line(f"{step.kernel}({call})" + (f"  # {described}" if described else ""))
 
+    def graph_kernel(self, e: Emitter, k: GraphKernel) -> None:
+        """A graph model's fused forward: inputs x0..., outputs y0... (allocated by the caller
+        with the inputs' batch shape), then the parameters; every step in one call."""
+        model = k.model
+        t = f"_np.{model.dtype.name}"
+        xs = [f"x{i}" for i in range(len(k.inputs))]
+        ys = [f"y{i}" for i in range(len(k.outputs))]
+        arg_names = [f"p{i}" for i in range(len(k.args))]
+        e.line(f"def {k.name}({', '.join([*xs, *ys, *arg_names])}):")
+        with e.indent():
+            e.line(
+                f'"""{model.name}, fused: its forward in one native call, inputs '
+                + ", ".join(f"x{i} (*, {_dims(s)})" for i, s in enumerate(k.inputs))
+                + " into outputs "
+                + ", ".join(f"y{i} (*, {_dims(s)})" for i, s in enumerate(k.outputs))
+                + "."
+            )
+            if k.args:
+                e.line()
+                for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
+                    e.line(f"{arg_name}: {key} {shape}")
+            e.line('"""')
+            for x, shape in zip(xs, k.inputs, strict=True):
+                _emit_input_check(e, model.dtype, shape, x)
+            rank0 = len(k.inputs[0])
+            for x, shape in zip(xs[1:], k.inputs[1:], strict=True):
+                e.line(f"if {x}.ndim - {len(shape)} != x0.ndim - {rank0}:")
+                with e.indent():
+                    e.line('raise ValueError("the inputs must share one batch shape")')
+                e.line(f"for d in range(x0.ndim - {rank0}):")
+                with e.indent():
+                    e.line(f"if {x}.shape[d] != x0.shape[d]:")
+                    with e.indent():
+                        e.line('raise ValueError("the inputs must share one batch shape")')
+            e.line(f"n = x0.size // {math.prod(k.inputs[0])}")
+            e.line("if n == 0:")
+            with e.indent():
+                e.line("return")
+            for x, shape in zip(xs, k.inputs, strict=True):
+                e.line(f"v_{x} = {x}.reshape((n, {math.prod(shape)}))")
+            for y, shape in zip(ys, k.outputs, strict=True):
+                e.line(f"v_{y} = {y}.reshape((n, {math.prod(shape)}))")
+            sizes = {b.name: b.size for b in k.buffers}
+            made: set[str] = set()
+
+            def ref(slot: str) -> str:
+                return slot if slot.startswith("h") else f"v_{slot}"
+
+            for step in k.steps:
+                if step.target in sizes and step.target not in made:
+                    made.add(step.target)
+                    e.line(f"{step.target} = _np.empty((n, {sizes[step.target]}), dtype={t})")
+                target = ref(step.target)
+                if isinstance(step, Arith):
+                    operands = [
+                        f"{ref(o)}[s, j]" if isinstance(o, str) else _number(o, t)
+                        for o in step.operands
+                    ]
+                    if step.op == "copy":
+                        expr = operands[0]
+                    elif step.op == "neg":
+                        expr = f"-{operands[0]}"
+                    else:
+                        expr = f"{operands[0]} {step.op} {operands[1]}"
+                    e.line("for s in range(n):")
+                    with e.indent():
+                        e.line(f"for j in range({step.width}):")
+                        with e.indent():
+                            e.line(f"{target}[s, j] = {expr}")
+                    continue
+                if isinstance(step, Concat):
+                    offset = 0
+                    for source, width in step.sources:
+                        e.line(f"{target}[:, {offset}:{offset + width}] = {ref(source)}")
+                        offset += width
+                    continue
+                source = ref(step.source)
+                if step.rows != 1:
+                    source = f"{source}.reshape((n * {step.rows}, {step.in_width}))"
+                    target = f"{target}.reshape((n * {step.rows}, {step.out_width}))"
+                params = [arg_names[i] for i in step.args]
+                described = ", ".join(describe(path, layer) for path, layer in step.layers if path)
+                call = ", ".join([source, target, *params])
+                e.line(f"{step.kernel}({call})" + (f"  # {described}" if described else ""))
+
+    def call_kernel(self, e: Emitter, k: CallKernel) -> None:
+        """`call(xs, params) -> ys`: the outputs allocated with the first input's batch shape,
+        then the fused forward."""
+        model = k.model
+        t = f"_np.{model.dtype.name}"
+        n_in, n_out = len(model.in_shapes), len(model.out_shapes)
+        xs = [f"x{i}" for i in range(n_in)]
+        ys = [f"y{i}" for i in range(n_out)]
+        e.line(f"def {k.name}(xs, ps):")
+        with e.indent():
+            e.line(f'"""{model.name} on a tuple of inputs, giving the tuple of its outputs."""')
+            e.line(f"{', '.join(xs)}{',' if n_in == 1 else ''} = xs")
+            e.line(f"x0 = _np.ascontiguousarray(_np.asarray(x0, dtype={t}))")
+            e.line(f"batch = x0.shape[:-{len(model.in_shapes[0])}]")
+            for y, shape in zip(ys, model.out_shapes, strict=True):
+                e.line(f"{y} = _np.empty(batch + {_shape(shape)}, dtype={t})")
+            e.line(f"{k.forward}({', '.join([*xs, *ys])}, *ps)")
+            e.line(f"return {', '.join(ys)}{',' if n_out == 1 else ''}")
+
     # ------------------------------------------------------------------ classes
 
     def layer_class(self, e: Emitter, cls: LayerClass) -> None:
@@ -533,11 +648,19 @@ class _Renderer:
 
     def model_class(self, e: Emitter, cls: ModelClass) -> None:
         model = cls.model
-        e.line(f"class {cls.name}(_rt.Model):")
+        graph = model.graph
+        base = "TupleModel" if cls.call is not None else "Model"
+        e.line(f"class {cls.name}(_rt.{base}):")
         with e.indent():
+            if graph is None:
+                signature = f"x (*, {_dims(model.in_shape)}) -> y (*, {_dims(model.out_shape)})"
+            else:
+                inputs = ", ".join(f"{i.name} (*, {_dims(i.shape)})" for i in graph.inputs)
+                outputs = ", ".join(f"(*, {_dims(s)})" for s in model.out_shapes)
+                signature = f"forward({inputs}) -> {outputs}"
             e.line(
-                f'"""{model.name}: x (*, {_dims(model.in_shape)}) -> y (*, {_dims(model.out_shape)}), '
-                f"{model.dtype.name}; from {_doc_repr(self.plan.source)}, line {model.loc.line}."
+                f'"""{model.name}: {_doc_text(signature)}, {model.dtype.name}; '
+                f"from {_doc_repr(self.plan.source)}, line {model.loc.line}."
             )
             e.line()
             for layer in model.layers:
@@ -554,12 +677,19 @@ class _Renderer:
                 e.line(f"out_features = {model.out_features}")
             else:
                 e.line(f"out_shape = {model.out_shape!r}")
+            if graph is not None:
+                e.line(f"input_names = {tuple(i.name for i in graph.inputs)!r}")
+                e.line(f"in_shapes = {model.in_shapes!r}")
+                e.line(f"out_shapes = {model.out_shapes!r}")
             e.line(f"dtype = _np.dtype({model.dtype.name!r})")
             forward = self.kernels[cls.forward]
-            assert isinstance(forward, ForwardKernel)
+            assert isinstance(forward, (ForwardKernel, GraphKernel))
             e.line(f"_kernel = staticmethod({forward.name})")
             e.line(f"_kernel_params = {forward.args!r}")
-            for alias, key in _aliases(model):
+            if cls.call is not None:
+                e.line(f"_call = staticmethod({cls.call})")
+            aliases = _aliases(model)
+            for alias, key in aliases:
                 e.line(f"{alias} = _rt.child({key!r})")
             e.line()
             e.line("def __init__(self):")
@@ -569,6 +699,9 @@ class _Renderer:
                     e.line(
                         f"self.add_module({child!r}, {class_name}({self.weights(model, layer)}))"
                     )
+            if graph is not None:
+                e.line()
+                _ForwardWriter(model, graph, dict((key, a) for a, key in aliases)).write(e)
             if cls.name != model.name:
                 e.line()
                 e.line("def _get_name(self):")
@@ -586,6 +719,18 @@ class _Renderer:
             if t.entry and layer.tensor(t.name) is not None
         ]
         return ", ".join(f"_WEIGHTS[{key!r}]" for key in keys)
+
+
+def _number(value: float, t: str | None = None) -> str:
+    """A number of an expression as Python source: a float literal, or `_math.inf`/`_math.nan`;
+    wrapped in the dtype `t` when given (the kernel computes in the model's dtype)."""
+    if math.isnan(value):
+        text = "_math.nan"
+    elif math.isinf(value):
+        text = "_math.inf" if value > 0 else "-_math.inf"
+    else:
+        text = _py_float(value)
+    return text if t is None else f"{t}({text})"
 
 
 def _plain(name: str) -> str:
@@ -606,6 +751,83 @@ def _fold_expr(layer: ir.Layer, t: str, ref: kinds.Ref, channel: str) -> str:
     if isinstance(native, kinds.Channelwise):
         return native.expr(layer.argdict, t, ref, channel)
     raise CodegenError(f"failed to fold {layer.kind!r} of layer {layer.name!r} into a Linear")
+
+
+def _doc_text(text: str) -> str:
+    """Names from the source in a docstring: checked identifiers and numbers, nothing to
+    escape; asserted so."""
+    if '"' in text or "\\" in text:
+        raise CodegenError(f"unexpected text in a docstring: {text!r}")
+    return text
+
+
+class _ForwardWriter:
+    """A graph model's `forward` in Python, one line per statement of the source: its inputs
+    checked (`self._inputs`), then each `name = expr` with the layers called as submodules
+    (`self.fc1(x)`, so their hooks fire), `+ - *` and unary minus on arrays, `cat` as
+    `numpy.concatenate` along the last axis, then `return`. Names are the source's, renamed
+    where Python would read them otherwise (keywords, builtins, the module's globals)."""
+
+    # precedence, as Python's: + - < * < unary minus < calls and names
+    SUM, PRODUCT, UNARY, ATOM = 1, 2, 3, 4
+
+    def __init__(self, model: ir.Model, graph: ir.Graph, aliases: dict[str, str]):
+        self.model = model
+        self.graph = graph
+        self.aliases = aliases
+        self.locals = lower.Names({"self", *MODULE_GLOBALS})
+        self.names: dict[int, str] = {}
+        self.ops: dict[int, ir.Op] = {}
+
+    def write(self, e: Emitter) -> None:
+        params = []
+        for i in self.graph.inputs:
+            name = self.locals.claim(i.name)
+            self.names[i.value] = name
+            params.append(name)
+        e.line("@_rt.kernel_forward")
+        e.line(f"def forward(self, {', '.join(params)}):")
+        with e.indent():
+            unpack = f"({params[0]},)" if len(params) == 1 else ", ".join(params)
+            e.line(f"{unpack} = self._inputs({', '.join(params)})")
+            for statement in self.graph.body:
+                self.ops = {op.out: op for op in statement.ops}
+                text = self.expr(statement.value)[0]
+                name = self.locals.claim(statement.name)
+                self.names.setdefault(statement.value, name)
+                e.line(f"{name} = {text}")
+            self.ops = {op.out: op for op in self.graph.result.ops}
+            e.line("return " + ", ".join(self.expr(v)[0] for v in self.graph.result.values))
+
+    def operand(self, operand: ir.Operand) -> tuple[str, int]:
+        if isinstance(operand, ir.Const):
+            text = _number(operand.value)
+            return text, self.UNARY if text.startswith("-") else self.ATOM
+        return self.expr(operand)
+
+    def expr(self, value: int) -> tuple[str, int]:
+        """The Python text of `value` and its precedence."""
+        op = self.ops.get(value)
+        if op is None:
+            return self.names[value], self.ATOM
+        if isinstance(op, ir.Call):
+            attribute = self.aliases.get(op.child, op.child)
+            args = ", ".join(self.expr(a)[0] for a in op.args)
+            return f"self.{attribute}({args})", self.ATOM
+        if isinstance(op, ir.Cat):
+            args = ", ".join(self.expr(a)[0] for a in op.args)
+            return f"_np.concatenate(({args}), axis=-1)", self.ATOM
+        if isinstance(op, ir.Neg):
+            text, precedence = self.expr(op.operand)
+            return "-" + (text if precedence >= self.UNARY else f"({text})"), self.UNARY
+        precedence = self.PRODUCT if op.op == "*" else self.SUM
+        left, lp = self.operand(op.left)
+        right, rp = self.operand(op.right)
+        if lp < precedence:
+            left = f"({left})"
+        if rp <= precedence:
+            right = f"({right})"
+        return f"{left} {op.op} {right}", precedence
 
 
 def _aliases(model: ir.Model) -> list[tuple[str, str]]:

@@ -167,7 +167,72 @@ class ForwardKernel:
     dropped: tuple[tuple[str, ir.Layer], ...]  # left out: identity at inference, or a reshape
 
 
-Kernel = LinearKernel | LayerKernel | ModuleKernel | ForwardKernel
+@dataclass(frozen=True)
+class Arith:
+    """`target = a op b` (op `+ - *`), `target = -a` (op "neg") or `target = a` (op "copy"),
+    elementwise over (n, width) buffers; an operand is a buffer's name or a number. `target`
+    may be one of the operands."""
+
+    op: str
+    operands: tuple[str | float, ...]
+    target: str
+    width: int
+
+    @property
+    def in_place(self) -> bool:
+        return self.target in self.operands
+
+
+@dataclass(frozen=True)
+class Concat:
+    """`target = cat(sources)` along the feature axis: each source (buffer, width) is copied
+    into its columns of `target`."""
+
+    sources: tuple[tuple[str, int], ...]
+    target: str
+    width: int
+
+    in_place = False
+
+
+GraphStep = Step | Arith | Concat
+
+
+@dataclass(frozen=True)
+class GraphKernel:
+    """A graph model's fused forward: its `forward` block (nested models inlined) in one native
+    call, `kernel(x0, ..., y0, ..., params...)`. Values live in the inputs `x0...`, the
+    outputs `y0...` (each output written where it is computed) and the buffers `h1...`, which
+    are reused once the values they hold are dead; elementwise steps work in place on a value
+    used for the last time."""
+
+    name: str
+    model: ir.Model
+    args: tuple[tuple[str, Shape], ...]  # (state_dict key, shape) in call order
+    steps: tuple[GraphStep, ...]
+    buffers: tuple[Buffer, ...]
+    dropped: tuple[tuple[str, ir.Layer], ...]
+
+    @property
+    def inputs(self) -> tuple[Shape, ...]:
+        return self.model.in_shapes
+
+    @property
+    def outputs(self) -> tuple[Shape, ...]:
+        return self.model.out_shapes
+
+
+@dataclass(frozen=True)
+class CallKernel:
+    """`call(xs, params) -> ys` for a graph model with several inputs or outputs: allocates the
+    outputs and runs its fused forward, tuples in and out (what `net.njit()` binds)."""
+
+    name: str
+    forward: str
+    model: ir.Model
+
+
+Kernel = LinearKernel | LayerKernel | ModuleKernel | ForwardKernel | GraphKernel | CallKernel
 
 
 @dataclass(frozen=True)
@@ -188,6 +253,7 @@ class ModelClass:
     model: ir.Model
     forward: str
     children: tuple[tuple[str, str], ...]  # (child name, class name)
+    call: str | None = None  # a graph model's CallKernel, when it has several inputs or outputs
 
 
 @dataclass(frozen=True)
@@ -229,12 +295,6 @@ class _Lowering:
 
     def run(self) -> Plan:
         for model in self.program.models:
-            if model.graph is not None:
-                raise LoweringError(
-                    f"model {model.name!r} has a forward block: the lowering stage does not "
-                    "handle graph models yet"
-                )
-        for model in self.program.models:
             self.class_names[model.name] = self.names.claim(model.name)
         models = []
         weights: list[tuple[str, np.ndarray]] = []
@@ -245,9 +305,19 @@ class _Lowering:
                     children.append((child.name, self.class_names[child.model.name]))
                 else:
                     children.append((child.name, self.layer_class(child, model.dtype).name))
-            forward = self.forward(model)
+            call = None
+            if _has_graph(model):
+                forward = self.graph_forward(model)
+                if len(model.in_shapes) != 1 or len(model.out_shapes) != 1:
+                    call = self.kernel(
+                        ("call", model.name),
+                        f"_call_{model.name}",
+                        lambda name, f=forward.name, m=model: CallKernel(name, f, m),
+                    ).name
+            else:
+                forward = self.forward(model)
             models.append(
-                ModelClass(self.class_names[model.name], model, forward.name, tuple(children))
+                ModelClass(self.class_names[model.name], model, forward.name, tuple(children), call)
             )
             for child in model.layers:
                 if isinstance(child, ir.Layer):
@@ -266,6 +336,8 @@ class _Lowering:
         new = any(c.layer.spec.runtime == "Layer" for c in classes) or any(
             len(m.in_shape) != 1 or len(m.out_shape) != 1 for m in self.program.models
         )
+        # ABI 4 added graph models: a generated `forward`, `Model._inputs`, `TupleModel`.
+        graphs = any(m.graph is not None for m in self.program.models)
         return Plan(
             self.program.source,
             tuple(self.kernels.values()),
@@ -273,7 +345,7 @@ class _Lowering:
             tuple(models),
             tuple(weights),
             inline,
-            3 if tiles else 2 if new else 1,
+            4 if graphs else 3 if tiles else 2 if new else 1,
         )
 
     def kernel(self, key: tuple, wanted: str, make: Callable[[str], Kernel]) -> Kernel:
@@ -394,6 +466,248 @@ class _Lowering:
             ),
         )
 
+    # ------------------------------------------------------------------ a graph's fused forward
+
+    def graph_forward(self, model: ir.Model) -> Kernel:
+        flat = _Flattened(model)
+        groups = flat.fused()
+        steps, buffers = _place(flat, groups, self, model.dtype)
+        return self.kernel(
+            ("model", model.name),
+            f"_forward_{model.name}",
+            lambda name: GraphKernel(
+                name, model, tuple(flat.args), tuple(steps), tuple(buffers), tuple(flat.dropped)
+            ),
+        )
+
+
+def _has_graph(model: ir.Model) -> bool:
+    """Whether `model` or a model nested in it has a forward block."""
+    return model.graph is not None or any(
+        _has_graph(child.model) for child in model.layers if isinstance(child, ir.Submodel)
+    )
+
+
+@dataclass
+class _LayerOp:
+    """A layer group of a flattened graph: a layer, then the layers folded into it."""
+
+    members: list[tuple[str, ir.Layer, tuple[int, ...]]]  # (path, layer, argument indices)
+    source: int
+    out: int
+
+
+@dataclass
+class _ArithOp:
+    op: str  # + - * neg
+    operands: tuple[int | float, ...]
+    out: int
+
+
+@dataclass
+class _CatOp:
+    sources: tuple[int, ...]
+    out: int
+
+
+_FlatOp = _LayerOp | _ArithOp | _CatOp
+
+
+class _Flattened:
+    """A graph model's forward with nested models inlined: one list of operations on value ids
+    (fresh ints), each value's size per sample, and the kernel's arguments (each layer's
+    tensors once, however often it is called). A layer dropped at inference (Identity,
+    Dropout, a reshape) gives its input's value: buffers hold (n, size) whatever the shape."""
+
+    def __init__(self, model: ir.Model):
+        self.ops: list[_FlatOp] = []
+        self.sizes: dict[int, int] = {}
+        self.args: list[tuple[str, Shape]] = []
+        self.arg_index: dict[str, tuple[int, ...]] = {}
+        self.dropped: list[tuple[str, ir.Layer]] = []
+        self.inputs = [self.value(math.prod(shape)) for shape in model.in_shapes]
+        self.outputs = self.expand(model, "", self.inputs)
+
+    def value(self, size: int) -> int:
+        value = len(self.sizes)
+        self.sizes[value] = size
+        return value
+
+    def expand(self, model: ir.Model, prefix: str, inputs: list[int]) -> list[int]:
+        graph = model.graph
+        if graph is None:
+            (current,) = inputs
+            for child in model.layers:
+                current = self.call(child, prefix + child.name, [current])[0]
+            return [current]
+        env: dict[int, int] = {i.value: v for i, v in zip(graph.inputs, inputs, strict=True)}
+
+        def operand(o: ir.Operand) -> int | float:
+            return o.value if isinstance(o, ir.Const) else env[o]
+
+        for op in graph.ops():
+            if isinstance(op, ir.Call):
+                child = model.child(op.child)
+                outs = self.call(child, prefix + op.child, [env[a] for a in op.args])
+                env[op.out] = outs[0]
+                continue
+            out = self.value(math.prod(op.shape))
+            if isinstance(op, ir.BinOp):
+                self.ops.append(_ArithOp(op.op, (operand(op.left), operand(op.right)), out))
+            elif isinstance(op, ir.Neg):
+                self.ops.append(_ArithOp("neg", (env[op.operand],), out))
+            elif isinstance(op, ir.Cat):
+                self.ops.append(_CatOp(tuple(env[a] for a in op.args), out))
+            else:
+                raise LoweringError(f"failed to lower {op!r}")
+            env[op.out] = out
+        return [env[v] for v in graph.outputs]
+
+    def call(self, child: ir.Child, path: str, args: list[int]) -> list[int]:
+        if isinstance(child, ir.Submodel):
+            return self.expand(child.model, path + ".", args)
+        (source,) = args
+        if child.spec.dropped:
+            if (path, child) not in self.dropped:
+                self.dropped.append((path, child))
+            return [source]
+        if path not in self.arg_index:
+            indices = []
+            for name in kernel_tensors(child):
+                value = child.tensor(name)
+                assert value is not None
+                indices.append(len(self.args))
+                self.args.append((f"{path}.{name}", value.shape))
+            self.arg_index[path] = tuple(indices)
+        out = self.value(math.prod(child.out_shape))
+        self.ops.append(_LayerOp([(path, child, self.arg_index[path])], source, out))
+        return [out]
+
+    def uses(self) -> dict[int, int]:
+        """How often each value is read (an output counts as a read)."""
+        count: dict[int, int] = dict.fromkeys(self.sizes, 0)
+        for op in self.ops:
+            for value in _reads(op):
+                count[value] += 1
+        for value in self.outputs:
+            count[value] += 1
+        return count
+
+    def fused(self) -> list[_FlatOp]:
+        """The operations with layers folded into the Linear before them (as `_fuse` folds a
+        pipeline's) where the Linear's value is read by that layer alone."""
+        uses = self.uses()
+        producer: dict[int, _LayerOp] = {}
+        out: list[_FlatOp] = []
+        for op in self.ops:
+            if isinstance(op, _LayerOp):
+                head = producer.get(op.source)
+                (member,) = op.members
+                if head is not None and uses[op.source] == 1 and _joins(head.members, member[1]):
+                    head.members.append(member)
+                    head.out = op.out
+                    del producer[op.source]
+                    producer[op.out] = head
+                    continue
+                if op.members[0][1].spec.name == "Linear":
+                    producer[op.out] = op
+            out.append(op)
+        return out
+
+
+def _reads(op: _FlatOp) -> tuple[int, ...]:
+    if isinstance(op, _LayerOp):
+        return (op.source,)
+    if isinstance(op, _ArithOp):
+        return tuple(o for o in op.operands if isinstance(o, int))
+    return op.sources
+
+
+def _place(
+    flat: _Flattened, ops: list[_FlatOp], lowering: _Lowering, dtype: np.dtype
+) -> tuple[list[GraphStep], list[Buffer]]:
+    """Steps over named storage: inputs `x0...`, outputs `y0...` (a value returned is computed
+    into its output), buffers `h1...` taken from a pool by size once their value is dead. An
+    elementwise step (a layer other than a Linear, or + - * neg) writes over an operand it
+    reads for the last time; a Linear or a cat never writes where it reads."""
+    last: dict[int, int] = {}
+    for index, op in enumerate(ops):
+        for value in _reads(op):
+            last[value] = index
+    where: dict[int, str] = {v: f"x{i}" for i, v in enumerate(flat.inputs)}
+    wanted_out: dict[int, str] = {}
+    for index, value in enumerate(flat.outputs):
+        if value not in where and value not in wanted_out:
+            wanted_out[value] = f"y{index}"
+    free: dict[int, list[str]] = {}
+    buffers: list[Buffer] = []
+    steps: list[GraphStep] = []
+    for index, op in enumerate(ops):
+        size = flat.sizes[op.out]
+        dying = [v for v in dict.fromkeys(_reads(op)) if last[v] == index]
+        elementwise = not isinstance(op, _CatOp) and not (
+            isinstance(op, _LayerOp) and op.members[0][1].spec.name == "Linear"
+        )
+        target = wanted_out.get(op.out)
+        reused = None
+        if target is None and elementwise:
+            for value in dying:
+                slot = where[value]
+                if slot.startswith("h") and flat.sizes[value] == size:
+                    target, reused = slot, value
+                    break
+        if target is None:
+            pool = free.get(size)
+            if pool:
+                target = pool.pop()
+            else:
+                target = f"h{len(buffers) + 1}"
+                buffers.append(Buffer(target, size))
+        where[op.out] = target
+        steps.append(_graph_step(op, where, target, flat, lowering, dtype))
+        for value in dying:
+            slot = where[value]
+            if value != reused and slot.startswith("h") and value not in flat.outputs:
+                free.setdefault(flat.sizes[value], []).append(slot)
+    for index, value in enumerate(flat.outputs):
+        slot = where[value]
+        if slot != f"y{index}":
+            steps.append(Arith("copy", (slot,), f"y{index}", flat.sizes[value]))
+    return steps, buffers
+
+
+def _graph_step(
+    op: _FlatOp,
+    where: dict[int, str],
+    target: str,
+    flat: _Flattened,
+    lowering: _Lowering,
+    dtype: np.dtype,
+) -> GraphStep:
+    if isinstance(op, _ArithOp):
+        operands = tuple(where[o] if isinstance(o, int) else o for o in op.operands)
+        return Arith(op.op, operands, target, flat.sizes[op.out])
+    if isinstance(op, _CatOp):
+        sources = tuple((where[v], flat.sizes[v]) for v in op.sources)
+        return Concat(sources, target, flat.sizes[op.out])
+    head = op.members[0][1]
+    folds = tuple(Fold(p, layer) for p, layer, _ in op.members[1:])
+    core = lowering.core(head, dtype, folds)
+    rows, in_width = head.spec.rows(head.argdict, head.in_shape)
+    out_width = math.prod(head.out_shape) // rows
+    matmul = core.matmul if isinstance(core, LinearKernel) else None
+    return Step(
+        core.name,
+        where[op.source],
+        target,
+        tuple(i for _, _, idx in op.members for i in idx),
+        tuple((p, layer) for p, layer, _ in op.members),
+        rows,
+        in_width,
+        out_width,
+        matmul,
+    )
+
 
 def _fuse(
     ops: list[tuple[str, ir.Layer, tuple[int, ...]]],
@@ -440,6 +754,31 @@ def _shape_text(shape: Shape) -> str:
     return "(*, " + ", ".join(map(str, shape)) + ")"
 
 
+def _step_text(step: GraphStep, args: tuple[tuple[str, Shape], ...]) -> str:
+    if isinstance(step, Arith):
+        a = [str(o) for o in step.operands]
+        expr = {"neg": lambda: f"-{a[0]}", "copy": lambda: a[0]}.get(
+            step.op, lambda: f"{a[0]} {step.op} {a[1]}"
+        )()
+        note = "  # in place" if step.in_place else ""
+        return f"{step.target} = {expr}{note}"
+    if isinstance(step, Concat):
+        sources = ", ".join(source for source, _ in step.sources)
+        return f"{step.target} = cat({sources})"
+    source = step.source
+    if step.rows != 1:
+        source += f".view(n*{step.rows}, {step.in_width})"
+    names = ", ".join(args[i][0] for i in step.args)
+    call = f"{step.kernel}({source}{'; ' + names if names else ''})"
+    notes = [", ".join(describe(p, layer) for p, layer in step.layers if p)]
+    if step.matmul is not None:
+        notes.append(step.matmul)
+    if step.in_place:
+        notes.append("in place")
+    comment = "; ".join(n for n in notes if n)
+    return f"{step.target} = {call}" + (f"  # {comment}" if comment else "")
+
+
 def render_text(plan: Plan) -> str:
     """The plan as text: per model, its layers' own classes and kernels (the path taken when
     hooks are registered), then the fused forward step by step with its buffers; then where
@@ -450,11 +789,16 @@ def render_text(plan: Plan) -> str:
     for model_class in plan.models:
         model = model_class.model
         forward = by_name[model_class.forward]
-        assert isinstance(forward, ForwardKernel)
+        assert isinstance(forward, (ForwardKernel, GraphKernel))
         out.append("")
+        if model.graph is None:
+            signature = f"x {_shape_text(model.in_shape)} -> y {_shape_text(model.out_shape)}"
+        else:
+            inputs = ", ".join(f"{i.name} {_shape_text(i.shape)}" for i in model.graph.inputs)
+            outputs = ", ".join(_shape_text(shape) for shape in model.out_shapes)
+            signature = f"forward({inputs}) -> {outputs}"
         out.append(
-            f"model {model.name}: x {_shape_text(model.in_shape)} -> y "
-            f"{_shape_text(model.out_shape)}, {model.dtype.name}"
+            f"model {model.name}: {signature}, {model.dtype.name}"
             + (f" (class {model_class.name})" if model_class.name != model.name else "")
         )
         out.append("  layers, each on its own when hooks are registered:")
@@ -473,18 +817,9 @@ def render_text(plan: Plan) -> str:
             out.append(line)
         out.append(f"  fused forward {forward.name}, with no hook anywhere:")
         for step in forward.steps:
-            source = step.source
-            if step.rows != 1:
-                source += f".view(n*{step.rows}, {step.in_width})"
-            args = ", ".join(forward.args[i][0] for i in step.args)
-            call = f"{step.kernel}({source}{'; ' + args if args else ''})"
-            notes = [", ".join(describe(p, layer) for p, layer in step.layers if p)]
-            if step.matmul is not None:
-                notes.append(step.matmul)
-            if step.in_place:
-                notes.append("in place")
-            comment = "; ".join(n for n in notes if n)
-            out.append(f"    {step.target} = {call}" + (f"  # {comment}" if comment else ""))
+            out.append("    " + _step_text(step, forward.args))
+        if model_class.call is not None:
+            out.append(f"  called with tuples (njit) through {model_class.call}")
         if forward.dropped:
             dropped = ", ".join(describe(p, layer) for p, layer in forward.dropped)
             out.append(f"  left out of the fused forward: {dropped}")

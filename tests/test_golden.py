@@ -47,9 +47,9 @@ def compile_copy(name: str, folder: Path) -> tuple[str, dict[str, bytes]]:
 
 def test_golden_sources_are_the_representative_ones():
     """The lesson, an MLP with every activation, a nested model, a float64 model, a model
-    whose weights go to a weights file, and the kinds with weights and buffers, per-sample
-    shapes and fusion."""
-    assert NAMES == ["activations", "big", "float64", "kinds", "lesson", "nested"]
+    whose weights go to a weights file, the kinds with weights and buffers, per-sample
+    shapes and fusion, and graph models (forward blocks)."""
+    assert NAMES == ["activations", "big", "float64", "graph", "kinds", "lesson", "nested"]
     spec_seed = Path(__file__).parent / "spec_programs" / "seed.lyr"
     assert (GOLDEN / "lesson.lyr").read_bytes() == spec_seed.read_bytes()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerc import cli, ir, lower
+from layerc import cli, ir
 from layerc import syntax as S
 from layerc.check import check
 from layerc.errors import LayercError, Loc, render
@@ -837,11 +837,6 @@ def test_pipelines_have_no_warnings() -> None:
 
 
 # --------------------------------------------------------------------------- later stages
-
-
-def test_lowering_refuses_graph_models_clearly() -> None:
-    with pytest.raises(lower.LoweringError, match="model 'Block' has a forward block"):
-        lower.lower(checked(SECTION8))
 
 
 # --------------------------------------------------------------------------- the verifier

@@ -17,17 +17,20 @@ from .layers import (
     Sigmoid,
     Softmax,
     Tanh,
+    TupleModel,
     child,
 )
-from .module import Module, ShapeError
+from .module import Module, ShapeError, kernel_forward
 from .threads import get_num_threads, set_num_threads
 
 # Generated modules call `check_abi(N)` with the oldest runtime ABI that runs them: a module
 # this runtime cannot run must be recompiled rather than misbehave. ABI 2 added the generic
 # `Layer` class, buffers and per-sample shapes of more than one axis; ABI 3 the matrix-product
-# kernel `gemm.matmul`, with Linear weights stored transposed. It runs older modules too.
-ABI = 3
-SUPPORTED_ABIS = (1, 2, 3)
+# kernel `gemm.matmul`, with Linear weights stored transposed; ABI 4 graph models (a generated
+# `forward` marked with `kernel_forward`, `Module._inputs`, `TupleModel`). It runs older
+# modules too.
+ABI = 4
+SUPPORTED_ABIS = (1, 2, 3, 4)
 
 
 def check_abi(abi: int) -> None:
@@ -52,7 +55,9 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "TupleModel",
     "check_abi",
+    "kernel_forward",
     "get_num_threads",
     "kernel_cache",
     "set_num_threads",

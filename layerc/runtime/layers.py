@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, TypeVar
 
 import numpy as np
 
+from . import hooks as H
+from .hooks import state
 from .module import Module, ShapeError, child, kernel_forward, to_numpy
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "TupleModel",
     "child",
     "reserved_names",
 ]
@@ -256,6 +259,46 @@ class Model(Module):
 
     def __iter__(self) -> Iterator[Module | None]:
         return iter(self._modules.values())
+
+
+class TupleModel(Model):
+    """A graph model whose forward takes several inputs or gives several outputs: `net(x, m)`,
+    a tuple of outputs when there are several. With no hook anywhere a call checks the inputs
+    (`_inputs`), allocates the outputs and makes one native call; otherwise it runs the
+    generated `forward` with every hook, as `Module.__call__` does."""
+
+    _call: Callable[..., tuple[np.ndarray, ...]]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._fast[0] == state.version and not kwargs:
+            return self._run_graph(args, self._fast[2])
+        if (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or H.global_forward_hooks
+            or H.global_forward_pre_hooks
+        ):
+            return self._call_with_hooks(args, kwargs)
+        if not kwargs and self._refresh_fast_path():
+            return self._run_graph(args, self._fast[2])
+        return self.forward(*args, **kwargs)
+
+    _call_impl = __call__
+
+    def _run_graph(self, args: tuple, params: tuple[np.ndarray, ...]) -> Any:
+        xs = self._inputs(*args)
+        first = xs[0]
+        batch = first.shape[: first.ndim - len(self.in_shapes[0] or ())]
+        ys = tuple(np.empty(batch + shape, self.dtype) for shape in self.out_shapes)  # type: ignore[operator]
+        self._kernel(*xs, *ys, *params)  # type: ignore[misc]
+        return ys if len(ys) > 1 else ys[0]
+
+    def njit(self) -> Callable[..., Any]:
+        """A numba-compiled `f(x, ...)` with this model's current weights bound (copied): a
+        tuple of outputs when there are several, callable from the user's `@numba.njit` code."""
+        from .njit import bind_tuple
+
+        return bind_tuple(self._call, self._njit_arrays(), len(self.out_shapes) > 1)
 
 
 def reserved_names() -> frozenset[str]:

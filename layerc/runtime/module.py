@@ -226,6 +226,11 @@ class Module:
     out_features: int | None = None
     in_shape: tuple[int, ...] | None = None
     out_shape: tuple[int, ...] | None = None
+    # The forward's inputs and outputs: names and per-sample shapes, in order (a graph model
+    # may have several; other modules have one input and one output).
+    input_names: tuple[str, ...] = ("input",)
+    in_shapes: tuple[tuple[int, ...] | None, ...] = (None,)
+    out_shapes: tuple[tuple[int, ...] | None, ...] = (None,)
     # Set per instance in __init__ (through __dict__, so __setattr__ is not involved).
     training: bool
     _parameters: dict[str, np.ndarray | None]
@@ -257,6 +262,10 @@ class Module:
             cls.in_shape = None if cls.in_features is None else (cls.in_features,)
         if "out_features" in d and "out_shape" not in d:
             cls.out_shape = None if cls.out_features is None else (cls.out_features,)
+        if "in_shapes" not in d:
+            cls.in_shapes = (cls.in_shape,)
+        if "out_shapes" not in d:
+            cls.out_shapes = (cls.out_shape,)
         cls._out_tail = cls.out_shape
         cls._in_rank = len(cls.in_shape) if cls.in_shape is not None else 1
         cls._kernel_forward = cls.forward in _KERNEL_FORWARDS
@@ -557,10 +566,12 @@ class Module:
             raise ValueError(f"{self._get_name()}: out must not overlap the input")
         return out
 
-    def _as_input(self, x: Any) -> np.ndarray:
+    def _as_input(self, x: Any, index: int | None = None) -> np.ndarray:
         """`x` as a C-contiguous array of this module's dtype whose last axes are the
-        per-sample `in_shape`, or a clear error naming the expected shape."""
-        expected = _expected(self.in_shape)
+        per-sample `in_shape` (of the forward's input `index`, when given), or a clear error
+        naming the expected shape."""
+        shape = self.in_shape if index is None else self.in_shapes[index]
+        expected = _expected(shape)
         if not isinstance(x, np.ndarray):
             try:
                 x = to_numpy(x)
@@ -584,14 +595,39 @@ class Module:
                     f"got an array of dtype {x.dtype}"
                 )
             x = x.astype(self.dtype)
-        shape = self.in_shape
         if x.ndim == 0 or (
             shape is not None and (x.ndim < len(shape) or x.shape[x.ndim - len(shape) :] != shape)
         ):
+            if index is not None:
+                raise ShapeError(
+                    self._get_name(),
+                    f"input {self.input_names[index]!r} expects shape {expected}, "
+                    f"got shape {_fmt_shape(x.shape)}",
+                )
             raise self._width_error(x.shape)
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
         return x
+
+    def _inputs(self, *xs: Any) -> tuple[np.ndarray, ...]:
+        """A graph model's inputs, checked: as many as its forward takes, each converted by
+        `_as_input` to its per-sample shape, all with one batch shape."""
+        names = self.input_names
+        if len(xs) != len(names):
+            raise TypeError(
+                f"{self._get_name()}.forward() takes {len(names)} input"
+                f"{'' if len(names) == 1 else 's'} ({', '.join(names)}), got {len(xs)}"
+            )
+        arrays = tuple(self._as_input(x, i) for i, x in enumerate(xs))
+        batches = [
+            a.shape[: a.ndim - len(s or (0,))] for a, s in zip(arrays, self.in_shapes, strict=True)
+        ]
+        if any(batch != batches[0] for batch in batches):
+            shapes = ", ".join(
+                f"{n} {_fmt_shape(a.shape)}" for n, a in zip(names, arrays, strict=True)
+            )
+            raise ShapeError(self._get_name(), f"inputs must share one batch shape, got {shapes}")
+        return arrays
 
     def _width_error(self, shape: tuple[int, ...]) -> ShapeError:
         """The error for an input of `shape`, naming the layer that takes the input: this module,
@@ -1063,6 +1099,10 @@ class Module:
         from Python and from inside the user's own `@numba.njit` code."""
         from .njit import bind
 
+        return bind(self._kernel, self._njit_arrays(), self.dtype, self._out_tail, self._in_rank)
+
+    def _njit_arrays(self) -> tuple[np.ndarray, ...]:
+        """Copies of the kernel's arguments as they are now, laid out as the kernel reads them."""
         if self._kernel is None:
             raise TypeError(f"{self._get_name()} has no compiled kernel")
         arrays = []
@@ -1076,4 +1116,4 @@ class Module:
             *path, name = key.split(".")
             owner = self.get_submodule(".".join(path)) if path else self
             arrays.append(owner._stored(name, np.array(array, dtype=self.dtype, copy=True)))
-        return bind(self._kernel, tuple(arrays), self.dtype, self._out_tail, self._in_rank)
+        return tuple(arrays)

@@ -45,3 +45,23 @@ def bind(
         return y
 
     return forward_shaped  # type: ignore[no-any-return]
+
+
+def bind_tuple(
+    call: Callable[..., tuple[np.ndarray, ...]], arrays: tuple[np.ndarray, ...], several: bool
+) -> Callable[..., object]:
+    """`f(*xs)` running a graph model's `call(xs, arrays)`: its tuple of outputs, or the one
+    output when there is one."""
+    if several:
+
+        @numba.njit
+        def forward_tuple(*xs):  # type: ignore[no-untyped-def]
+            return call(xs, arrays)
+
+        return forward_tuple  # type: ignore[no-any-return]
+
+    @numba.njit
+    def forward_one(*xs):  # type: ignore[no-untyped-def]
+        return call(xs, arrays)[0]
+
+    return forward_one  # type: ignore[no-any-return]
