@@ -678,6 +678,7 @@ class _Renderer:
             else:
                 e.line(f"out_shape = {model.out_shape!r}")
             if graph is not None:
+                e.line("_sequential = False")
                 e.line(f"input_names = {tuple(i.name for i in graph.inputs)!r}")
                 e.line(f"in_shapes = {model.in_shapes!r}")
                 e.line(f"out_shapes = {model.out_shapes!r}")

@@ -1,6 +1,7 @@
 """`layerc compile --warm`: fill numba's on-disk cache at compile time, so that the first call in
 a new process loads machine code instead of compiling it. A generated module path in; each
-model's fused kernel and its layers' own kernels compiled for one sample and for a batch, with a
+model's fused kernel and its layers' own kernels compiled for one sample and for a batch (of
+every input of a graph model), with a
 line of progress per step."""
 
 from __future__ import annotations
@@ -33,15 +34,12 @@ def warm(module_path: Path, report: Callable[[str], None]) -> int:
         for index, cls in enumerate(classes, 1):
             net = cls()
             name = net._get_name()
-            for label, shape in (
-                ("one sample", (net.in_features,)),
-                ("a batch", (2, net.in_features)),
-            ):
-                x = np.zeros(shape, dtype=net.dtype)
+            for label, batch in (("one sample", ()), ("a batch", (2,))):
+                xs = [np.zeros(batch + shape, dtype=net.dtype) for shape in net.in_shapes]
                 report(f"[{index}/{len(classes)}] {name}: fused forward, {label}")
-                net(x)
+                net(*xs)
                 report(f"[{index}/{len(classes)}] {name}: layer by layer, {label}")
-                net.forward(x)
+                net.forward(*xs)
     finally:
         sys.modules.pop(import_name, None)
     report(f"warmed {len(classes)} model(s) in {time.perf_counter() - start:.1f} s")

@@ -181,6 +181,9 @@ class Model(Module):
             self.add_module(name, module)
         self._take_shape()
 
+    # False for a graph model: its children are not a sequence (no slices, no `del net[i]`)
+    _sequential = True
+
     @kernel_forward
     def forward(self, x: Any, *, out: np.ndarray | None = None) -> Any:
         y = x
@@ -226,6 +229,7 @@ class Model(Module):
         torch.nn.Sequential's slices. The new model runs its children in order; it takes the
         fused kernel only when it holds exactly the layers the kernel was generated for."""
         if isinstance(idx, slice):
+            self._check_sequential("slicing")
             cls = type(self)
             new = cls.__new__(cls)
             Module.__init__(new)
@@ -236,6 +240,14 @@ class Model(Module):
             return new
         return self._get_item_by_idx(self._modules.values(), idx)
 
+    def _check_sequential(self, what: str) -> None:
+        """Refuse `what` on a graph model: its forward names its children, it is no sequence."""
+        if not self._sequential:
+            raise TypeError(
+                f"{what} applies to a model whose layers run in order; {self._get_name()} has "
+                "a forward block"
+            )
+
     def __setitem__(self, idx: Any, module: Module) -> None:
         key: str = self._get_item_by_idx(self._modules.keys(), idx)
         setattr(self, key, module)
@@ -243,6 +255,7 @@ class Model(Module):
     def __delitem__(self, idx: Any) -> None:
         """Remove children by position; the rest are renamed "0", "1", ... as torch renames
         them (so state_dict keys change too)."""
+        self._check_sequential("deleting children by position")
         if isinstance(idx, slice):
             for key in list(self._modules.keys())[idx]:
                 delattr(self, key)
@@ -305,7 +318,7 @@ def reserved_names() -> frozenset[str]:
     """Names a layer may not take: every attribute a generated model class or instance has."""
     instance = Model()
     return (
-        frozenset(n for n in dir(Model) if not n.startswith("__"))
+        frozenset(n for n in dir(TupleModel) if not n.startswith("__"))
         | frozenset(instance.__dict__)
         | {
             "in_features",
