@@ -356,6 +356,109 @@ def layer_sizes(layer: Child) -> tuple[int, int] | None:
     return math.prod(layer.in_shape), math.prod(layer.out_shape)
 
 
+# --------------------------------------------------------------------------- inlined graphs
+
+
+@dataclass(frozen=True)
+class FlatCall:
+    """`out = layer(source)`: the layer at `path` from the model (a layer called twice appears
+    once per call)."""
+
+    path: str
+    layer: Layer
+    source: int
+    out: int
+
+
+@dataclass(frozen=True)
+class FlatArith:
+    """`out = a op b` (op `+ - *`) or `out = -a` (op "neg"); an operand is a value or a number."""
+
+    op: str
+    operands: tuple[int | float, ...]
+    out: int
+
+
+@dataclass(frozen=True)
+class FlatCat:
+    """`out = cat(sources)` along the last axis."""
+
+    sources: tuple[int, ...]
+    out: int
+
+
+FlatOp = FlatCall | FlatArith | FlatCat
+
+
+@dataclass(frozen=True, eq=False)
+class Inlined:
+    """A model's computation with nested models inlined: operations on value ids in execution
+    order (a pipeline is a chain of calls), from the inputs' ids to the outputs'."""
+
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    ops: tuple[FlatOp, ...]
+    shapes: dict[int, Shape]  # every value's per-sample shape
+
+    def reads(self, op: FlatOp) -> tuple[int, ...]:
+        """The values `op` reads."""
+        if isinstance(op, FlatCall):
+            return (op.source,)
+        if isinstance(op, FlatArith):
+            return tuple(o for o in op.operands if isinstance(o, int))
+        return op.sources
+
+
+def inline(model: Model) -> Inlined:
+    """`model`'s forward (a graph model's block, a pipeline's chain) with every nested model's
+    operations put in place of its call, and each layer named by its path ("b1.fc1")."""
+    shapes: dict[int, Shape] = {}
+    ops: list[FlatOp] = []
+
+    def value(shape: Shape) -> int:
+        shapes[len(shapes)] = shape
+        return len(shapes) - 1
+
+    def call(child: Child, path: str, args: list[int]) -> list[int]:
+        if isinstance(child, Submodel):
+            return expand(child.model, path + ".", args)
+        (source,) = args
+        out = value(child.out_shape)
+        ops.append(FlatCall(path, child, source, out))
+        return [out]
+
+    def expand(model: Model, prefix: str, inputs: list[int]) -> list[int]:
+        graph = model.graph
+        if graph is None:
+            (current,) = inputs
+            for child in model.layers:
+                (current,) = call(child, prefix + child.name, [current])
+            return [current]
+        env = {i.value: v for i, v in zip(graph.inputs, inputs, strict=True)}
+
+        def operand(o: Operand) -> int | float:
+            return o.value if isinstance(o, Const) else env[o]
+
+        for op in graph.ops():
+            if isinstance(op, Call):
+                outs = call(model.child(op.child), prefix + op.child, [env[a] for a in op.args])
+                env[op.out] = outs[0]
+                continue
+            out = value(op.shape)
+            if isinstance(op, BinOp):
+                ops.append(FlatArith(op.op, (operand(op.left), operand(op.right)), out))
+            elif isinstance(op, Neg):
+                ops.append(FlatArith("neg", (env[op.operand],), out))
+            else:
+                ops.append(FlatCat(tuple(env[a] for a in op.args), out))
+            env[op.out] = out
+        return [env[v] for v in graph.outputs]
+
+    inputs = tuple(value(shape) for shape in model.in_shapes)
+    outputs = tuple(expand(model, "", list(inputs)))
+    return Inlined(inputs, outputs, tuple(ops), shapes)
+
+
 # --------------------------------------------------------------------------- the verifier
 
 

@@ -11,6 +11,7 @@ golden tests check (tests/golden/*.plan); `codegen` only renders the plan.
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
 import math
 from collections.abc import Callable, Iterable
@@ -312,7 +313,7 @@ class _Lowering:
                     call = self.kernel(
                         ("call", model.name),
                         f"_call_{model.name}",
-                        lambda name, f=forward.name, m=model: CallKernel(name, f, m),
+                        functools.partial(CallKernel, forward=forward.name, model=model),
                     ).name
             else:
                 forward = self.forward(model)
@@ -514,74 +515,48 @@ _FlatOp = _LayerOp | _ArithOp | _CatOp
 
 
 class _Flattened:
-    """A graph model's forward with nested models inlined: one list of operations on value ids
-    (fresh ints), each value's size per sample, and the kernel's arguments (each layer's
-    tensors once, however often it is called). A layer dropped at inference (Identity,
-    Dropout, a reshape) gives its input's value: buffers hold (n, size) whatever the shape."""
+    """A graph model's forward inlined (`ir.inline`) as the kernel runs it: layer operations
+    with the indices of their tensors among the kernel's arguments (each layer's tensors once,
+    however often it is called), and each value's size per sample. A layer dropped at inference
+    (Identity, Dropout, a reshape) gives its input's value: buffers hold (n, size) whatever the
+    shape."""
 
     def __init__(self, model: ir.Model):
+        inlined = ir.inline(model)
         self.ops: list[_FlatOp] = []
-        self.sizes: dict[int, int] = {}
+        self.sizes = {v: math.prod(shape) for v, shape in inlined.shapes.items()}
         self.args: list[tuple[str, Shape]] = []
-        self.arg_index: dict[str, tuple[int, ...]] = {}
         self.dropped: list[tuple[str, ir.Layer]] = []
-        self.inputs = [self.value(math.prod(shape)) for shape in model.in_shapes]
-        self.outputs = self.expand(model, "", self.inputs)
+        arg_index: dict[str, tuple[int, ...]] = {}
+        alias: dict[int, int] = {}
 
-    def value(self, size: int) -> int:
-        value = len(self.sizes)
-        self.sizes[value] = size
-        return value
+        def get(v: int | float) -> int | float:
+            return alias.get(v, v) if isinstance(v, int) else v
 
-    def expand(self, model: ir.Model, prefix: str, inputs: list[int]) -> list[int]:
-        graph = model.graph
-        if graph is None:
-            (current,) = inputs
-            for child in model.layers:
-                current = self.call(child, prefix + child.name, [current])[0]
-            return [current]
-        env: dict[int, int] = {i.value: v for i, v in zip(graph.inputs, inputs, strict=True)}
-
-        def operand(o: ir.Operand) -> int | float:
-            return o.value if isinstance(o, ir.Const) else env[o]
-
-        for op in graph.ops():
-            if isinstance(op, ir.Call):
-                child = model.child(op.child)
-                outs = self.call(child, prefix + op.child, [env[a] for a in op.args])
-                env[op.out] = outs[0]
-                continue
-            out = self.value(math.prod(op.shape))
-            if isinstance(op, ir.BinOp):
-                self.ops.append(_ArithOp(op.op, (operand(op.left), operand(op.right)), out))
-            elif isinstance(op, ir.Neg):
-                self.ops.append(_ArithOp("neg", (env[op.operand],), out))
-            elif isinstance(op, ir.Cat):
-                self.ops.append(_CatOp(tuple(env[a] for a in op.args), out))
+        for op in inlined.ops:
+            if isinstance(op, ir.FlatCall):
+                path, layer = op.path, op.layer
+                if layer.spec.dropped:
+                    if (path, layer) not in self.dropped:
+                        self.dropped.append((path, layer))
+                    alias[op.out] = int(get(op.source))
+                    continue
+                if path not in arg_index:
+                    indices = []
+                    for name in kernel_tensors(layer):
+                        value = layer.tensor(name)
+                        assert value is not None
+                        indices.append(len(self.args))
+                        self.args.append((f"{path}.{name}", value.shape))
+                    arg_index[path] = tuple(indices)
+                members = [(path, layer, arg_index[path])]
+                self.ops.append(_LayerOp(members, int(get(op.source)), op.out))
+            elif isinstance(op, ir.FlatArith):
+                self.ops.append(_ArithOp(op.op, tuple(get(o) for o in op.operands), op.out))
             else:
-                raise LoweringError(f"failed to lower {op!r}")
-            env[op.out] = out
-        return [env[v] for v in graph.outputs]
-
-    def call(self, child: ir.Child, path: str, args: list[int]) -> list[int]:
-        if isinstance(child, ir.Submodel):
-            return self.expand(child.model, path + ".", args)
-        (source,) = args
-        if child.spec.dropped:
-            if (path, child) not in self.dropped:
-                self.dropped.append((path, child))
-            return [source]
-        if path not in self.arg_index:
-            indices = []
-            for name in kernel_tensors(child):
-                value = child.tensor(name)
-                assert value is not None
-                indices.append(len(self.args))
-                self.args.append((f"{path}.{name}", value.shape))
-            self.arg_index[path] = tuple(indices)
-        out = self.value(math.prod(child.out_shape))
-        self.ops.append(_LayerOp([(path, child, self.arg_index[path])], source, out))
-        return [out]
+                self.ops.append(_CatOp(tuple(int(get(v)) for v in op.sources), op.out))
+        self.inputs = list(inlined.inputs)
+        self.outputs = [int(get(v)) for v in inlined.outputs]
 
     def uses(self) -> dict[int, int]:
         """How often each value is read (an output counts as a read)."""

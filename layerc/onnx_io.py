@@ -1095,20 +1095,65 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     from onnx import TensorProto, helper
 
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
-    layers = list(ir.layers(model))
-    forms = [_form(path, layer, model) for path, layer in layers]
-    opset = max([EXPORT_OPSET, *(form_opset for form_opset, _ in forms)])
+    inlined = ir.inline(model)
+    forms: dict[str, _Form] = {}
+    for op in inlined.ops:
+        if isinstance(op, ir.FlatCall) and op.path not in forms:
+            forms[op.path] = _form(op.path, op.layer, model)
+    opset = max([EXPORT_OPSET, *(form_opset for form_opset, _ in forms.values())])
     graph = _Graph(model.dtype, opset, model.name)
-    value = "input"
-    for index, ((path, layer), (_, write)) in enumerate(zip(layers, forms, strict=True)):
-        out = "output" if index == len(layers) - 1 else f"/{path}/output"
-        write(graph, path, layer, value, out)
-        value = out
+    if model.graph is None:
+        in_names, out_names = ["input"], ["output"]
+    else:
+        in_names = [i.name for i in model.graph.inputs]
+        several = len(inlined.outputs) > 1
+        out_names = [f"output_{i}" if several else "output" for i in range(len(inlined.outputs))]
+    names = dict(zip(inlined.inputs, in_names, strict=True))
+    returned: dict[int, str] = {}
+    for value, name in zip(inlined.outputs, out_names, strict=True):
+        if value not in names:
+            returned.setdefault(value, name)
+    calls: dict[str, int] = {}
+    for index, op in enumerate(inlined.ops):
+        if isinstance(op, ir.FlatCall):
+            calls[op.path] = calls.get(op.path, 0) + 1
+            count = calls[op.path]
+            suffix = "" if count == 1 else f"_{count}"
+            out = returned.get(op.out, f"/{op.path}/output{suffix}")
+            first_node = len(graph.nodes)
+            forms[op.path][1](graph, op.path, op.layer, names[op.source], out)
+            if suffix:
+                graph.rename_since(first_node, suffix, keep=out)
+        else:
+            out = returned.get(
+                op.out,
+                f"/{_ARITH_OPS[op.op] if isinstance(op, ir.FlatArith) else 'Concat'}_{index}/output",
+            )
+            if isinstance(op, ir.FlatArith):
+                inputs = [
+                    names[o] if isinstance(o, int) else graph.constant(f"/Constant_{index}_{k}", o)
+                    for k, o in enumerate(op.operands)
+                ]
+                graph.node(_ARITH_OPS[op.op], inputs, out, f"/{_ARITH_OPS[op.op]}_{index}")
+            else:
+                graph.node(
+                    "Concat", [names[v] for v in op.sources], out, f"/Concat_{index}", axis=-1
+                )
+        names[op.out] = out
+    for value, name in zip(inlined.outputs, out_names, strict=True):
+        if names[value] != name:
+            graph.node("Identity", [names[value]], name, f"/Identity_{name}")
     onnx_graph = helper.make_graph(
         graph.nodes,
         model.name,
-        [helper.make_tensor_value_info("input", elem, ["batch", *model.in_shape])],
-        [helper.make_tensor_value_info("output", elem, ["batch", *model.out_shape])],
+        [
+            helper.make_tensor_value_info(name, elem, ["batch", *shape])
+            for name, shape in zip(in_names, model.in_shapes, strict=True)
+        ],
+        [
+            helper.make_tensor_value_info(name, elem, ["batch", *shape])
+            for name, shape in zip(out_names, model.out_shapes, strict=True)
+        ],
         graph.initializers,
     )
     opset_id = helper.make_opsetid("", opset)
@@ -1123,6 +1168,9 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
+
+# The ONNX operators of a forward block's arithmetic.
+_ARITH_OPS = {"+": "Add", "-": "Sub", "*": "Mul", "neg": "Neg"}
 
 # How a layer is written: (the opset it needs, writer(graph, path, layer, input, output)).
 _Form = tuple[int, Callable[["_Graph", str, ir.Layer, str, str], None]]
@@ -1222,6 +1270,7 @@ class _Graph:
         self.model = model
         self.nodes: list = []
         self.initializers: list = []
+        self.initializer_names: set[str] = set()
 
     def constant(self, name: str, value: np.ndarray | float) -> str:
         """An initializer of the model's dtype."""
@@ -1232,10 +1281,25 @@ class _Graph:
         return self.initializer(name, np.asarray(dims, dtype=np.int64))
 
     def initializer(self, name: str, array: np.ndarray) -> str:
+        """The initializer `name`, added once (a layer called twice shares its tensors)."""
         from onnx import numpy_helper
 
-        self.initializers.append(numpy_helper.from_array(array, name))
+        if name not in self.initializer_names:
+            self.initializer_names.add(name)
+            self.initializers.append(numpy_helper.from_array(array, name))
         return name
+
+    def rename_since(self, first: int, suffix: str, keep: str) -> None:
+        """Give the nodes from index `first` on (a repeated call of a layer) and the values they
+        compute, other than `keep`, names of their own: `suffix` appended."""
+        new = self.nodes[first:]
+        renamed = {out: out + suffix for node in new for out in node.output if out != keep}
+        for node in new:
+            node.name += suffix
+            for i, name in enumerate(node.input):
+                node.input[i] = renamed.get(name, name)
+            for i, name in enumerate(node.output):
+                node.output[i] = renamed.get(name, name)
 
     def node(self, op: str, inputs: list[str], out: str, name: str, **attrs: object) -> str:
         from onnx import helper

@@ -1099,7 +1099,9 @@ class Module:
         from Python and from inside the user's own `@numba.njit` code."""
         from .njit import bind
 
-        return bind(self._kernel, self._njit_arrays(), self.dtype, self._out_tail, self._in_rank)
+        arrays = self._njit_arrays()
+        assert self._kernel is not None
+        return bind(self._kernel, arrays, self.dtype, self._out_tail, self._in_rank)
 
     def _njit_arrays(self) -> tuple[np.ndarray, ...]:
         """Copies of the kernel's arguments as they are now, laid out as the kernel reads them."""
