@@ -13,7 +13,7 @@ from . import __version__
 from .errors import LayercError, LayercWarning, UsageError, render
 
 if TYPE_CHECKING:
-    from .driver import TestResult
+    from .driver import OutputResult, TestResult
     from .ir import Program
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -194,16 +194,37 @@ def _test(files: list[Path]) -> int:
                 passed += 1
             else:
                 failed += 1
-                for line in _worst_table(r):
+                for line in _failure_report(r):
                     print(f"    {line}")
     print(f"{passed} passed, {failed} failed")
     return EXIT_OK if failed == 0 else EXIT_ERROR
 
 
-def _worst_table(result: TestResult) -> list[str]:
-    """The lines under a failed test: how many elements are outside the tolerance, then the
+def _failure_report(result: TestResult) -> list[str]:
+    """The lines under a failed test. A model of one output: its worst elements. A model of
+    several: each failing output by its place in the return (`output 2 of 2`) with its largest
+    errors, and its worst elements beneath it."""
+    if result.problem is not None:
+        return [result.problem]
+    if len(result.outputs) == 1:
+        return _worst_table(result.outputs[0])
+    lines = []
+    count = len(result.outputs)
+    for number, o in enumerate(result.outputs, 1):
+        if o.passed:
+            continue
+        lines.append(
+            f"output {number} of {count}: max abs error {o.max_abs:.3g}, "
+            f"max rel error {o.max_rel:.3g}"
+        )
+        lines += [f"    {line}" for line in _worst_table(o)]
+    return lines
+
+
+def _worst_table(result: OutputResult) -> list[str]:
+    """The lines under a failed output: how many elements are outside the tolerance, then the
     worst of them as a table (index, got, expected, abs error, rel error), columns aligned."""
-    output, expect = result.output, result.test.expect
+    output, expect = result.output, result.expect
     if output.shape != expect.shape:
         return [f"output shape {output.shape}, expected shape {expect.shape}"]
     if not result.worst:
@@ -290,7 +311,7 @@ def _interop(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ run / summary / graph / fmt
 
 _TOOLS = ("run", "summary", "graph", "fmt")
-_DATA_FORMATS = ("npy", "csv", "jsonl")
+_DATA_FORMATS = ("npy", "npz", "csv", "jsonl")
 _MODEL_HELP = (
     "the model to use (default: the file's one model that no other model uses; "
     "needed when there are several)"
@@ -301,13 +322,16 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     """`layerc run`, `layerc summary`, `layerc graph` and `layerc fmt` (layerc/tools/)."""
     p = sub.add_parser(
         "run",
-        help="run a model on a data file (.npy, .csv or JSON lines)",
+        help="run a model on a data file (.npy, .npz, .csv or JSON lines)",
         description=(
             "Compile FILE (into a cache, reused while the source is unchanged) and run a model "
             "on every sample of DATA: .npy (any shape ending in the model's input size), .csv "
             "(one sample per row; a first row without numbers is a header) or .jsonl (one JSON "
             "list of numbers per line). Results go to OUT (.npy, .csv or .jsonl, by extension) "
-            "or, without --output, to stdout as CSV."
+            "or, without --output, to stdout as CSV. A model with several inputs takes "
+            "--input once per input (in forward order, or as NAME=DATA), or one .npz holding "
+            "an array named after each; one with several outputs takes --output once per "
+            "output (in return order), or one .npz (arrays output0, output1, ...)."
         ),
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
@@ -316,11 +340,18 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
         "-i",
         "--input",
         required=True,
+        action="append",
         metavar="DATA",
-        help="the input data file ('-' reads CSV from stdin)",
+        help="the input data file ('-' reads CSV from stdin); once per input of the model, "
+        "in forward order or as NAME=DATA, or one .npz for all",
     )
     p.add_argument(
-        "-o", "--output", metavar="OUT", help="where to write the results (default: CSV on stdout)"
+        "-o",
+        "--output",
+        action="append",
+        metavar="OUT",
+        help="where to write the results (default: CSV on stdout); once per output of the "
+        "model, in return order, or one .npz for all",
     )
     p.add_argument(
         "--input-format",
@@ -404,28 +435,41 @@ def _run(args: argparse.Namespace) -> int:
     from .tools import run as r
     from .tools.term import Progress, colour_enabled, is_terminal
 
-    in_fmt = r.format_of(args.input, args.input_format, r.INPUT_FORMATS, "input")
-    out_fmt = r.format_of(args.output or "-", args.output_format, r.OUTPUT_FORMATS, "output")
-    delimiter = ","
-    if args.delimiter is not None:
-        if in_fmt != "csv":
-            raise UsageError(f"--delimiter is for CSV input, and the input is {in_fmt}")
-        delimiter = r.parse_delimiter(args.delimiter)
+    if len(args.input) == 1 and "=" not in args.input[0] and len(args.output or []) <= 1:
+        # One input and one output: usage mistakes are found before the source is compiled.
+        r.format_of(args.input[0], args.input_format, r.INPUT_FORMATS, "input")
+        out = args.output[0] if args.output else "-"
+        r.format_of(out, args.output_format, r.OUTPUT_FORMATS, "output")
     program, _ = check_file(args.file)
     model = pick_model(program, args.model, str(args.file))
+    sources_at = r.assign_inputs(args.input, model, args.input_format)
+    places = r.assign_outputs(args.output, model, args.output_format)
+    delimiter = ","
+    if args.delimiter is not None:
+        if all(fmt != "csv" for _, fmt in sources_at):
+            formats = sorted({fmt for _, fmt in sources_at})
+            raise UsageError(f"--delimiter is for CSV input, and the input is {', '.join(formats)}")
+        delimiter = r.parse_delimiter(args.delimiter)
     inputs = list(inputs_of(program))
-    if args.input != "-":
-        inputs.append((Path(args.input), "the input data file"))
+    inputs += [(Path(path), "the input data file") for path, _ in sources_at if path != "-"]
+    ports = r.input_ports(model)
+    to_stdout = [path for path, _ in places] in ([None], ["-"])
     try:
-        source = r.open_input(args.input, in_fmt, model, sys.stdin.buffer, delimiter)
+        if len(sources_at) == 1 and sources_at[0][1] == "npz":
+            sources = r.open_npz(sources_at[0][0], ports)
+        else:
+            sources = [
+                r.open_input(path, fmt, port, sys.stdin.buffer, delimiter)
+                for (path, fmt), port in zip(sources_at, ports, strict=True)
+            ]
         net = r.instantiate(r.load_module(program, args.file), model)
-        ndim = 2 if source.leading_shape is None else len(source.leading_shape) + 1
-        to_stdout = args.output in (None, "-")
-        writer = r.open_output(args.output, out_fmt, model, sys.stdout, inputs, ndim)
+        leading = next((s.leading_shape for s in sources if s.leading_shape is not None), None)
+        batch_ndim = 1 if leading is None else len(leading)
+        writer = r.open_outputs(places, model, sys.stdout, inputs, batch_ndim)
         # A bar on the terminal only, and not while results are printed on that terminal.
         show = is_terminal(sys.stderr) and not (to_stdout and is_terminal(sys.stdout))
-        progress = Progress(sys.stderr, source.total, f"{model.name}", enabled=show)
-        rows = r.run(net, source, writer, progress)
+        progress = Progress(sys.stderr, sources[0].total, f"{model.name}", enabled=show)
+        rows = r.run(net, sources, writer, progress, ports)
     except r.DataError as exc:
         print(render(exc, None, colour_enabled(sys.stderr)), file=sys.stderr)
         return EXIT_ERROR
@@ -438,7 +482,8 @@ def _run(args: argparse.Namespace) -> int:
             pass
         return EXIT_ERROR
     if not to_stdout:
-        print(f"wrote {args.output} ({rows:,} row{'' if rows == 1 else 's'})")
+        written = ", ".join(str(path) for path, _ in places)
+        print(f"wrote {written} ({rows:,} row{'' if rows == 1 else 's'})")
     return EXIT_OK
 
 

@@ -272,14 +272,52 @@ WORST_SHOWN = 5
 
 
 @dataclass(frozen=True)
-class TestResult:
-    test: ir.TestCase
-    output: np.ndarray
+class OutputResult:
+    """How one output of a test compares with its expectation."""
+
+    output: np.ndarray  # what the model gave
+    expect: np.ndarray
     max_abs: float
     max_rel: float
     passed: bool
     failures: int = 0  # elements outside the tolerance
     worst: tuple[Mismatch, ...] = ()  # the furthest outside it, worst first
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """A test block's outcome: one `OutputResult` per output of the model, in return order
+    (`outputs[i]` for the model's output i + 1 of n). The largest errors and the verdict are
+    over every output; `output`, `failures` and `worst` are a one-output model's."""
+
+    test: ir.TestCase
+    outputs: tuple[OutputResult, ...]
+    # Set when the model did not give as many outputs as the test expects (no output compared).
+    problem: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None and all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=math.inf)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=math.inf)
+
+    @property
+    def output(self) -> np.ndarray:
+        return self.outputs[0].output
+
+    @property
+    def failures(self) -> int:
+        return sum(o.failures for o in self.outputs)
+
+    @property
+    def worst(self) -> tuple[Mismatch, ...]:
+        return self.outputs[0].worst if len(self.outputs) == 1 else ()
 
 
 def _errors(output: np.ndarray, expect: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -341,8 +379,33 @@ def worst_elements(
     return int(bad.size), tuple(worst)
 
 
+def check_outputs(test: ir.TestCase, returned: object) -> TestResult:
+    """Compare what a model returned for `test` (an array for a model of one output, a tuple
+    of arrays for one of several) with the test's expectations, output by output."""
+    expects = test.expects
+    if len(expects) == 1:
+        got: tuple[object, ...] = (returned,)
+    elif isinstance(returned, (tuple, list)):
+        got = tuple(returned)
+    else:
+        got = (returned,)
+    if len(got) != len(expects):
+        return TestResult(
+            test, (), f"the model gave {len(got)} output(s), the test expects {len(expects)}"
+        )
+    outputs = []
+    for value, expect in zip(got, expects, strict=True):
+        output = np.asarray(value)
+        max_abs, max_rel, ok = compare(output, expect, test.atol, test.rtol)
+        failures, worst = worst_elements(output, expect, test.atol, test.rtol)
+        outputs.append(OutputResult(output, expect, max_abs, max_rel, ok, failures, worst))
+    return TestResult(test, tuple(outputs))
+
+
 def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
-    """`layerc test`: compile into a temporary folder, import, run every test block."""
+    """`layerc test`: compile into a temporary folder, import, run every test block: the model
+    is called with the test's inputs in forward order, `net(*test.inputs)`, and each output is
+    compared with its expectation."""
     program, _ = check_file(path)
     if not program.tests:
         return program, []
@@ -358,9 +421,6 @@ def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
         instances: dict[str, object] = {}
         for test in program.tests:
             net = instances.setdefault(test.model.name, classes[test.model.name]())
-            output = np.asarray(net(test.input))  # type: ignore[operator]
-            max_abs, max_rel, ok = compare(output, test.expect, test.atol, test.rtol)
-            failures, worst = worst_elements(output, test.expect, test.atol, test.rtol)
-            results.append(TestResult(test, output, max_abs, max_rel, ok, failures, worst))
+            results.append(check_outputs(test, net(*test.inputs)))  # type: ignore[operator]
         sys.modules.pop(module.__name__, None)
     return program, results

@@ -2,6 +2,11 @@
 or without a header, or JSON lines), the model's outputs out (.npy, .csv or JSON lines, or CSV on
 stdout), in chunks of bounded size so a large CSV never has to fit in memory.
 
+A graph model with several inputs reads one file per input, in step (a chunk of each, the same
+rows), or one .npz holding an array per input, named as in `forward`; one with several outputs
+writes one file per output, or one .npz holding `output0`, `output1`, ... in return order (the
+index into the tuple the model returns). Every input must hold the same number of samples.
+
 Data mistakes are `DataError`s located as `file:row:col`, where row is the line of the file (as
 an editor counts it, header included) and col the 1-based column (CSV cell or JSON list item),
 or as `file:row` for a line as a whole. Lines are read in bounded pieces (`line_limit`), and a
@@ -22,6 +27,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,7 @@ import numpy as np
 
 from .. import codegen, driver, ir
 from .. import weights as W
-from ..errors import LayercError, Loc, UsageError
+from ..errors import LayercError, Loc, UsageError, suggest
 from ..files import (
     Inputs,
     commit,
@@ -44,9 +50,15 @@ from ..files import (
 )
 from .term import Progress
 
-INPUT_FORMATS = ("npy", "csv", "jsonl")
-OUTPUT_FORMATS = ("npy", "csv", "jsonl")
-_EXTENSIONS = {".npy": "npy", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+INPUT_FORMATS = ("npy", "npz", "csv", "jsonl")
+OUTPUT_FORMATS = ("npy", "npz", "csv", "jsonl")
+_EXTENSIONS = {
+    ".npy": "npy",
+    ".npz": "npz",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
 
 # A chunk holds at most this many values (input or output side), so memory stays bounded
 # whatever the file's size: 1M float64 values are 8 MB.
@@ -127,6 +139,155 @@ def parse_delimiter(text: str) -> str:
     return char
 
 
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of the model being run: what data files are read for or written
+    from. `name` is the forward input's name when the model takes several (messages name it),
+    None for a model's only input and for outputs; `key` is the array's name in an .npz (the
+    forward input's name, `output0`, `output1`, ...; None for a pipeline's input, which has no
+    name)."""
+
+    model: str
+    name: str | None
+    key: str | None
+    shape: ir.Shape  # per sample
+    dtype: np.dtype
+
+    @property
+    def width(self) -> int:
+        """Values per sample: a CSV row's length."""
+        return math.prod(self.shape)
+
+    @property
+    def what(self) -> str:
+        """`model Net`, or `input mask of model TwoHeads`."""
+        if self.name is None:
+            return f"model {self.model}"
+        return f"input {self.name} of model {self.model}"
+
+
+def input_ports(model: ir.Model) -> list[Port]:
+    """The model's inputs, in forward order (a pipeline has one)."""
+    if model.graph is None:
+        return [Port(model.name, None, None, model.in_shape, model.dtype)]
+    several = len(model.graph.inputs) > 1
+    return [
+        Port(model.name, i.name if several else None, i.name, i.shape, model.dtype)
+        for i in model.graph.inputs
+    ]
+
+
+def output_ports(model: ir.Model) -> list[Port]:
+    """The model's outputs, in return order, named `output0`, `output1`, ... in an .npz."""
+    return [
+        Port(model.name, None, f"output{index}", shape, model.dtype)
+        for index, shape in enumerate(model.out_shapes)
+    ]
+
+
+def _port(port: Port | ir.Model, ports: Callable[[ir.Model], list[Port]]) -> Port:
+    return ports(port)[0] if isinstance(port, ir.Model) else port
+
+
+def assign_inputs(
+    specs: list[str], model: ir.Model, given: str | None = None
+) -> list[tuple[str, str]]:
+    """The data file and its format for each input of `model`, in forward order, from the
+    `--input` values: one per input in forward order, or `NAME=FILE` for each (NAME a forward
+    input's name, in any order), or one .npz for all of them (then the only item returned). The
+    format is `given` (--input-format), else the file's extension. A usage error says what to
+    give."""
+    ports = input_ports(model)
+    names = [p.key for p in ports if p.key is not None]
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if sep and name in names:
+            if name in named:
+                raise UsageError(f"--input {name}=... is given twice")
+            named[name] = path
+        elif sep and names and name.isidentifier() and not Path(spec).exists():
+            raise UsageError(
+                f"--input {spec!r}: model {model.name} has no input {name!r}"
+                f"{suggest(name, names)} (its inputs: {', '.join(names)})"
+            )
+        else:
+            plain.append(spec)
+    if named and plain:
+        raise UsageError("give every --input as NAME=FILE, or none of them")
+    paths = list(named.values()) or plain
+    formats = [format_of(path, given, INPUT_FORMATS, "input") for path in paths]
+    if paths.count("-") > 1:
+        raise UsageError("only one --input can be '-' (stdin)")
+    if len(paths) == 1 and formats[0] == "npz":
+        return [(paths[0], "npz")]
+    if "npz" in formats:
+        raise UsageError(
+            "an .npz input holds an array for every input of the model: give it as the only --input"
+        )
+    if named:
+        missing = [name for name in names if name not in named]
+        if missing:
+            raise UsageError(
+                f"model {model.name} takes {len(ports)} inputs ({', '.join(names)}): "
+                f"no --input for {', '.join(missing)}"
+            )
+        chosen = {
+            name: (path, fmt) for (name, path), fmt in zip(named.items(), formats, strict=True)
+        }
+        return [chosen[name] for name in names]
+    if len(plain) == len(ports):
+        return list(zip(plain, formats, strict=True))
+    if len(ports) == 1:
+        raise UsageError(f"model {model.name} takes one input: give --input once")
+    raise UsageError(
+        f"model {model.name} takes {len(ports)} inputs ({', '.join(names)}) and "
+        f"{len(plain)} --input {'was' if len(plain) == 1 else 'were'} given: give one per input "
+        "in that order, or NAME=FILE for each, or one .npz holding an array named after each"
+    )
+
+
+def assign_outputs(
+    specs: list[str] | None, model: ir.Model, given: str | None = None
+) -> list[tuple[str | None, str]]:
+    """Where each output of `model` goes and in what format, in return order, from the
+    `--output` values: none or `-` (stdout, CSV unless `given`; a model of one output only),
+    one file per output, or one .npz for all of them (then the only item returned)."""
+    ports = output_ports(model)
+    paths: list[str | None] = list(specs) if specs else [None]
+    formats = [format_of(path or "-", given, OUTPUT_FORMATS, "output") for path in paths]
+    if len(paths) == 1 and formats[0] == "npz":
+        if paths[0] in (None, "-"):
+            raise UsageError("an .npz output must be a file: give --output FILE.npz")
+        return [(paths[0], "npz")]
+    if len(ports) > 1 and len(paths) == 1:
+        where = "stdout" if paths[0] in (None, "-") else repr(paths[0])
+        raise UsageError(
+            f"model {model.name} gives {len(ports)} outputs, which do not fit in one "
+            f"{formats[0]} file ({where}): give --output once per output, in return order, "
+            "or one .npz (--output OUT.npz, holding output0, output1, ...)"
+        )
+    if len(paths) != len(ports):
+        raise UsageError(
+            f"model {model.name} gives {len(ports)} output{'' if len(ports) == 1 else 's'} and "
+            f"{len(paths)} --output were given: give one per output, in return order, or one .npz"
+        )
+    if "npz" in formats:
+        raise UsageError(
+            "an .npz output holds every output of the model: give it as the only --output"
+        )
+    real = [path for path in paths if path not in (None, "-")]
+    if len(real) != len(paths) and len(paths) > 1:
+        raise UsageError("with several outputs, every --output must be a file")
+    if len({os.path.abspath(path) for path in real}) != len(real):
+        raise UsageError("two --output name the same file")
+    return list(zip(paths, formats, strict=True))
+
+
 # --------------------------------------------------------------------------- compiling
 
 
@@ -198,17 +359,30 @@ class Source:
     done: Callable[[], int]
     total: int | None
     leading_shape: tuple[int, ...] | None  # the batch shape of a .npy input, kept in a .npy output
+    file: str = ""  # where its errors are: the path ("<stdin>")
+    key: str | None = None  # the array's name, for an array of an .npz
+    samples: int | None = None  # how many samples it holds, when known before reading
+
+    @property
+    def name(self) -> str:
+        """How another input's message names it: `x.csv`, or `array 'x'` of the same .npz."""
+        return self.file if self.key is None else f"array {self.key!r}"
 
 
 def open_input(
-    path: str, fmt: str, model: ir.Model, stdin: IO[bytes], delimiter: str = ","
+    path: str, fmt: str, port: Port | ir.Model, stdin: IO[bytes], delimiter: str = ","
 ) -> Source:
-    """Open `path` ("-" for stdin) as `fmt` for `model`; nothing is read beyond headers yet.
-    A path must name a regular file (`-` reads a pipe)."""
+    """Open `path` ("-" for stdin) as `fmt` for one input of a model (`port`, or a model's only
+    input); nothing is read beyond headers yet. A path must name a regular file (`-` reads a
+    pipe)."""
+    port = _port(port, input_ports)
+    if fmt in ("npy", "npz") and path == "-":
+        raise UsageError(f"a .{fmt} input must be a file, not stdin")
     if fmt == "npy":
-        if path == "-":
-            raise UsageError("a .npy input must be a file, not stdin")
-        return _npy_source(path, model)
+        return _npy_source(path, port)
+    if fmt == "npz":
+        (source,) = open_npz(path, [port])
+        return source
     if path == "-":
         stream: IO[bytes] = stdin
         total = None
@@ -218,19 +392,19 @@ def open_input(
         stream = os.fdopen(fd, "rb")  # closed when the batches are exhausted
         total = os.fstat(fd).st_size
         display = path
-    counter = _ByteCounter(stream, display, line_limit(model.in_features), model.in_features)
+    counter = _ByteCounter(stream, display, line_limit(port.width), port.width)
 
     def batches() -> Iterator[np.ndarray]:
         try:
             if fmt == "csv":
-                yield from _csv_batches(counter, display, model, delimiter)
+                yield from _csv_batches(counter, display, port, delimiter)
             else:
-                yield from _jsonl_batches(counter.lines(), display, model)
+                yield from _jsonl_batches(counter.lines(), display, port)
         finally:
             if stream is not stdin:
                 stream.close()
 
-    return Source(batches, lambda: counter.count, total or None, None)
+    return Source(batches, lambda: counter.count, total or None, None, display)
 
 
 class _ByteCounter:
@@ -265,7 +439,7 @@ class _ByteCounter:
         )
 
 
-def _npy_source(path: str, model: ir.Model) -> Source:
+def _npy_source(path: str, port: Port) -> Source:
     """A .npy input, mapped into memory rather than read: its header is checked first (dtype,
     at most MAX_NPY_DIMS dimensions, a size the file holds)."""
     fd = open_regular(Path(path), path, what="a .npy file")
@@ -302,14 +476,10 @@ def _npy_source(path: str, model: ir.Model) -> Source:
                 array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
             except (OSError, ValueError) as exc:
                 raise DataError(f"cannot map the file into memory: {exc}", file=path) from None
-    width = model.in_features
-    if array.ndim == 0 or array.shape[-1] != width:
-        raise DataError(
-            f"the array has shape {_shape(array.shape)} but model {model.name} takes "
-            f"({width},) or (N, {width})",
-            file=path,
-        )
-    leading = array.shape[:-1]
+    width = port.width
+    leading = batch_shape(array.shape, port)
+    if leading is None:
+        raise DataError(f"the array has shape {_shape(array.shape)} but {_takes(port)}", file=path)
     rows = array.reshape(-1, width) if array.ndim != 2 else array
     count = rows.shape[0]
     state = {"done": 0}
@@ -321,7 +491,28 @@ def _npy_source(path: str, model: ir.Model) -> Source:
             state["done"] = start + chunk.shape[0]
             yield chunk
 
-    return Source(batches, lambda: state["done"], count or None, leading)
+    return Source(batches, lambda: state["done"], count or None, leading, path, None, count)
+
+
+def batch_shape(shape: tuple[int, ...], port: Port) -> tuple[int, ...] | None:
+    """The batch axes of an array of `shape` holding samples for `port`: those before the
+    per-sample shape (`(N, 1, 28, 28)` for `[1, 28, 28]`), or before a last axis of one sample's
+    values (`(N, 784)`); None when it holds neither."""
+    n = len(port.shape)
+    if len(shape) >= n and shape[len(shape) - n :] == port.shape:
+        return shape[: len(shape) - n]
+    if shape and shape[-1] == port.width:
+        return shape[:-1]
+    return None
+
+
+def _takes(port: Port) -> str:
+    """`model Net takes (4,) or (N, 4)`; for samples of several axes, the flat form too."""
+    width = port.width
+    if len(port.shape) == 1:
+        return f"{port.what} takes ({width},) or (N, {width})"
+    axes = ", ".join(map(str, port.shape))
+    return f"{port.what} takes {_shape(port.shape)} or (N, {axes}), or (N, {width}) flattened"
 
 
 def _npy_header(f: IO[bytes], path: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -334,13 +525,216 @@ def _npy_header(f: IO[bytes], path: str) -> tuple[tuple[int, ...], bool, np.dtyp
         raise DataError(exc.message.removeprefix(f"{source.what} "), file=path) from None
 
 
+def open_npz(path: str, ports: list[Port]) -> list[Source]:
+    """An .npz input holding an array for each of `ports`, named by its `key` (the forward
+    input's name); a model of one input also takes an .npz of one array, whatever its name.
+    Each array's header is checked before any data is read, and its data is read from the
+    archive a chunk at a time (decompressed as it goes), never as a whole; an array saved in
+    Fortran order, which cannot be read by rows, is read whole only when it is at most a
+    chunk."""
+    fd = open_regular(Path(path), path, what="an .npz file")
+    f = os.fdopen(fd, "rb")
+    try:
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        f.close()
+        raise DataError(f"not a valid .npz file: {exc}", file=path) from None
+    # Arrays by name: np.savez stores the array `x` as the member `x.npy`.
+    members = {
+        info.filename.removesuffix(".npy"): info for info in archive.infolist() if not info.is_dir()
+    }
+    sources = []
+    open_count = [0]
+
+    def release() -> None:
+        open_count[0] -= 1
+        if open_count[0] <= 0:
+            archive.close()
+            f.close()
+
+    try:
+        for port in ports:
+            key = port.key
+            if key not in members and len(ports) == 1 and len(members) == 1:
+                key = next(iter(members))
+            if key is None or key not in members:
+                raise DataError(_missing_array(port, key, list(members)), file=path)
+            sources.append(_npz_source(archive, members[key], key, path, port, release))
+            open_count[0] += 1
+    except BaseException:
+        archive.close()
+        f.close()
+        raise
+    return sources
+
+
+def _missing_array(port: Port, key: str | None, keys: list[str]) -> str:
+    have = ", ".join(map(repr, sorted(keys))) if keys else "none"
+    if key is None:  # a pipeline's input has no name
+        return f"holds {len(keys)} arrays ({have}); for {port.what} it must hold exactly one"
+    return f"has no array {key!r} for {port.what}{suggest(key, keys)} (it has: {have})"
+
+
+def _npz_source(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    key: str,
+    path: str,
+    port: Port,
+    release: Callable[[], None],
+) -> Source:
+    """One array of an .npz, streamed from its member (see `open_npz`)."""
+
+    def error(message: str) -> DataError:
+        return DataError(f"array {key!r}: {message}", file=path)
+
+    try:
+        member = archive.open(info)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise error(f"cannot read it: {exc}") from None
+    try:
+        shape, fortran, dtype = _npy_header(member, path)
+    except DataError as exc:  # "is not a valid .npy file: ..."
+        member.close()
+        raise DataError(f"array {key!r} {exc.message}", file=path) from None
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+        member.close()
+        raise error(f"cannot read it: {exc}") from None
+    try:
+        if dtype.hasobject:
+            raise error("the array holds Python objects; layerc reads numeric arrays only")
+        if dtype.kind not in "biuf" or dtype.names is not None or dtype.subdtype is not None:
+            raise error(f"the array has dtype {dtype}; layerc reads real numbers")
+        if len(shape) > MAX_NPY_DIMS or any(d < 0 for d in shape):
+            raise error(
+                f"the array has shape {_shape(shape)}; layerc reads at most {MAX_NPY_DIMS} axes"
+            )
+        count = math.prod(shape)
+        needed = count * dtype.itemsize
+        if needed > info.file_size - member.tell():
+            raise error(
+                f"the member is truncated: its header declares shape {_shape(shape)} of {dtype} "
+                f"({needed} bytes) but only {info.file_size - member.tell()} bytes follow"
+            )
+        leading = batch_shape(shape, port)
+        if leading is None:
+            raise error(f"the array has shape {_shape(shape)} but {_takes(port)}")
+        width = port.width
+        rows = count // width if width else 0
+        whole: np.ndarray | None = None
+        if fortran and len(shape) > 1 and count > 0:
+            if count > CHUNK_VALUES:
+                raise error(
+                    f"the array is saved in Fortran order, which layerc reads by rows only up "
+                    f"to {CHUNK_VALUES:,} values; save np.ascontiguousarray(array) instead"
+                )
+            data = member.read(needed)
+            if len(data) != needed:
+                raise error(f"the member is truncated: {len(data)} of {needed} data bytes")
+            whole = np.frombuffer(data, dtype=dtype).reshape(shape, order="F").reshape(-1, width)
+    except BaseException:
+        member.close()
+        raise
+    state = {"done": 0}
+
+    def batches() -> Iterator[np.ndarray]:
+        try:
+            step = chunk_rows(width)
+            for start in range(0, rows, step):
+                n = min(step, rows - start)
+                if whole is not None:
+                    chunk = np.ascontiguousarray(whole[start : start + n])
+                else:
+                    try:
+                        data = member.read(n * width * dtype.itemsize)
+                    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+                        raise error(f"cannot read it: {exc}") from None
+                    if len(data) != n * width * dtype.itemsize:
+                        raise error("the member is truncated")
+                    chunk = np.frombuffer(data, dtype=dtype).reshape(n, width)
+                state["done"] = start + n
+                yield chunk
+        finally:
+            member.close()
+            release()
+
+    return Source(batches, lambda: state["done"], rows or None, leading, path, key, rows)
+
+
+def together(sources: list[Source], ports: list[Port]) -> Iterator[list[np.ndarray]]:
+    """The batches of several inputs read in step: each time, the same number of rows from
+    each (as many as a chunk of all of them together holds). An input that holds fewer or more
+    samples than the first is a `DataError`, found before anything is read when the inputs
+    say how many they hold, else when the first of them ends."""
+    first = sources[0]
+    for source in sources[1:]:
+        if first.samples is not None and source.samples is not None:
+            _check_samples(first, first.samples, source, source.samples)
+        if first.leading_shape is not None and source.leading_shape is not None:
+            if first.leading_shape != source.leading_shape:
+                raise DataError(
+                    f"{_own(source)}has batch shape {_shape(source.leading_shape)} but "
+                    f"{first.name} has {_shape(first.leading_shape)}; every input needs the "
+                    "same batch shape",
+                    file=source.file,
+                )
+    step = chunk_rows(sum(port.width for port in ports))
+    streams = [source.batches() for source in sources]
+    pending: list[list[np.ndarray]] = [[] for _ in sources]
+    held = [0] * len(sources)  # rows pending, per input
+    ended = [False] * len(sources)
+    given = 0  # rows of each input handed on
+    while True:
+        for i, stream in enumerate(streams):
+            while held[i] < step and not ended[i]:
+                batch = next(stream, None)
+                if batch is None:
+                    ended[i] = True
+                elif batch.shape[0]:
+                    pending[i].append(batch)
+                    held[i] += batch.shape[0]
+        n = min(held)
+        if n == 0:
+            break
+        out = []
+        for i in range(len(sources)):
+            rows = pending[i][0] if len(pending[i]) == 1 else np.concatenate(pending[i])
+            out.append(rows[:n])
+            pending[i] = [rows[n:]] if rows.shape[0] > n else []
+            held[i] -= n
+        given += n
+        yield out
+    if any(held):
+        # One input ended before another: count the rest of each, for the message.
+        totals = [
+            given + held[i] + sum(b.shape[0] for b in stream) for i, stream in enumerate(streams)
+        ]
+        for source, total in zip(sources[1:], totals[1:], strict=True):
+            _check_samples(first, totals[0], source, total)
+
+
+def _check_samples(first: Source, count: int, other: Source, other_count: int) -> None:
+    if count != other_count:
+        raise DataError(
+            f"{_own(other)}holds {other_count:,} sample{'' if other_count == 1 else 's'} but "
+            f"{first.name} holds {count:,}; every input needs the same number of samples, in "
+            "the same order",
+            file=other.file,
+        )
+
+
+def _own(source: Source) -> str:
+    """How a message at `source`'s file starts: "" for a file, `array 'x' ` in an .npz."""
+    return "" if source.key is None else f"array {source.key!r} "
+
+
 def _csv_batches(
-    counter: _ByteCounter, file: str, model: ir.Model, delimiter: str
+    counter: _ByteCounter, file: str, port: Port, delimiter: str
 ) -> Iterator[np.ndarray]:
     """CSV rows in chunks. The first non-blank row is a header when none of its cells is a
     number; a row with some numbers and some words is data with a bad cell. A row that spans
     lines (a quoted line break) is held to the same length as a line."""
-    width = model.in_features
+    width = port.width
     record = 0  # bytes of the row being read so far
 
     def lines() -> Iterator[str]:
@@ -364,9 +758,9 @@ def _csv_batches(
             if first:
                 first = False
                 if not any(_is_number(cell) for cell in row):
-                    _check_width(row, width, file, reader.line_num, model, "the header", delimiter)
+                    _check_width(row, width, file, reader.line_num, port, "the header", delimiter)
                     continue
-            _check_width(row, width, file, reader.line_num, model, "the row", delimiter)
+            _check_width(row, width, file, reader.line_num, port, "the row", delimiter)
             pending.append(row)
             pending_lines.append(reader.line_num)
             if len(pending) >= step:
@@ -391,7 +785,7 @@ def _check_width(
     width: int,
     file: str,
     line: int,
-    model: ir.Model,
+    port: Port,
     what: str,
     delimiter: str | None = None,
 ) -> None:
@@ -409,8 +803,7 @@ def _check_width(
             hint = f"; its values look separated by {name}: use --delimiter {name}"
     col = width + 1 if count > width else count + 1
     raise DataError(
-        f"{what} has {count} value{'' if count == 1 else 's'} but model {model.name} takes "
-        f"{width}{hint}",
+        f"{what} has {count} value{'' if count == 1 else 's'} but {port.what} takes {width}{hint}",
         Loc(file, line, col),
     )
 
@@ -437,9 +830,9 @@ def _clip(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _jsonl_batches(lines: Iterator[str], file: str, model: ir.Model) -> Iterator[np.ndarray]:
+def _jsonl_batches(lines: Iterator[str], file: str, port: Port) -> Iterator[np.ndarray]:
     """JSON lines: every non-blank line is one sample, a JSON list of numbers."""
-    width = model.in_features
+    width = port.width
     step = chunk_rows(width)
     pending: list[list[float]] = []
     for number, line in enumerate(lines, 1):
@@ -454,7 +847,7 @@ def _jsonl_batches(lines: Iterator[str], file: str, model: ir.Model) -> Iterator
                 f"expected a JSON list of {width} numbers, got {type(value).__name__}",
                 Loc(file, number, 1),
             )
-        _check_width(value, width, file, number, model, "the row")
+        _check_width(value, width, file, number, port, "the row")
         for col, item in enumerate(value, 1):
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise DataError(
@@ -476,7 +869,13 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 class Writer(Protocol):
+    """Where one output's rows go. `finish` completes the file (under its temporary name) and
+    `commit` renames it into place, so that a model's several outputs are all complete before
+    any is renamed; `close` is both."""
+
     def write(self, rows: np.ndarray) -> None: ...
+    def finish(self, leading_shape: tuple[int, ...] | None) -> None: ...
+    def commit(self) -> None: ...
     def close(self, leading_shape: tuple[int, ...] | None) -> None: ...
     def abort(self) -> None: ...
 
@@ -497,7 +896,7 @@ _JSON_SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 class _TextWriter:
     """CSV (no header) or JSON lines, to a stream; into a temporary file renamed at the end
-    when writing to a path."""
+    when writing to a path. A sample of several axes is one row of its values."""
 
     def __init__(self, fmt: str, stream: TextIO, target: Path | None, tmp: Path | None) -> None:
         self.fmt = fmt
@@ -506,6 +905,7 @@ class _TextWriter:
         self.tmp = tmp
 
     def write(self, rows: np.ndarray) -> None:
+        rows = rows.reshape(rows.shape[0], -1) if rows.ndim != 2 else rows
         if self.fmt == "csv":
             lines = [",".join(cells) for cells in _text_rows(rows)]
         else:
@@ -516,12 +916,19 @@ class _TextWriter:
         if lines:
             self.stream.write("\n".join(lines) + "\n")
 
-    def close(self, leading_shape: tuple[int, ...] | None) -> None:
+    def finish(self, leading_shape: tuple[int, ...] | None) -> None:
         self.stream.flush()
         if self.target is not None and self.tmp is not None:
             os.fsync(self.stream.fileno())
             self.stream.close()
+
+    def commit(self) -> None:
+        if self.target is not None and self.tmp is not None:
             commit(self.tmp, self.target)
+
+    def close(self, leading_shape: tuple[int, ...] | None) -> None:
+        self.finish(leading_shape)
+        self.commit()
 
     def abort(self) -> None:
         if self.tmp is not None:
@@ -532,18 +939,25 @@ class _TextWriter:
 class _NpyWriter:
     """A .npy file written as the rows come: the header is reserved at the size the largest
     shape of `ndim` dimensions needs and rewritten with the final shape at the end, so no chunk
-    has to stay in memory."""
+    has to stay in memory. The final shape is the input's batch shape (or the rows written)
+    followed by the per-sample `shape`."""
 
     HEADER = 128  # bytes, at least: a multiple of 64, as numpy aligns
 
     def __init__(
-        self, target: Path, tmp: Path, stream: IO[bytes], dtype: np.dtype, width: int, ndim: int
+        self,
+        target: Path,
+        tmp: Path,
+        stream: IO[bytes],
+        dtype: np.dtype,
+        shape: int | tuple[int, ...],
+        ndim: int,
     ):
         self.target = target
         self.tmp = tmp
         self.stream = stream
         self.dtype = dtype
-        self.width = width
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.rows = 0
         largest = npy_header(dtype, (2**63 - 1,) * ndim, None)
         self.header = max(self.HEADER, len(largest))
@@ -553,14 +967,20 @@ class _NpyWriter:
         self.stream.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
         self.rows += rows.shape[0]
 
-    def close(self, leading_shape: tuple[int, ...] | None) -> None:
-        shape = (leading_shape if leading_shape is not None else (self.rows,)) + (self.width,)
+    def finish(self, leading_shape: tuple[int, ...] | None) -> None:
+        shape = (leading_shape if leading_shape is not None else (self.rows,)) + self.shape
         self.stream.seek(0)
         self.stream.write(npy_header(self.dtype, shape, self.header))
         self.stream.flush()
         os.fsync(self.stream.fileno())
         self.stream.close()
+
+    def commit(self) -> None:
         commit(self.tmp, self.target)
+
+    def close(self, leading_shape: tuple[int, ...] | None) -> None:
+        self.finish(leading_shape)
+        self.commit()
 
     def abort(self) -> None:
         self.stream.close()
@@ -582,52 +1002,193 @@ def npy_header(dtype: np.dtype, shape: tuple[int, ...], size: int | None) -> byt
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", body_len) + body.encode("latin1")
 
 
+def _temporary(target: Path, path: str) -> tuple[int, Path]:
+    try:
+        return temporary_for(target)
+    except OSError as exc:
+        raise DataError(f"cannot write the output: {exc.strerror}", file=path) from None
+
+
 def open_output(
     path: str | None,
     fmt: str,
-    model: ir.Model,
+    port: Port | ir.Model,
     stdout: TextIO,
     inputs: Inputs = (),
     ndim: int = 2,
 ) -> Writer:
-    """A writer for `path` (None or "-": stdout) in `fmt`, for results of `ndim` dimensions;
-    `path` may not be one of the command's `inputs`."""
+    """A writer for `path` (None or "-": stdout) in `fmt` for one output of a model (`port`,
+    or a model's only output), for results of `ndim` dimensions (the batch axes and the
+    sample's); `path` may not be one of the command's `inputs`."""
+    port = _port(port, output_ports)
     if path is None or path == "-":
-        if fmt == "npy":
-            raise UsageError("a .npy output must be a file: give --output FILE.npy")
+        if fmt in ("npy", "npz"):
+            raise UsageError(f"a .{fmt} output must be a file: give --output FILE.{fmt}")
         return _TextWriter(fmt, stdout, None, None)
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"the output {path!r} is a folder; give a file name")
     refuse_inputs([target], inputs)
-    try:
-        fd, tmp = temporary_for(target)
-    except OSError as exc:
-        raise DataError(f"cannot write the output: {exc.strerror}", file=path) from None
+    fd, tmp = _temporary(target, path)
     if fmt == "npy":
         stream = os.fdopen(fd, "w+b")
-        return _NpyWriter(target, tmp, stream, model.dtype, model.out_features, ndim)
+        return _NpyWriter(target, tmp, stream, port.dtype, port.shape, ndim)
     text = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline="\n")
     return _TextWriter(fmt, text, target, tmp)
+
+
+class _NpzWriter:
+    """One .npz holding an array per output, named by the ports' keys (`output0`, ...): each
+    is written as a .npy beside the target as the rows come, then they are stored (as
+    `np.savez` stores them, uncompressed) in the archive, itself written to a temporary file
+    and renamed into place."""
+
+    def __init__(self, target: Path, path: str, ports: list[Port], ndim: int) -> None:
+        self.target = target
+        self.path = path
+        self.keys = [port.key or f"output{i}" for i, port in enumerate(ports)]
+        self.members: list[_NpyWriter] = []
+        self.tmp: Path | None = None
+        try:
+            for port in ports:
+                fd, tmp = _temporary(target, path)
+                stream = os.fdopen(fd, "w+b")
+                self.members.append(_NpyWriter(target, tmp, stream, port.dtype, port.shape, ndim))
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_all(self, outputs: list[np.ndarray]) -> None:
+        for member, rows in zip(self.members, outputs, strict=True):
+            member.write(rows)
+
+    def finish(self, leading_shape: tuple[int, ...] | None) -> None:
+        for member in self.members:
+            member.finish(leading_shape)
+        fd, self.tmp = _temporary(self.target, self.path)
+        with os.fdopen(fd, "w+b") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for key, member in zip(self.keys, self.members, strict=True):
+                    archive.write(member.tmp, arcname=f"{key}.npy")
+            f.flush()
+            os.fsync(f.fileno())
+        for member in self.members:
+            unlink_quietly(member.tmp)
+
+    def commit(self) -> None:
+        assert self.tmp is not None
+        commit(self.tmp, self.target)
+
+    def abort(self) -> None:
+        for member in self.members:
+            member.abort()
+        if self.tmp is not None:
+            unlink_quietly(self.tmp)
+
+
+class Outputs:
+    """Where every output of a run goes: one writer per output, or one .npz for all of them.
+    Nothing is renamed into place until every output is complete."""
+
+    def __init__(self, writers: list[Writer] | None = None, npz: _NpzWriter | None = None):
+        self.writers = writers or []
+        self.npz = npz
+
+    def write(self, outputs: list[np.ndarray]) -> None:
+        if self.npz is not None:
+            self.npz.write_all(outputs)
+            return
+        for writer, rows in zip(self.writers, outputs, strict=True):
+            writer.write(rows)
+
+    def close(self, leading_shape: tuple[int, ...] | None) -> None:
+        parts: list[Writer | _NpzWriter] = [self.npz] if self.npz is not None else [*self.writers]
+        for part in parts:
+            part.finish(leading_shape)
+        for part in parts:
+            part.commit()
+
+    def abort(self) -> None:
+        if self.npz is not None:
+            self.npz.abort()
+        for writer in self.writers:
+            writer.abort()
+
+
+def open_outputs(
+    places: list[tuple[str | None, str]],
+    model: ir.Model,
+    stdout: TextIO,
+    inputs: Inputs = (),
+    batch_ndim: int = 1,
+) -> Outputs:
+    """The writers for `model`'s outputs going to `places` (from `assign_outputs`), for results
+    of `batch_ndim` batch axes; no path may be one of the command's `inputs`."""
+    ports = output_ports(model)
+    if len(places) == 1 and places[0][1] == "npz":
+        path = places[0][0]
+        assert path is not None
+        target = Path(path)
+        if target.is_dir():
+            raise UsageError(f"the output {path!r} is a folder; give a file name")
+        refuse_inputs([target], inputs)
+        ndim = batch_ndim + max(len(port.shape) for port in ports)
+        return Outputs(npz=_NpzWriter(target, path, ports, ndim))
+    refuse_inputs([Path(path) for path, _ in places if path not in (None, "-")], inputs)
+    writers: list[Writer] = []
+    try:
+        for (path, fmt), port in zip(places, ports, strict=True):
+            ndim = batch_ndim + len(port.shape)
+            writers.append(open_output(path, fmt, port, stdout, inputs, ndim))
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    return Outputs(writers)
 
 
 # --------------------------------------------------------------------------- running
 
 
-def run(net: Any, source: Source, writer: Writer, progress: Progress) -> int:
-    """Feed every batch of `source` through `net` into `writer`; return the number of rows.
-    On any error the partial output is removed and the error passes on."""
+def run(
+    net: Any,
+    source: Source | list[Source],
+    writer: Writer | Outputs,
+    progress: Progress,
+    ports: list[Port] | None = None,
+) -> int:
+    """Feed every batch of `source` (one per input of the model, read in step, for `ports`)
+    through `net` into `writer` (one per output, or an `Outputs`); return the number of rows.
+    Each input's rows are given the per-sample shape of its port. On any error the partial
+    outputs are removed and the error passes on."""
+    sources = source if isinstance(source, list) else [source]
+    outputs = writer if isinstance(writer, Outputs) else Outputs([writer])
+    shapes = [port.shape for port in ports] if ports is not None else [None] * len(sources)
+    first = sources[0]
+    batches: Iterator[list[np.ndarray]]
+    if len(sources) == 1:
+        batches = ([batch] for batch in first.batches())
+    else:
+        assert ports is not None
+        batches = together(sources, ports)
     rows = 0
     try:
         progress.update(0, 0, force=True)
-        for batch in source.batches():
-            writer.write(np.asarray(net(batch)))
-            rows += batch.shape[0]
-            progress.update(source.done(), rows)
-        progress.finish(source.total or source.done(), rows)
-        writer.close(source.leading_shape)
+        for batch in batches:
+            args = [
+                b if shape is None or b.shape[1:] == shape else b.reshape(b.shape[0], *shape)
+                for b, shape in zip(batch, shapes, strict=True)
+            ]
+            result = net(*args)
+            results = list(result) if isinstance(result, tuple) else [result]
+            outputs.write([np.asarray(r) for r in results])
+            rows += batch[0].shape[0]
+            progress.update(first.done(), rows)
+        progress.finish(first.total or first.done(), rows)
+        leading = next((s.leading_shape for s in sources if s.leading_shape is not None), None)
+        outputs.close(leading)
     except BaseException:
         progress.abandon()
-        writer.abort()
+        outputs.abort()
         raise
     return rows

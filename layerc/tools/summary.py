@@ -9,6 +9,12 @@ Everything a row says about a layer comes from its kind in `kinds.KINDS`: the te
 (`Linear(in_features=4, out_features=3, bias=True)`, from the kind's `extra_repr`). The rows
 come from `ir.walk`.
 
+A graph model (one with a `forward` block) lists its layers in declaration order, as its
+state_dict does, with two more columns: each layer's input shape and how many times it runs in
+one forward of the summarised model (a layer called twice, or a layer of a nested model that is
+called twice, runs twice). Parameters are counted once, as torch's `parameters()` counts a
+shared module once; FLOPs are counted at every call.
+
 FLOPs are counted per sample for matrix products (Linear) only: each of the in*out weights
 costs a multiply and an add (2*in*out), and a bias adds one value per output (out), for each
 row the product runs over (a sample of shape (4, 5) is 4 rows of 5). Other layers are not
@@ -57,7 +63,11 @@ class Row:
     depth: int
     kind: str
     shape: ir.Shape  # per-sample output shape
-    counts: Counts
+    counts: Counts  # FLOPs at every call: per call times `calls`
+    calls: int = 1  # runs per forward of the summarised model
+    in_shapes: tuple[
+        ir.Shape, ...
+    ] = ()  # per-sample input shapes (a nested model may take several)
 
     @property
     def params(self) -> int:
@@ -118,28 +128,88 @@ def flops(layer: ir.Layer) -> int:
     return rows * per_row
 
 
-def rows(model: ir.Model) -> list[Row]:
-    """The table's rows for `model`'s layers, in execution order, each nested model's row
-    just before its own."""
-    out: list[Row] = []
-    for path, child in ir.walk(model, submodels=True):
-        depth = path.count(".")
-        if isinstance(child, ir.Submodel):
-            total = Counts()
-            for _, layer in ir.layers(child.model):
-                total += layer_counts(layer)
-            out.append(Row(path, depth, layer_repr(child), child.out_shape, total))
-        else:
-            out.append(Row(path, depth, layer_repr(child), child.out_shape, layer_counts(child)))
+def calls(model: ir.Model) -> dict[str, int]:
+    """How many times each layer and nested model, by path, runs in one forward of `model`: once
+    in a pipeline, as often as its model's forward calls it in a graph model, times the calls of
+    the nested model it belongs to (0 for a layer no forward calls)."""
+    out: dict[str, int] = {}
+
+    def visit(m: ir.Model, prefix: str, times: int) -> None:
+        for child in m.layers:
+            n = times if m.graph is None else times * len(m.graph.calls(child.name))
+            out[prefix + child.name] = n
+            if isinstance(child, ir.Submodel):
+                visit(child.model, prefix + child.name + ".", n)
+
+    visit(model, "", 1)
     return out
 
 
+def has_graph(model: ir.Model) -> bool:
+    """Whether `model` or a model nested in it has a `forward` block."""
+    return model.graph is not None or any(
+        isinstance(child, ir.Submodel) and child.model.graph is not None
+        for _, child in ir.walk(model, submodels=True)
+    )
+
+
+def rows(model: ir.Model) -> list[Row]:
+    """The table's rows for `model`'s layers, in declaration order (a pipeline's execution
+    order), each nested model's row just before its own; a layer's FLOPs are counted at each
+    of its calls, a nested model's row totals its layers'."""
+    runs = calls(model)
+    out: list[Row] = []
+    for path, child in ir.walk(model, submodels=True):
+        if isinstance(child, ir.Submodel):
+            inner = [
+                layer_total(layer, runs[f"{path}.{sub}"]) for sub, layer in ir.layers(child.model)
+            ]
+            counts = sum(inner, Counts())
+        else:
+            counts = layer_total(child, runs[path])
+        row = Row(
+            path,
+            path.count("."),
+            layer_repr(child),
+            child.out_shape,
+            counts,
+            runs[path],
+            child.model.in_shapes if isinstance(child, ir.Submodel) else (child.in_shape,),
+        )
+        out.append(row)
+    return out
+
+
+def layer_total(layer: ir.Layer, runs: int) -> Counts:
+    """What `layer` holds, and its FLOPs per sample over `runs` calls."""
+    held = layer_counts(layer)
+    return Counts(
+        held.params,
+        held.buffers,
+        held.param_bytes,
+        held.buffer_bytes,
+        held.flops * runs,
+        held.biases,
+    )
+
+
 def totals(model: ir.Model) -> Counts:
-    """The whole model's counts."""
-    total = Counts()
-    for _, layer in ir.layers(model):
-        total += layer_counts(layer)
-    return total
+    """The whole model's counts: every weight and buffer once, FLOPs at every call."""
+    runs = calls(model)
+    return sum((layer_total(layer, runs[path]) for path, layer in ir.layers(model)), Counts())
+
+
+def io_text(model: ir.Model) -> str:
+    """`input (*, 4) -> output (*, 3)` for a pipeline; a graph model names its inputs and
+    lists its outputs in return order: `inputs x (*, 8), mask (*, 8) -> outputs (*, 2), (*, 3)`."""
+    if model.graph is None:
+        return f"input {shape_text(model.in_shape)} -> output {shape_text(model.out_shape)}"
+    ins = [f"{i.name} {shape_text(i.shape)}" for i in model.graph.inputs]
+    outs = [shape_text(shape) for shape in model.out_shapes]
+    return (
+        f"input{'s' if len(ins) > 1 else ''} {', '.join(ins)} -> "
+        f"output{'s' if len(outs) > 1 else ''} {', '.join(outs)}"
+    )
 
 
 def fmt_bytes(count: int) -> str:
@@ -153,11 +223,26 @@ def fmt_bytes(count: int) -> str:
 
 
 def summary(model: ir.Model) -> str:
-    """The whole table as text, ending with a newline."""
+    """The whole table as text, ending with a newline. A model with a `forward` block (or one
+    nested in it) gets the Input shape and Calls columns."""
     table = rows(model)
-    headers = ("Layer", "Kind", "Output shape", "Params", "Buffers", "Bytes", "FLOPs")
-    body = [
-        (
+    graph = has_graph(model)
+    headers: tuple[str, ...] = (
+        "Layer",
+        "Kind",
+        "Output shape",
+        "Params",
+        "Buffers",
+        "Bytes",
+        "FLOPs",
+    )
+    numeric: tuple[bool, ...] = (False, False, False, True, True, True, True)
+    if graph:
+        headers = ("Layer", "Kind", "Input shape", "Output shape", "Calls", *headers[3:])
+        numeric = (False, False, False, False, True, True, True, True, True)
+    body = []
+    for r in table:
+        cells = [
             "  " * r.depth + r.path,
             r.kind,
             shape_text(r.shape),
@@ -165,11 +250,12 @@ def summary(model: ir.Model) -> str:
             f"{r.buffers:,}",
             f"{r.bytes:,}",
             f"{r.flops:,}",
-        )
-        for r in table
-    ]
+        ]
+        if graph:
+            cells[2:2] = [", ".join(map(shape_text, r.in_shapes))]
+            cells[4:4] = [f"{r.calls:,}"]
+        body.append(tuple(cells))
     widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
-    numeric = (False, False, False, True, True, True, True)
 
     def fmt(line: tuple[str, ...]) -> str:
         cells = [
@@ -182,8 +268,7 @@ def summary(model: ir.Model) -> str:
     total = totals(model)
     weights = total.params - total.biases
     lines = [
-        f"Model {model.name} ({model.dtype.name}): input {shape_text(model.in_shape)} -> "
-        f"output {shape_text(model.out_shape)}",
+        f"Model {model.name} ({model.dtype.name}): {io_text(model)}",
         rule,
         fmt(headers),
         rule,
@@ -198,4 +283,9 @@ def summary(model: ir.Model) -> str:
         "FLOPs count Linear layers: 2*in*out (a multiply and an add per weight),",
         "plus out when there is a bias (one add per output); other layers are not counted.",
     ]
+    if graph:
+        lines += [
+            "Calls: how many times a layer runs per sample; one that runs more than once counts",
+            "its FLOPs at every call and its parameters once. +, -, * and cat are not counted.",
+        ]
     return "\n".join(lines) + "\n"
