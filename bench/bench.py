@@ -3,8 +3,8 @@ one run on this machine.
 
     python bench/bench.py            # everything (about 3 minutes on 2 cores)
     python bench/bench.py --quick    # fewer repetitions
-    python bench/bench.py --only bnmlp   # only some groups: seed, mlp, hooks, threads,
-                                         # bnmlp, startup (comma-separated)
+    python bench/bench.py --only bnmlp   # only some groups: seed, mlp, hooks, bnmlp,
+                                         # resmlp, threads, startup (comma-separated)
 
 For each case it checks that all outputs agree with a NumPy float64 reference, then prints the
 median time per call of each and its ratio to layerc (ratio > 1: layerc is that many times
@@ -33,7 +33,7 @@ import layerc
 from layerc import driver
 
 MLP_SIZES = (784, 256, 128, 10)
-GROUPS = ("seed", "mlp", "hooks", "bnmlp", "threads", "startup")
+GROUPS = ("seed", "mlp", "hooks", "bnmlp", "resmlp", "threads", "startup")
 
 
 def median_time(fn: Callable[[], object], min_time: float, repeats: int) -> float:
@@ -336,6 +336,225 @@ def bn_mlp_numpy_forward(sd: dict[str, np.ndarray]) -> Callable[[np.ndarray], np
     return forward
 
 
+RES_MLP_WIDTH = 256
+RES_MLP_EPS = 1e-5
+
+
+def res_mlp_weights(seed: int = 11) -> dict[str, np.ndarray]:
+    """Random, seeded weights for the residual block, as the torch Block's state_dict keys:
+    Linear as torch initialises it (uniform in +-1/sqrt(in)), LayerNorm with a non-trivial
+    affine. A nested model has fixed weights (spec section 3), so both blocks of the Net get
+    these same values (each as its own copy, in layerc as in the torch twin)."""
+    rng = np.random.default_rng(seed)
+    d = RES_MLP_WIDTH
+    sd: dict[str, np.ndarray] = {
+        "norm.weight": (1 + 0.2 * rng.standard_normal(d)).astype(np.float32),
+        "norm.bias": (0.1 * rng.standard_normal(d)).astype(np.float32),
+    }
+    bound = 1 / np.sqrt(d)
+    for name in ("fc1", "fc2"):
+        sd[f"{name}.weight"] = rng.uniform(-bound, bound, (d, d)).astype(np.float32)
+        sd[f"{name}.bias"] = rng.uniform(-bound, bound, d).astype(np.float32)
+    return sd
+
+
+def res_mlp_lyr_source(npz: str) -> str:
+    """Two residual blocks, LayerNorm(256) -> Linear(256, 256) -> GELU() -> Linear(256, 256)
+    plus the skip, as a graph model: Block's forward has the residual, Net nests Block twice. Every
+    weight is loaded from `npz` (a file next to the .lyr)."""
+
+    def entries(prefix: str) -> str:
+        return "; ".join(f'{n} = load("{npz}", "{prefix}.{n}")' for n in ("weight", "bias"))
+
+    d = RES_MLP_WIDTH
+    return textwrap.dedent(
+        f"""\
+        model Block {{
+            norm = LayerNorm({d}) {{ {entries("norm")} }}
+            fc1 = Linear({d}, {d}) {{ {entries("fc1")} }}
+            act = GELU()
+            fc2 = Linear({d}, {d}) {{ {entries("fc2")} }}
+
+            forward(x) {{
+                h = fc2(act(fc1(norm(x))))
+                return x + h
+            }}
+        }}
+
+        model Net {{
+            b1 = Block()
+            b2 = Block()
+
+            forward(x) {{
+                return b2(b1(x))
+            }}
+        }}
+        """
+    )
+
+
+def torch_res_mlp(sd: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    """The torch twin: the same Block (LayerNorm, Linear, GELU, Linear, skip) twice, each block
+    loaded with `sd`."""
+    import torch
+
+    d = RES_MLP_WIDTH
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(d, eps=RES_MLP_EPS)
+            self.fc1 = torch.nn.Linear(d, d)
+            self.act = torch.nn.GELU()
+            self.fc2 = torch.nn.Linear(d, d)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc2(self.act(self.fc1(self.norm(x))))
+            return x + h
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b1 = Block()
+            self.b2 = Block()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b2(self.b1(x))
+
+    net = Net()
+    net.load_state_dict(
+        {f"{b}.{k}": torch.from_numpy(v.copy()) for b in ("b1", "b2") for k, v in sd.items()}
+    )
+    return net.eval()
+
+
+def res_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
+    """The torch twin exported with torch.onnx.export (TorchScript exporter, opset 17, dynamic
+    batch); if that fails, the same graph built by hand (LayerNormalization, Gemm, Gelu)."""
+    import io
+    import warnings
+
+    import torch
+
+    d = RES_MLP_WIDTH
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                torch_net,
+                (torch.zeros(2, d),),
+                buf,
+                dynamo=False,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+                opset_version=17,
+            )
+        return buf.getvalue(), "torch.onnx.export"
+    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to the helper
+        print(f"torch.onnx.export failed ({type(exc).__name__}); building the ONNX graph by hand")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    current = "x"
+    for blk in ("b1", "b2"):
+        for key, value in sd.items():
+            inits.append(numpy_helper.from_array(value, f"{blk}.{key}"))
+        nodes += [
+            helper.make_node(
+                "LayerNormalization",
+                [current, f"{blk}.norm.weight", f"{blk}.norm.bias"],
+                [f"{blk}.n"],
+                axis=-1,
+                epsilon=RES_MLP_EPS,
+            ),
+            helper.make_node(
+                "Gemm",
+                [f"{blk}.n", f"{blk}.fc1.weight", f"{blk}.fc1.bias"],
+                [f"{blk}.g1"],
+                transB=1,
+            ),
+            helper.make_node("Gelu", [f"{blk}.g1"], [f"{blk}.a"]),
+            helper.make_node(
+                "Gemm",
+                [f"{blk}.a", f"{blk}.fc2.weight", f"{blk}.fc2.bias"],
+                [f"{blk}.g2"],
+                transB=1,
+            ),
+            helper.make_node("Add", [current, f"{blk}.g2"], [f"{blk}.y"]),
+        ]
+        current = f"{blk}.y"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "resmlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", d])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return model.SerializeToString(), "onnx.helper (LayerNormalization, Gemm, Gelu, Add)"
+
+
+def res_mlp_reference(sd: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """NumPy float64: per block, LayerNorm by mean and biased variance over the features, exact
+    erf GELU, x + fc2(gelu(fc1(norm(x))))."""
+    from scipy.special import erf
+
+    f64 = {k: v.astype(np.float64) for k, v in sd.items()}
+    h = x.astype(np.float64)
+    for _ in ("b1", "b2"):
+        mean = h.mean(axis=-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(axis=-1, keepdims=True)
+        n = (h - mean) / np.sqrt(var + RES_MLP_EPS) * f64["norm.weight"] + f64["norm.bias"]
+        a = n @ f64["fc1.weight"].T + f64["fc1.bias"]
+        a = 0.5 * a * (1.0 + erf(a / np.sqrt(2.0)))
+        h = h + (a @ f64["fc2.weight"].T + f64["fc2.bias"])
+    return h
+
+
+def res_mlp_numpy_forward(sd: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A float32 NumPy forward as one would write it: LayerNorm by mean and var, GELU with
+    scipy.special.erf, matmuls with pre-transposed weights, in place where it can be."""
+    from scipy.special import erf
+
+    block = (
+        sd["norm.weight"],
+        sd["norm.bias"],
+        np.ascontiguousarray(sd["fc1.weight"].T),
+        sd["fc1.bias"],
+        np.ascontiguousarray(sd["fc2.weight"].T),
+        sd["fc2.bias"],
+    )
+    blocks = (block, tuple(a.copy() for a in block))  # each block its own copy, as in torch
+    eps = np.float32(RES_MLP_EPS)
+    inv_sqrt2 = np.float32(1 / np.sqrt(2.0))
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        h = x
+        for ln_w, ln_b, w1t, b1, w2t, b2 in blocks:
+            mean = h.mean(axis=-1, keepdims=True)
+            var = h.var(axis=-1, keepdims=True)
+            n = h - mean
+            n /= np.sqrt(var + eps)
+            n *= ln_w
+            n += ln_b
+            a = n @ w1t
+            a += b1
+            e = erf(a * inv_sqrt2)
+            e += 1
+            a *= 0.5
+            a *= e
+            y = a @ w2t
+            y += b2
+            y += h
+            h = y
+        return h
+
+    return forward
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -467,6 +686,97 @@ def bn_mlp_cases(
         )
 
 
+class ResMLPBench:
+    """The residual MLP (a graph model: Block nested twice in Net) compiled by layerc, its torch
+    twin, its ONNX Runtime session (one thread), a NumPy float32 forward and layerc's plan."""
+
+    def __init__(self, work: Path) -> None:
+        self.sd = res_mlp_weights()
+        np.savez(work / "resmlp_weights.npz", **self.sd)
+        src = work / "resmlp.lyr"
+        src.write_text(res_mlp_lyr_source("resmlp_weights.npz"))
+        driver.compile_file(src, work / "resmlp.py")
+        program, _ = driver.check_file(src)
+        self.plan = driver.plan_text(program)
+        self.module = driver.import_module(work / "resmlp.py", "resmlp")
+        self.net = self.module.Net()
+        self.torch_net = torch_res_mlp(self.sd)
+        self.onnx, self.onnx_how = res_mlp_onnx(self.torch_net, self.sd)
+        self.np_forward = res_mlp_numpy_forward(self.sd)
+
+    @classmethod
+    def build(cls, work: Path) -> ResMLPBench:
+        return cls(work)
+
+    def fused_forward(self) -> list[str]:
+        """The plan's section "fused forward _forward_Net": its heading, the steps under it and
+        the buffers line that ends it."""
+        lines = self.plan.splitlines()
+        start = next(i for i, line in enumerate(lines) if "fused forward _forward_Net" in line)
+        indent = len(lines[start]) - len(lines[start].lstrip())
+        out = [lines[start].strip()]
+        for line in lines[start + 1 :]:
+            depth = len(line) - len(line.lstrip())
+            if line.strip() and depth > indent:
+                out.append("  " + line.strip())
+            else:
+                if line.strip().startswith("buffers:") and depth == indent:
+                    out.append(line.strip())
+                break
+        return out
+
+
+def res_mlp_cases(
+    res: ResMLPBench, table: Table, rng: np.random.Generator, min_time: float, repeats: int
+) -> None:
+    """Two residual blocks (LayerNorm, Linear 256 -> 256, GELU, Linear 256 -> 256, skip) at batch
+    1 and 64, one thread; the goals: layerc >= 5x torch (inference_mode) at batch 1, and no
+    slower than ONNX Runtime at batch 1 and 64."""
+    import torch
+
+    d = RES_MLP_WIDTH
+    sess = ort_session(res.onnx, 1)
+    print(f"\nResidual MLP: ONNX graph from {res.onnx_how}; layerc plan, fused forward of Net:")
+    for line in res.fused_forward():
+        print(f"  {line}")
+    for batch in (1, 64):
+        xb = rng.standard_normal((batch, d), dtype=np.float32)
+        # layerc, torch and NumPy take one sample as (256,), as in the MLP rows above; ONNX
+        # Runtime's graph has a batch axis, so it gets (1, 256) at batch 1.
+        xin = xb[0] if batch == 1 else xb
+        txb = torch.from_numpy(xin)
+        ref = res_mlp_reference(res.sd, xin)
+        check_close("layerc", res.net(xin), ref)
+        check_close("layerc (N, C)", res.net(xb).reshape(ref.shape), ref)
+        with torch.no_grad():
+            check_close("torch", res.torch_net(txb).numpy(), ref)
+        check_close("onnxruntime", sess.run(None, {"x": xb})[0].reshape(ref.shape), ref)
+        check_close("numpy", res.np_forward(xin), ref)
+        eager = median_time(lambda: res.torch_net(txb), min_time, repeats)
+        with torch.inference_mode():
+            times = {
+                "layerc": median_time(lambda: res.net(xin), min_time, repeats),
+                "torch eager": eager,
+                "torch eager (inference_mode)": median_time(
+                    lambda: res.torch_net(txb), min_time, repeats
+                ),
+                "onnxruntime": median_time(lambda: sess.run(None, {"x": xb}), min_time, repeats),
+                "numpy": median_time(lambda: res.np_forward(xin), min_time, repeats),
+            }
+        goals = []
+        if batch == 1:
+            vs_torch = times["torch eager (inference_mode)"] / times["layerc"]
+            goals.append(f">=5x torch inference_mode: {'met' if vs_torch >= 5 else 'MISSED'}")
+        vs_ort = times["onnxruntime"] / times["layerc"]
+        goals.append(f"<= onnxruntime: {'met' if vs_ort >= 1 else 'MISSED'}")
+        table.case(
+            f"Residual MLP 256, 2 blocks LayerNorm+Linear+GELU+Linear +skip, batch {batch}, "
+            "1 thread",
+            times,
+            "goals: " + ", ".join(goals),
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -500,12 +810,15 @@ def run(args: argparse.Namespace) -> None:
     table = Table()
     rng = np.random.default_rng(0)
     bn = BNMLPBench.build(work) if want("bnmlp") else None
+    res = ResMLPBench.build(work) if want("resmlp") else None
 
     # Load every BLAS before limiting threads: threadpoolctl limits only loaded libraries.
     seed_net(np.ones(4, np.float32))
     mlp_net(np.ones((2, 784), np.float32))
     if bn is not None:
         bn.net(np.ones((2, 784), np.float32))
+    if res is not None:
+        res.net(np.ones((2, RES_MLP_WIDTH), np.float32))
     print(
         f"layerc {layerc.__version__} | Python {platform.python_version()} | "
         f"numpy {np.__version__} | torch {torch.__version__} | "
@@ -623,6 +936,9 @@ def run(args: argparse.Namespace) -> None:
 
         if want("bnmlp"):
             bn_mlp_cases(bn, table, rng, min_time, repeats)
+
+        if want("resmlp"):
+            res_mlp_cases(res, table, rng, min_time, repeats)
 
     # two threads
     if want("threads"):
