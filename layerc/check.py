@@ -1213,6 +1213,10 @@ class _Forward:
         if name in self.statements:
             line = self.statements[name].loc.line
             raise LayercError(f"{name!r} is used before it is bound (line {line})", node.loc)
+        if name in ("inf", "nan"):
+            raise LayercError(
+                f"unknown name {name!r}: the numbers of a forward block are finite", node.loc
+            )
         raise LayercError(f"unknown name {name!r}{suggest(name, list(self.scope))}", node.loc)
 
     def describe(self, expr: S.Expr, value: int, otherwise: str) -> str:

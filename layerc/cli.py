@@ -4,6 +4,7 @@ picks exit codes: 0 success, 1 a user error or a failing test, 2 a usage error."
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -159,12 +160,19 @@ def _compile(file: Path, output: str | None, warm: bool = False) -> int:
     return EXIT_OK
 
 
+def _sizes(shapes: tuple[tuple[int, ...], ...]) -> str:
+    """`4`, or `4, 8` for several inputs or outputs: values per sample of each."""
+    return ", ".join(str(math.prod(shape)) for shape in shapes)
+
+
 def _check(file: Path) -> int:
     from .driver import check_file
 
     program, _ = check_file(file)
     _warn(program)
-    models = ", ".join(f"{m.name} ({m.in_features} -> {m.out_features})" for m in program.models)
+    models = ", ".join(
+        f"{m.name} ({_sizes(m.in_shapes)} -> {_sizes(m.out_shapes)})" for m in program.models
+    )
     print(f"{file}: ok: {models}; {len(program.tests)} test(s)")
     return EXIT_OK
 
