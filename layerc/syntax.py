@@ -17,7 +17,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import lark
@@ -374,10 +374,14 @@ class _Keywords(PostLex):
             yield token
 
 
-@lru_cache(maxsize=2)
 def _parser(start: str = "start") -> lark.Lark:
     """The parser of the grammar; with `start="value"`, of one value (a list literal's
-    `items`)."""
+    `items`). Built once per start symbol (`_parser()` and `_parser("start")` are one)."""
+    return _built_parser(start)
+
+
+@cache
+def _built_parser(start: str) -> lark.Lark:
     return lark.Lark(
         grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
