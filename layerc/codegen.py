@@ -541,8 +541,13 @@ class _Renderer:
                     continue
                 if isinstance(step, Concat):
                     offset = 0
+                    if step.rows != 1:
+                        target = f"{target}.reshape((n * {step.rows}, {step.width}))"
                     for source, width in step.sources:
-                        e.line(f"{target}[:, {offset}:{offset + width}] = {ref(source)}")
+                        value = ref(source)
+                        if step.rows != 1:
+                            value = f"{value}.reshape((n * {step.rows}, {width}))"
+                        e.line(f"{target}[:, {offset}:{offset + width}] = {value}")
                         offset += width
                     continue
                 source = ref(step.source)

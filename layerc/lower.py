@@ -186,12 +186,14 @@ class Arith:
 
 @dataclass(frozen=True)
 class Concat:
-    """`target = cat(sources)` along the feature axis: each source (buffer, width) is copied
-    into its columns of `target`."""
+    """`target = cat(sources)` along the last axis: on (n*rows, width) views of the buffers
+    (rows: the values' other axes, which agree), each source (buffer, width) is copied into its
+    columns of `target`."""
 
     sources: tuple[tuple[str, int], ...]
     target: str
     width: int
+    rows: int = 1
 
     in_place = False
 
@@ -524,6 +526,7 @@ class _Flattened:
     def __init__(self, model: ir.Model):
         inlined = ir.inline(model)
         self.ops: list[_FlatOp] = []
+        self.shapes = inlined.shapes
         self.sizes = {v: math.prod(shape) for v, shape in inlined.shapes.items()}
         self.args: list[tuple[str, Shape]] = []
         self.dropped: list[tuple[str, ir.Layer]] = []
@@ -663,8 +666,9 @@ def _graph_step(
         operands = tuple(where[o] if isinstance(o, int) else o for o in op.operands)
         return Arith(op.op, operands, target, flat.sizes[op.out])
     if isinstance(op, _CatOp):
-        sources = tuple((where[v], flat.sizes[v]) for v in op.sources)
-        return Concat(sources, target, flat.sizes[op.out])
+        shape = flat.shapes[op.out]
+        sources = tuple((where[v], flat.shapes[v][-1]) for v in op.sources)
+        return Concat(sources, target, shape[-1], math.prod(shape[:-1]))
     head = op.members[0][1]
     folds = tuple(Fold(p, layer) for p, layer, _ in op.members[1:])
     core = lowering.core(head, dtype, folds)
@@ -739,7 +743,8 @@ def _step_text(step: GraphStep, args: tuple[tuple[str, Shape], ...]) -> str:
         return f"{step.target} = {expr}{note}"
     if isinstance(step, Concat):
         sources = ", ".join(source for source, _ in step.sources)
-        return f"{step.target} = cat({sources})"
+        view = f"  # on (n*{step.rows}, width) views" if step.rows != 1 else ""
+        return f"{step.target} = cat({sources}){view}"
     source = step.source
     if step.rows != 1:
         source += f".view(n*{step.rows}, {step.in_width})"

@@ -2,10 +2,14 @@
 generated module hold; section 7's table of layer kinds is the compiler's.
 
 The spec lives outside the repository, so its programs are copied verbatim into
-tests/spec_programs/ (one file per fenced .lyr block, in order), and its section 7 (the layer
-kinds, whose one program is inline) into tests/spec_programs/section7.md. When the spec is
-reachable (LAYERC_SPEC, or ../shared/spec/language.md beside the checkout) the copies are also
-compared with it, so an edited spec shows up here.
+tests/spec_programs/ (one file per fenced .lyr block, in the spec's order: seed.lyr is section
+1's untagged block, section8.lyr section 8's block tagged `lyr`, the graph models), and its
+section 7 (the layer kinds, whose one program is inline) into tests/spec_programs/section7.md.
+When the spec is reachable (LAYERC_SPEC, or ../shared/spec/language.md beside the checkout) the
+copies are also compared with it, so an edited spec shows up here. Every copy checks, compiles
+and passes its own `test` blocks with the command line (section 8's test of Pair is one of
+tuples: two inputs, two outputs); tests/test_graph_torch.py compares section 8's models with
+PyTorch.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from layerc.binder import REQUIRED
 from layerc.kinds import KINDS
 
 HERE = Path(__file__).resolve().parent
-PROGRAMS = sorted((HERE / "spec_programs").glob("*.lyr"))
+# The copies in the spec's order (file names sort otherwise).
+PROGRAMS = [HERE / "spec_programs" / name for name in ("seed.lyr", "section8.lyr")]
 
 
 def spec_path() -> Path | None:
@@ -35,18 +40,36 @@ def spec_path() -> Path | None:
 
 
 def lyr_blocks(markdown: str) -> list[str]:
-    """The fenced code blocks of the spec that are .lyr programs (no language tag, not Python)."""
+    """The fenced code blocks of the spec that are .lyr programs (no language tag, or `lyr`;
+    not Python, not C), in order."""
     blocks = re.findall(r"^```(\w*)\n(.*?)^```", markdown, re.S | re.M)
-    return [body for tag, body in blocks if not tag]
+    return [body for tag, body in blocks if tag in ("", "lyr")]
+
+
+def test_lyr_blocks_takes_untagged_and_lyr_blocks_only():
+    markdown = "```\na\n```\n```python\nb\n```\n```lyr\nc\n```\n```c\nd\n```\n"
+    assert lyr_blocks(markdown) == ["a\n", "c\n"]
 
 
 def test_copies_are_the_spec_programs():
-    assert [p.name for p in PROGRAMS] == ["seed.lyr"]
+    assert sorted(p.name for p in (HERE / "spec_programs").glob("*.lyr")) == sorted(
+        p.name for p in PROGRAMS
+    )
     copies = [p.read_text(encoding="utf-8") for p in PROGRAMS]
     assert copies[0].startswith("# seed.lyr: the 4 -> 3 linear layer without bias\nmodel Seed {")
+    assert copies[1].startswith("model Block {\n    norm = LayerNorm(16)\n")
+    assert [m for m in re.findall(r"^model (\w+)", copies[1], re.M)] == [
+        "Block",
+        "Net",
+        "TwoHeads",
+        "Pair",
+    ]
+    assert "test Pair {\n    input = ([1, 1], [2, 0])\n" in copies[1]
     spec = spec_path()
     if spec is not None:  # in CI the spec may live elsewhere; the copies are then the contract
-        assert lyr_blocks(spec.read_text(encoding="utf-8")) == copies
+        markdown = spec.read_text(encoding="utf-8")
+        assert lyr_blocks(markdown) == copies
+        assert f"```lyr\n{copies[1]}```" in spec_section(markdown, 8)
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
@@ -54,10 +77,26 @@ def test_program_compiles_and_its_tests_pass(program: Path, tmp_path: Path, caps
     source = tmp_path / program.name
     source.write_bytes(program.read_bytes())
     assert cli.main(["check", str(source)]) == 0
+    assert capsys.readouterr().err == ""  # no warning either
     assert cli.main(["compile", str(source)]) == 0
     assert source.with_suffix(".py").is_file()
+    capsys.readouterr()
     assert cli.main(["test", str(source)]) == 0
-    assert "0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    tests = len(re.findall(r"^test \w+", program.read_text(encoding="utf-8"), re.M))
+    assert tests >= 1 and len(re.findall(r"^PASS ", out, re.M)) == tests, out
+    assert f"{tests} passed, 0 failed" in out
+
+
+def test_section_8_test_of_tuples_can_fail(tmp_path: Path, capsys):
+    """The test of Pair compares both outputs: a wrong value in the second one fails it."""
+    text = (HERE / "spec_programs" / "section8.lyr").read_text(encoding="utf-8")
+    assert "expect = ([4, 8], [6, 0])" in text
+    source = tmp_path / "wrong.lyr"
+    source.write_text(text.replace("expect = ([4, 8], [6, 0])", "expect = ([4, 8], [6, 1])"))
+    assert cli.main(["test", str(source)]) != 0
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "0 passed, 1 failed" in out, out
 
 
 def test_section_1_runtime_claims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
