@@ -820,7 +820,7 @@ def test_warnings_of_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert cli.main(["check", str(source)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{source}: ok: M (4 -> 3); 0 test(s)\n"
+    assert out == f"{source}: ok: M (4, 3 -> 3); 0 test(s)\n"
     assert err == (
         f"{source}:3:5: warning: layer 'drop' is never called in forward\n"
         "        drop = Dropout()\n"

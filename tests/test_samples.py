@@ -32,8 +32,8 @@ def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
 
 
 def test_the_samples_are_there():
-    assert {"mlp.lyr", "nested.lyr", "seed.lyr"} <= {p.name for p in SOURCES}
-    assert {"make_mlp.py", "make_nested.py"} <= {p.name for p in SCRIPTS}
+    assert {"mlp.lyr", "nested.lyr", "residual.lyr", "seed.lyr"} <= {p.name for p in SOURCES}
+    assert {"make_mlp.py", "make_nested.py", "make_residual.py"} <= {p.name for p in SCRIPTS}
     # the lesson is the spec's seed.lyr (kept verbatim in spec_programs), in `layerc fmt` layout
     spec_seed = Path(__file__).parent / "spec_programs" / "seed.lyr"
     spec_text = spec_seed.read_text(encoding="utf-8")
@@ -48,6 +48,7 @@ def test_layerc_test_passes_on_every_sample():
     assert done.returncode == 0, done.stdout + done.stderr
     blocks = {p.stem: len(re.findall(r"^test\s", p.read_text(), re.M)) for p in SOURCES}
     assert blocks["seed"] == 1 and blocks["mlp"] == 2 and blocks["nested"] == 2
+    assert blocks["residual"] == 2
     report = r"^PASS samples/(\w+)\.lyr:\d+ test \w+: max abs error \S+, max rel error \S+"
     passes = re.findall(report, done.stdout, re.M)
     assert {name: passes.count(name) for name in blocks} == blocks
