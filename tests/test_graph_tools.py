@@ -26,58 +26,8 @@ from layerc.tools import run as run_tool
 
 RTOL, ATOL = 1.3e-6, 1e-5  # float32, as torch.testing.assert_close
 
-# Section 8 of the spec, verbatim.
-SECTION8 = """\
-model Block {
-    norm = LayerNorm(16)
-    fc1 = Linear(16, 64) { init = uniform(seed=0) }
-    act = GELU()
-    fc2 = Linear(64, 16) { init = uniform(seed=1) }
-
-    forward(x) {
-        h = fc2(act(fc1(norm(x))))
-        return x + h
-    }
-}
-
-model Net {
-    embed = Linear(8, 16) { init = uniform(seed=2) }
-    b1 = Block()
-    b2 = Block()
-    head = Linear(32, 3) { init = uniform(seed=3) }
-
-    forward(x) {
-        e = embed(x)
-        return head(cat(e, b2(b1(e))))
-    }
-}
-
-model TwoHeads {
-    trunk = Linear(8, 8) { init = uniform(seed=4) }
-    relu = ReLU()
-    a = Linear(8, 2) { init = uniform(seed=5) }
-    b = Linear(8, 3) { init = uniform(seed=6) }
-
-    forward(x, mask: 8) {
-        h = relu(trunk(x)) * mask
-        return a(h), b(relu(h))
-    }
-}
-
-model Pair {
-    fc = Linear(2, 2, bias=false) { weight = [[1, 2], [3, 4]] }
-
-    forward(x, y: 2) {
-        h = fc(x)
-        return x + h, h * y
-    }
-}
-
-test Pair {
-    input = ([1, 1], [2, 0])
-    expect = ([4, 8], [6, 0])
-}
-"""
+# Section 8 of the spec, verbatim (the copy tests/test_spec_programs.py compares with the spec).
+SECTION8 = (Path(__file__).parent / "spec_programs" / "section8.lyr").read_text(encoding="utf-8")
 
 # A layer called twice inside a model that is itself called twice: its weights count once,
 # its FLOPs four times.

@@ -25,8 +25,8 @@ import numba
 import numpy as np
 import pytest
 import torch
-import torch.nn.modules.module as torch_module
 from conftest import compile_text
+from hook_harness import Side, assert_same, snap
 from torch import nn
 
 import layerc
@@ -34,7 +34,6 @@ import layerc
 HERE = Path(__file__).resolve().parent
 SECTION8 = (HERE / "spec_programs" / "section8.lyr").read_text(encoding="utf-8")
 
-F32 = {"rtol": 1.3e-6, "atol": 1e-5}
 MODELS = ("Block", "Net", "TwoHeads", "Pair")
 
 
@@ -128,39 +127,6 @@ def inputs(name: str, batch: tuple[int, ...], seed: int = 0) -> list[np.ndarray]
 def torch_run(reference: nn.Module, xs: list[np.ndarray]) -> Any:
     with torch.no_grad():
         return snap(reference(*[torch.from_numpy(x.copy()) for x in xs]))
-
-
-def snap(value: Any) -> Any:
-    """What a hook or a call gave, frozen: tensors and arrays as NumPy copies, containers
-    recursively."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().numpy().copy()
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, tuple):
-        return tuple(snap(v) for v in value)
-    if isinstance(value, list):
-        return [snap(v) for v in value]
-    return value
-
-
-def assert_same(ours: Any, theirs: Any, where: str = "") -> None:
-    """`ours` (layerc) equals `theirs` (torch): the same structure (a tuple is not a list, an
-    array not a tuple), arrays of the same dtype and shape within float32 tolerances, anything
-    else equal."""
-    if isinstance(ours, np.ndarray) or isinstance(theirs, np.ndarray):
-        assert isinstance(ours, np.ndarray), f"{where}: {type(ours).__name__} is not an array"
-        assert isinstance(theirs, np.ndarray), f"{where}: torch gave {type(theirs).__name__}"
-        assert ours.dtype == theirs.dtype, f"{where}: {ours.dtype} != {theirs.dtype}"
-        assert ours.shape == theirs.shape, f"{where}: {ours.shape} != {theirs.shape}"
-        torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), **F32)
-    elif isinstance(ours, (tuple, list)) or isinstance(theirs, (tuple, list)):
-        assert type(ours) is type(theirs), f"{where}: {type(ours)} != {type(theirs)}"
-        assert len(ours) == len(theirs), f"{where}: {len(ours)} != {len(theirs)} items"
-        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            assert_same(a, b, f"{where}[{i}]")
-    else:
-        assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -304,62 +270,6 @@ def test_repr_and_traversal_are_torchs(gen, name: str):
 
 
 # ---------------------------------------------------------------------------- hooks
-
-
-class Side:
-    """One implementation under test: its model, the log its hooks write, its global hooks."""
-
-    def __init__(self, kind: str, net: Any) -> None:
-        self.kind = kind
-        self.net = net
-        self.log: list[tuple] = []
-        self.paths = {module: path for path, module in net.named_modules()}
-        self.handles: list[Any] = []
-
-    @property
-    def is_torch(self) -> bool:
-        return self.kind == "torch"
-
-    def input(self, x: np.ndarray) -> Any:
-        return torch.from_numpy(x.copy()) if self.is_torch else x.copy()
-
-    def where(self, module: Any) -> str:
-        return self.paths.get(module, "?")
-
-    def register_global_pre(self, hook: Callable) -> None:
-        register = (
-            torch_module.register_module_forward_pre_hook
-            if self.is_torch
-            else layerc.register_module_forward_pre_hook
-        )
-        self.handles.append(register(hook))
-
-    def register_global(self, hook: Callable) -> None:
-        register = (
-            torch_module.register_module_forward_hook
-            if self.is_torch
-            else layerc.register_module_forward_hook
-        )
-        self.handles.append(register(hook))
-
-    def pre(self, tag: Any, replace: Callable | None = None) -> Callable:
-        def hook(module, args):
-            self.log.append((self.where(module), "pre", tag, snap(args)))
-            return None if replace is None else replace(args)
-
-        return hook
-
-    def fwd(self, tag: Any, replace: Callable | None = None) -> Callable:
-        def hook(module, args, output):
-            self.log.append((self.where(module), "fwd", tag, snap(args), snap(output)))
-            return None if replace is None else replace(output)
-
-        return hook
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
 
 
 def sides(gen, name: str) -> tuple[Side, Side]:

@@ -32,6 +32,7 @@ import pytest
 import torch
 import torch.nn.modules.module as torch_module
 from conftest import compile_text
+from hook_harness import F32, F64, Side, assert_same, snap
 from torch import nn
 
 import layerc
@@ -62,8 +63,6 @@ model Field(dtype=float64) {
 }
 """
 
-F32 = {"rtol": 1.3e-6, "atol": 1e-5}
-F64 = {"rtol": 1e-7, "atol": 1e-7}
 X = (np.random.default_rng(0).standard_normal((3, 4)) * 2).astype(np.float32)
 X_BAD = np.ones((2, 5), dtype=np.float32)  # 5 features where the model takes 4
 
@@ -140,115 +139,6 @@ def pair(gen) -> tuple[Side, Side]:
 
 
 # ---------------------------------------------------------------------------- the harness
-
-
-def snap(value: Any) -> Any:
-    """What a hook saw, frozen: arrays and tensors as NumPy copies (dtype kept), containers
-    recursively, anything else as is."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().numpy().copy()
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, tuple):
-        return tuple(snap(v) for v in value)
-    if isinstance(value, list):
-        return [snap(v) for v in value]
-    if isinstance(value, dict):
-        return {key: snap(v) for key, v in value.items()}
-    return value
-
-
-def assert_same(ours: Any, theirs: Any, where: str = "") -> None:
-    """`ours` (layerc) equals `theirs` (torch): the same structure, arrays of the same dtype and
-    shape within the float32 tolerances, anything else equal."""
-    if isinstance(ours, np.ndarray) or isinstance(theirs, np.ndarray):
-        assert isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray), where
-        assert ours.dtype == theirs.dtype, f"{where}: {ours.dtype} != {theirs.dtype}"
-        torch.testing.assert_close(
-            torch.from_numpy(ours), torch.from_numpy(theirs), **tolerance(ours), msg=where
-        )
-    elif isinstance(ours, (tuple, list)):
-        assert type(ours) is type(theirs) and len(ours) == len(theirs), f"{where}: {ours} {theirs}"
-        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            assert_same(a, b, f"{where}[{i}]")
-    elif isinstance(ours, dict):
-        assert isinstance(theirs, dict) and list(ours) == list(theirs), f"{where}: {ours} {theirs}"
-        for key in ours:
-            assert_same(ours[key], theirs[key], f"{where}[{key!r}]")
-    else:
-        assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
-
-
-def tolerance(array: np.ndarray) -> dict[str, float]:
-    return F64 if array.dtype == np.float64 else F32
-
-
-class Side:
-    """One implementation under test: its model, and the log its hooks write."""
-
-    def __init__(self, kind: str, net: Any) -> None:
-        self.kind = kind
-        self.net = net
-        self.log: list[tuple] = []
-        self.paths = {module: path for path, module in net.named_modules()}
-
-    @property
-    def is_torch(self) -> bool:
-        return self.kind == "torch"
-
-    def input(self, x: np.ndarray) -> Any:
-        """`x` as this side's input type (a NumPy array or a torch tensor), a fresh copy."""
-        return torch.from_numpy(x.copy()) if self.is_torch else x.copy()
-
-    def relu(self, value: Any) -> Any:
-        return torch.relu(value) if self.is_torch else np.maximum(value, value.dtype.type(0))
-
-    def register_global_pre(self, hook: Callable) -> Any:
-        if self.is_torch:
-            return torch_module.register_module_forward_pre_hook(hook)
-        return layerc.register_module_forward_pre_hook(hook)
-
-    def register_global(self, hook: Callable, **options: bool) -> Any:
-        if self.is_torch:
-            return torch_module.register_module_forward_hook(hook, **options)
-        return layerc.register_module_forward_hook(hook, **options)
-
-    def where(self, module: Any) -> str:
-        return self.paths.get(module, "?")
-
-    # Hook factories: each logs (module path, kind, tag, what it saw) and may replace a value.
-
-    def pre(self, tag: Any, replace: Callable | None = None) -> Callable:
-        def hook(module, args):
-            self.log.append((self.where(module), "pre", tag, snap(args)))
-            return None if replace is None else replace(args)
-
-        return hook
-
-    def fwd(self, tag: Any, replace: Callable | None = None) -> Callable:
-        def hook(module, args, output):
-            self.log.append((self.where(module), "fwd", tag, snap(args), snap(output)))
-            return None if replace is None else replace(output)
-
-        return hook
-
-    def pre_kw(self, tag: Any, replace: Callable | None = None) -> Callable:
-        def hook(module, args, kwargs):
-            self.log.append((self.where(module), "pre_kw", tag, snap(args), snap(kwargs)))
-            return None if replace is None else replace(args, kwargs)
-
-        return hook
-
-    def fwd_kw(self, tag: Any, replace: Callable | None = None) -> Callable:
-        def hook(module, args, kwargs, output):
-            entry = (self.where(module), "fwd_kw", tag, snap(args), snap(kwargs), snap(output))
-            self.log.append(entry)
-            return None if replace is None else replace(output)
-
-        return hook
-
-    def note(self, *entry: Any) -> None:
-        self.log.append(entry)
 
 
 @dataclass
