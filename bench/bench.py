@@ -25,6 +25,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -610,19 +611,27 @@ def numpy_forward(
     return forward
 
 
+def compile_bench_model(
+    work: Path, name: str, source: Callable[[str], str], sd: dict[str, np.ndarray]
+) -> tuple[Any, str]:
+    """Save `sd` to NAME_weights.npz in `work`, write `source(npz name)` as NAME.lyr, compile and
+    import it; return the module and layerc's plan for it."""
+    npz = f"{name}_weights.npz"
+    np.savez(work / npz, **sd)
+    src = work / f"{name}.lyr"
+    src.write_text(source(npz))
+    driver.compile_file(src, work / f"{name}.py")
+    program, _ = driver.check_file(src)
+    return driver.import_module(work / f"{name}.py", name), driver.plan_text(program)
+
+
 class BNMLPBench:
     """The BatchNorm MLP compiled by layerc, its torch twin, its ONNX Runtime session (one
     thread), a NumPy float32 forward and the plan layerc lowered it to."""
 
     def __init__(self, work: Path) -> None:
         self.sd = bn_mlp_weights()
-        np.savez(work / "bnmlp_weights.npz", **self.sd)
-        src = work / "bnmlp.lyr"
-        src.write_text(bn_mlp_lyr_source("bnmlp_weights.npz"))
-        driver.compile_file(src, work / "bnmlp.py")
-        program, _ = driver.check_file(src)
-        self.plan = driver.plan_text(program)
-        self.module = driver.import_module(work / "bnmlp.py", "bnmlp")
+        self.module, self.plan = compile_bench_model(work, "bnmlp", bn_mlp_lyr_source, self.sd)
         self.net = self.module.BNMLP()
         self.torch_net = torch_bn_mlp(self.sd)
         self.onnx, self.onnx_how = bn_mlp_onnx(self.torch_net, self.sd)
@@ -711,13 +720,7 @@ class ResMLPBench:
 
     def __init__(self, work: Path) -> None:
         self.sd = res_mlp_weights()
-        np.savez(work / "resmlp_weights.npz", **self.sd)
-        src = work / "resmlp.lyr"
-        src.write_text(res_mlp_lyr_source("resmlp_weights.npz"))
-        driver.compile_file(src, work / "resmlp.py")
-        program, _ = driver.check_file(src)
-        self.plan = driver.plan_text(program)
-        self.module = driver.import_module(work / "resmlp.py", "resmlp")
+        self.module, self.plan = compile_bench_model(work, "resmlp", res_mlp_lyr_source, self.sd)
         self.net = self.module.Net()
         self.torch_net = torch_res_mlp(self.sd)
         self.onnx, self.onnx_how = res_mlp_onnx(self.torch_net, self.sd)

@@ -176,6 +176,18 @@ def _emit_input_check(
         )
 
 
+def _emit_step(e: Emitter, step: lower.Step, source: str, target: str, args: list[str]) -> None:
+    """`kernel(source, target, params...)` for a step of a fused forward, on (n*rows, width)
+    views of the buffers named `source` and `target`; `args` names the forward's parameters."""
+    if step.rows != 1:
+        source = f"{source}.reshape((n * {step.rows}, {step.in_width}))"
+        target = f"{target}.reshape((n * {step.rows}, {step.out_width}))"
+    params = [args[i] for i in step.args]
+    described = ", ".join(describe(path, layer) for path, layer in step.layers if path)
+    call = ", ".join([source, target, *params])
+    e.line(f"{step.kernel}({call})" + (f"  # {described}" if described else ""))
+
+
 class _Renderer:
     def __init__(self, plan: Plan, module_name: str):
         if not (module_name.isascii() and module_name.isidentifier()):
@@ -460,14 +472,7 @@ class _Renderer:
                 if step.target not in values and step.target in sizes:
                     values[step.target] = step.target
                     e.line(f"{step.target} = _np.empty((n, {sizes[step.target]}), dtype={t})")
-                source, target = values[step.source], values[step.target]
-                if step.rows != 1:
-                    source = f"{source}.reshape((n * {step.rows}, {step.in_width}))"
-                    target = f"{target}.reshape((n * {step.rows}, {step.out_width}))"
-                params = [arg_names[i] for i in step.args]
-                described = ", ".join(describe(path, layer) for path, layer in step.layers if path)
-                call = ", ".join([source, target, *params])
-                e.line(f"{step.kernel}({call})" + (f"  # {described}" if described else ""))
+                _emit_step(e, step, values[step.source], values[step.target], arg_names)
 
     def graph_kernel(self, e: Emitter, k: GraphKernel) -> None:
         """A graph model's fused forward: inputs x0..., outputs y0... (allocated by the caller
@@ -550,14 +555,7 @@ class _Renderer:
                         e.line(f"{target}[:, {offset}:{offset + width}] = {value}")
                         offset += width
                     continue
-                source = ref(step.source)
-                if step.rows != 1:
-                    source = f"{source}.reshape((n * {step.rows}, {step.in_width}))"
-                    target = f"{target}.reshape((n * {step.rows}, {step.out_width}))"
-                params = [arg_names[i] for i in step.args]
-                described = ", ".join(describe(path, layer) for path, layer in step.layers if path)
-                call = ", ".join([source, target, *params])
-                e.line(f"{step.kernel}({call})" + (f"  # {described}" if described else ""))
+                _emit_step(e, step, ref(step.source), target, arg_names)
 
     def call_kernel(self, e: Emitter, k: CallKernel) -> None:
         """`call(xs, params) -> ys`: the outputs allocated with the first input's batch shape,
