@@ -285,6 +285,12 @@ def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="where to write the .lyr file (a .lyr path, or a folder)",
     )
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="write no test block (by default the .lyr ends in one: a sample batch and what "
+        "ONNX's reference implementation computes for it, which `layerc test` checks)",
+    )
     p = sub.add_parser(
         "export",
         help="write a model of a .lyr file as an ONNX graph",
@@ -304,7 +310,7 @@ def _interop(args: argparse.Namespace) -> int:
         output = args.output
         if output is not None and output.is_dir():
             output = output / args.file.with_suffix(".lyr").name
-        written = import_onnx(args.file, output)
+        written = import_onnx(args.file, output, test=not args.no_test)
     else:
         from .driver import check_file
         from .onnx_io import export_onnx
