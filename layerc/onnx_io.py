@@ -1,27 +1,30 @@
 """ONNX in and out: an .onnx file in, a .lyr file plus one .safetensors weights file out
 (`import_onnx`), or a checked program in and a validated ONNX graph out (`export_onnx`).
 
-Import reads a single chain of Gemm / MatMul (+ Add), Identity, Flatten, Reshape, Dropout and the
-ops the table of kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`), from
-an input of shape (batch, features) or (batch, *sample shape), and refuses anything else, naming the
+Import reads Gemm / MatMul (+ Add), Identity, Flatten, Reshape, Dropout and the ops the table of
+kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`) as layers, Add / Sub
+/ Mul / Neg / Concat between values as a forward block's operations (a graph that is one chain of
+layers is a pipeline), exact GELU written as five nodes as one layer (`_fuse_patterns`), from
+inputs of shape (batch, features) or (batch, *sample shape), and refuses anything else, naming the
 node; it builds the .lyr file as a syntax tree and prints it with the one printer (layerc.printer).
 Export writes each layer as the table says: its kind's op where that op computes the layer, the
 kind's subgraph where it does not, and on samples of several axes the kind's form for them. What a
 kind is in ONNX lives in its entry of the table (`Onnx`); this module knows ONNX files and the
-chain, and reads by hand only the ops that make the chain's structure (a Linear's Gemm, MatMul and
+graph, and reads by hand only the ops that make the graph's structure (a Linear's Gemm, MatMul and
 Add; Flatten and Reshape, which change the sample's shape; Dropout, Identity, Constant and
-Transpose). ONNX files have no lines, so every problem with one is a file-level `LayercError`. The
-file is parsed from bytes read through a checked descriptor; external data (paths inside the model,
-the source of CVE-2022-25882 and CVE-2024-27318) is refused, and nothing is written until the whole
-model has been read.
+Transpose; the arithmetic). ONNX files have no lines, so every problem with one is a file-level
+`LayercError`. The file is read by `layerc.onnx_read` (external data only from inside the model's
+folder, checked before it is read: the source of CVE-2022-25882 and CVE-2024-27318), and nothing
+is written until the whole model has been read.
 """
 
 from __future__ import annotations
 
+import keyword
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +36,9 @@ from . import syntax as S
 from . import weights as W
 from .check import MAX_NAME_LENGTH, MAX_WEIGHTS
 from .errors import LayercError, Loc
-from .files import Inputs, WriteFailed, open_regular, read_regular, refuse_inputs, write_atomically
+from .files import Inputs, WriteFailed, open_regular, refuse_inputs, write_atomically
 from .kinds import KINDS, KINDS_BY_OP, MAX_FEATURES, MAX_RANK, Elementwise, Onnx, Rowwise
+from .onnx_read import read_model as _read_model
 from .printer import print_program
 
 MIN_OPSET = 7  # Gemm took its modern form (C broadcast, no `broadcast` attribute) in opset 7
@@ -49,7 +53,7 @@ EXPORT_IR_VERSION = 8  # the IR version that came with opset 17: readable by old
 # Ops read by hand: a Linear's parts, ops that compute nothing, and constants.
 _STRUCTURAL_OPS = (
     *("Gemm", "MatMul", "Add", "Identity", "Flatten", "Reshape", "Dropout"),
-    *("Constant", "Transpose"),
+    *("Constant", "Transpose", "Sub", "Mul", "Neg", "Concat"),
 )
 SUPPORTED_OPS = (*_STRUCTURAL_OPS, *sorted(op for op in KINDS_BY_OP if op not in _STRUCTURAL_OPS))
 # Ops that, on a constant, give a constant (read as one: `_Reader.fold`).
@@ -67,6 +71,7 @@ _KNOWN_ATTRIBUTES = {
     "BatchNormalization": {"epsilon", "momentum", "training_mode"},
     "LayerNormalization": {"axis", "epsilon", "stash_type"},
     "Clip": {"min", "max"},
+    "Concat": {"axis"},
 }
 
 
@@ -93,6 +98,31 @@ class _Activation:
     tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)  # its block's entries
 
 
+@dataclass(frozen=True)
+class _CallOp:
+    """`out = layers[layer](source)`: one ONNX node (or a Gemm/MatMul and its bias Add)."""
+
+    layer: int
+    source: str
+    out: str
+
+
+@dataclass(frozen=True)
+class _ArithOp:
+    """`out = a op b` (op `+ - *`) or `out = -a` (op "neg"); an operand is a value's name or a
+    number."""
+
+    op: str
+    operands: tuple[str | float, ...]
+    out: str
+
+
+@dataclass(frozen=True)
+class _CatOp:
+    sources: tuple[str, ...]
+    out: str
+
+
 @dataclass
 class _Imported:
     dtype: np.dtype
@@ -100,11 +130,31 @@ class _Imported:
     opset: int = 0
     graph_name: str = ""
     input_shape: tuple[int, ...] | None = None  # a per-sample shape of several axes
+    # The graph as read: its inputs (ONNX name, per-sample shape or None for (batch, n) with n
+    # unknown), the operations in order, and the values it returns.
+    inputs: list[tuple[str, tuple[int, ...] | None]] = field(default_factory=list)
+    ops: list[_CallOp | _ArithOp | _CatOp] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    node_names: dict[int, list[str]] = field(default_factory=dict)  # layer -> its nodes' names
+
+    def is_chain(self) -> bool:
+        """Whether the graph is a single chain of layers from its one input to its one output
+        (a pipeline model); otherwise it needs a forward block."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            return False
+        current = self.inputs[0][0]
+        for op in self.ops:
+            if not isinstance(op, _CallOp) or op.source != current:
+                return False
+            current = op.out
+        return current == self.outputs[0]
 
 
-def import_onnx(path: Path, out: Path | None = None) -> list[Path]:
+def import_onnx(path: Path, out: Path | None = None, *, test: bool = True) -> list[Path]:
     """`layerc import`: read the ONNX model at `path`, write `out` (default: `path` with .lyr)
-    and the weights file beside it; return the paths written (weights first)."""
+    and the weights file beside it; return the paths written (weights first). With `test`, the
+    .lyr ends in a test block of what ONNX's reference implementation computes (layerc.onnx_verify;
+    a note on stderr says why when it cannot)."""
     display = str(path)
     _require_onnx(display)
     out = out if out is not None else path.with_suffix(".lyr")
@@ -116,6 +166,10 @@ def import_onnx(path: Path, out: Path | None = None) -> list[Path]:
     model = _read_model(path, display)
     imported = _Reader(model, display).run()
     text, arrays = _render(imported, path.name, out.stem, weights_path.name)
+    if test:
+        from .onnx_verify import add_reference_test
+
+        text = add_reference_test(model, imported, text, arrays, weights_path.name, display)
     from safetensors.numpy import save
 
     data = save(arrays, metadata={"producer": f"layerc {__version__}"})
@@ -172,50 +226,6 @@ def _require_onnx(display: str) -> None:
         ) from None
 
 
-def _read_model(path: Path, display: str):  # type: ignore[no-untyped-def]
-    """The ModelProto in `path`, parsed from bytes; a model with external data is refused."""
-    import onnx
-
-    data = read_regular(path, display, what="an ONNX model", max_bytes=W.MAX_FILE_BYTES)
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise LayercError(f"not a valid ONNX model: {_first_line(exc)}", file=display) from None
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise LayercError(
-                f"tensor {_q(tensor.name)} is stored in an external file; layerc reads only "
-                "self-contained ONNX models (save with save_as_external_data=False)",
-                file=display,
-            )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx.checker.ValidationError, and C++ errors from the checker
-        raise LayercError(f"not a valid ONNX model: {_first_line(exc)}", file=display) from None
-    return model
-
-
-def _all_tensors(graph) -> Iterator:  # type: ignore[no-untyped-def]
-    """Every TensorProto in a graph: initializers, sparse ones, attribute values, subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            sparse_tensors = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
-            for sparse in [*sparse_tensors, *attr.sparse_tensors]:
-                yield sparse.values
-                yield sparse.indices
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -227,18 +237,25 @@ def _q(name: str) -> str:
 
 
 class _Reader:
-    """Walks the graph's nodes in order, keeping the one value that flows through the chain."""
+    """Walks the graph's nodes in order. Each value between nodes has a per-sample shape; a
+    node of one value (a layer) becomes a call of a layer, Add, Sub, Mul, Neg and Concat
+    between values the operations of a forward block, and a node that computes nothing makes
+    its output another name of its input. The node being read sees its value as `current`,
+    with its shape `sample`."""
 
     def __init__(self, model, file: str):  # type: ignore[no-untyped-def]
         self.model = model
         self.graph = model.graph
         self.file = file
         self.constants: dict[str, object] = {}  # name -> TensorProto
-        self.current = ""  # the name of the chain's value
-        self.last_linear_output: str | None = None
-        # The per-sample shape of the chain's value; None for one axis of unknown size (a
-        # graph input (batch, n) with a symbolic n).
+        self.current = ""  # the name of the value the node being read takes
+        # The per-sample shape of that value; None for one axis of unknown size (a graph input
+        # (batch, n) with a symbolic n).
         self.sample: tuple[int, ...] | None = None
+        self.samples: dict[str, tuple[int, ...] | None] = {}  # every value's
+        self.alias: dict[str, str] = {}  # a node's output that is its input under a new name
+        self.producer: dict[str, int] = {}  # a layer's output -> the layer
+        self.readers: dict[str, int] = {}  # how many nodes (and graph outputs) read a value
         # Each tensor is read and converted once, however many nodes use it, and so is each
         # weight matrix and bias made from one: layers that share an initializer share arrays.
         self.arrays: dict[str, np.ndarray] = {}
@@ -257,15 +274,31 @@ class _Reader:
             self.constants[tensor.name] = tensor
         if self.graph.sparse_initializer:
             raise self.error("sparse initializers are not supported")
-        self.current, dtype, self.sample = self.graph_input()
+        inputs = self.graph_inputs()
+        dtype = inputs[0][1]
         self.count_weights()
         imported = _Imported(dtype, opset=opset, graph_name=self.graph.name)
-        if self.sample is not None and len(self.sample) > 1:
-            imported.input_shape = self.sample
-        for node in self.graph.node:
+        for name, _, sample in inputs:
+            self.samples[name] = sample
+            imported.inputs.append((name, sample))
+        if len(inputs) == 1 and inputs[0][2] is not None and len(inputs[0][2]) > 1:
+            imported.input_shape = inputs[0][2]
+        nodes = _fuse_patterns(list(self.graph.node), self.graph)
+        for node in nodes:
+            for name in node.input:
+                self.readers[name] = self.readers.get(name, 0) + 1
+        for value in self.graph.output:
+            self.readers[value.name] = self.readers.get(value.name, 0) + 1
+        for node in nodes:
             self.node(node, imported)
         self.finish(imported)
         return imported
+
+    def resolve(self, name: str) -> str:
+        """The value a name stands for (through nodes that compute nothing)."""
+        while name in self.alias:
+            name = self.alias[name]
+        return name
 
     def opset(self) -> int:
         versions = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
@@ -275,16 +308,21 @@ class _Reader:
             raise self.error(f"ONNX opset {versions[0]} is older than layerc reads ({MIN_OPSET}+)")
         return int(versions[0])
 
-    def graph_input(self) -> tuple[str, np.dtype, tuple[int, ...] | None]:
-        """The one graph input that is not an initializer: its name, dtype and per-sample shape
-        (None for (batch, n) with n unknown)."""
+    def graph_inputs(self) -> list[tuple[str, np.dtype, tuple[int, ...] | None]]:
+        """The graph inputs that are not initializers, each with its dtype (one for all) and
+        per-sample shape."""
+        inputs = [self.graph_input(i) for i in self.graph.input if i.name not in self.constants]
+        if not inputs:
+            raise self.error("the graph has no input")
+        if len({dtype for _, dtype, _ in inputs}) > 1:
+            raise self.error("the graph's inputs have different dtypes; a layerc model has one")
+        return inputs
+
+    def graph_input(self, value) -> tuple[str, np.dtype, tuple[int, ...] | None]:  # type: ignore[no-untyped-def]
+        """A graph input: its name, dtype and per-sample shape (None for (batch, n) with n
+        unknown)."""
         from onnx import TensorProto
 
-        inputs = [i for i in self.graph.input if i.name not in self.constants]
-        if len(inputs) != 1:
-            names = ", ".join(_q(i.name) for i in inputs) or "none"
-            raise self.error(f"the graph must have exactly one input, not {len(inputs)} ({names})")
-        (value,) = inputs
         if not value.type.HasField("tensor_type"):
             raise self.error(f"graph input {_q(value.name)} is not a tensor")
         elem = value.type.tensor_type.elem_type
@@ -347,6 +385,9 @@ class _Reader:
 
     def node(self, node, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         where = f"node {_q(node.name or '(unnamed)')} ({node.op_type})"
+        if node.domain == _PATTERN_DOMAIN:  # several nodes that compute one layer kind
+            self.pattern(node, where, imported)
+            return
         if node.domain not in ("", "ai.onnx"):
             raise self.error(
                 f"unsupported operator {node.domain}.{node.op_type} in {where}; layerc imports "
@@ -368,18 +409,123 @@ class _Reader:
         if node.op_type in _FOLDED and node.input and node.input[0] in self.constants:
             self.fold(node, attrs, where)
             return
-        data = [name for name in node.input if name and name not in self.constants]
-        # Add is commutative; every other op must take the chain's value as its first input
+        data = [self.resolve(n) for n in node.input if n and n not in self.constants]
+        for name in data:
+            if name not in self.samples:
+                raise self.error(f"{where} reads {_q(name)}, which no earlier node computes")
+        if node.op_type in _ARITHMETIC and self.arithmetic(node, data, where, imported):
+            return
+        if node.op_type == "Concat":
+            self.concat(node, attrs, data, where, imported)
+            return
+        # Add is commutative; every other op must take the value as its first input
         # (MatMul(W, x) would multiply from the other side, which no Linear does).
-        first_ok = node.op_type == "Add" or (node.input and node.input[0] == self.current)
-        if data != [self.current] or not first_ok:
+        first_ok = node.op_type == "Add" or (node.input and self.resolve(node.input[0]) in data)
+        if len(data) != 1 or not first_ok:
             raise self.error(
-                f"{where} does not take the output of the previous layer as its first input; "
-                "layerc imports a single chain of layers from the graph input to its output"
+                f"{where} does not take one value as its first input and constants otherwise; "
+                "layerc reads such a node as a layer of one input"
             )
+        self.current = data[0]
+        self.sample = self.samples[self.current]
+        before = len(imported.layers)
         handler = getattr(self, f"op_{node.op_type}", self.op_kind)
         handler(node, attrs, where, imported)
-        self.current = node.output[0]
+        out = node.output[0]
+        if len(imported.layers) > before:
+            index = len(imported.layers) - 1
+            imported.ops.append(_CallOp(index, self.current, out))
+            imported.node_names.setdefault(index, []).append(node.name)
+            self.producer[out] = index
+        else:  # computes nothing (an Identity), or a Linear's bias (the Linear's value)
+            self.alias[out] = self.current
+            # what reads the output reads the value
+            self.readers[self.current] += self.readers.get(out, 0) - 1
+        self.samples[out] = self.sample
+
+    def pattern(self, node, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """A layer `_fuse_patterns` recognised in several nodes (`node.op_type` is its kind)."""
+        self.current = self.resolve(node.input[0])
+        self.sample = self.samples[self.current]
+        self.activation(node.op_type, {}, f"{where}, from {node.doc_string}", imported)
+        index = len(imported.layers) - 1
+        imported.ops.append(_CallOp(index, self.current, node.output[0]))
+        imported.node_names.setdefault(index, []).append(node.name)
+        self.samples[node.output[0]] = self.sample
+
+    def arithmetic(self, node, data: list[str], where: str, imported: _Imported) -> bool:  # type: ignore[no-untyped-def]
+        """Add, Sub, Mul of two values of one shape, or of a value and one number; Neg of a
+        value. False for an Add that is a bias (a constant added to a Linear's value that
+        nothing else reads), which `op_Add` reads."""
+        op = _ARITHMETIC[node.op_type]
+        if op == "neg":
+            if len(data) != 1:
+                raise self.error(f"{where} negates a constant; layerc reads Neg of a value")
+            operands: tuple[str | float, ...] = (data[0],)
+        elif len(data) == 2:
+            a, b = data
+            sa, sb = self.samples[a], self.samples[b]
+            if sa is not None and sb is not None and sa != sb:
+                raise self.error(
+                    f"{where} combines values of shapes {W.fmt_shape(sa)} and "
+                    f"{W.fmt_shape(sb)}; a forward block combines values of one shape (no "
+                    "broadcasting)"
+                )
+            operands = (a, b)
+        elif len(data) == 1:
+            (value,) = data
+            if op == "+" and self.is_bias(value):
+                return False
+            numbers = []
+            for name in node.input:
+                if name in self.constants:
+                    array = self.array(name, where)
+                    if array.size != 1:
+                        raise self.error(
+                            f"{where} combines a value with a constant of shape "
+                            f"{W.fmt_shape(array.shape)}; a forward block combines a value with "
+                            "a number or with a value of its shape"
+                        )
+                    numbers.append(float(array.reshape(())))
+            operands = tuple(
+                self.resolve(n) if n not in self.constants else numbers.pop(0) for n in node.input
+            )
+        else:
+            raise self.error(f"{where} computes on constants only; layerc reads it on values")
+        out = node.output[0]
+        imported.ops.append(_ArithOp(op, operands, out))
+        self.samples[out] = self.samples[data[0]]
+        return True
+
+    def is_bias(self, value: str) -> bool:
+        """Whether `value` is the output of a Gemm or MatMul that nothing else reads (so a
+        constant added to it is the Linear's bias)."""
+        index = self.producer.get(value)
+        return index is not None and self.readers.get(value, 0) == 1 and index >= 0
+
+    def concat(self, node, attrs: dict, data: list[str], where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """Concat of values along their last axis: `cat`."""
+        if len(data) != len([n for n in node.input if n]):
+            raise self.error(f"{where} joins a constant to a value; layerc's cat joins values")
+        samples = [self.samples[v] for v in data]
+        ranks = {1 if s is None else len(s) for s in samples}
+        rank = ranks.pop() if len(ranks) == 1 else None
+        axis = int(attrs.get("axis", 0))
+        if rank is None or axis not in (-1, rank):
+            raise self.error(
+                f"{where} joins values along axis {axis}; layerc's cat joins them along their "
+                "last axis"
+            )
+        out = node.output[0]
+        if all(s is not None for s in samples):
+            first = samples[0]
+            assert first is not None
+            if any(s[:-1] != first[:-1] for s in samples if s is not None):
+                raise self.error(f"{where} joins values whose other axes differ")
+            self.samples[out] = (*first[:-1], sum(s[-1] for s in samples if s is not None))
+        else:
+            self.samples[out] = None
+        imported.ops.append(_CatOp(tuple(data), out))
 
     def attributes(self, node, where: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
         import onnx
@@ -538,26 +684,22 @@ class _Reader:
                 lambda: beta * self.bias_vector(c, out_features, where),
             )
         self.linear(weight, bias, where, imported)
-        self.last_linear_output = node.output[0]
 
     def op_MatMul(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         b = self.weight_matrix(node.input[1], where)
         self.linear(
             self.once(("weight", node.input[1], True, 1.0), lambda: b.T), None, where, imported
         )
-        self.last_linear_output = node.output[0]
 
     def op_Add(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        constant = [name for name in node.input if name != self.current]
-        layer = imported.layers[-1] if imported.layers else None
-        if (
-            len(constant) != 1
-            or self.current != self.last_linear_output
-            or not isinstance(layer, _Linear)
-        ):
+        """A constant added to a Linear's value: its bias (added to the one it has)."""
+        constant = [name for name in node.input if self.resolve(name) != self.current]
+        index = self.producer.get(self.current)
+        layer = imported.layers[index] if index is not None else None
+        if len(constant) != 1 or not isinstance(layer, _Linear) or not self.is_bias(self.current):
             raise self.error(
-                f"{where} adds to something other than the output of a Gemm or MatMul; layerc "
-                "maps an Add only to the bias of the Linear layer right before it"
+                f"{where} adds a constant to something other than the output of a Gemm or "
+                "MatMul; layerc maps such an Add to the bias of the Linear layer before it"
             )
         out_features = layer.weight.shape[0]
         bias, key = self.once(
@@ -569,7 +711,6 @@ class _Reader:
         else:
             layer.bias, layer.bias_key = layer.bias + bias, None
         layer.nodes.append(where)
-        self.last_linear_output = node.output[0]
 
     def schema(self, op: str):  # type: ignore[no-untyped-def]
         import onnx
@@ -763,9 +904,7 @@ class _Reader:
         return None if self.sample is None else self.sample[0]
 
     def op_Identity(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        """Nothing to compute: the chain's value just takes the output's name."""
-        if self.current == self.last_linear_output:
-            self.last_linear_output = node.output[0]
+        """Nothing to compute: the output is another name of the value (`node` aliases it)."""
 
     def op_Flatten(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         """ONNX's Flatten makes a value 2-D: at axis 1 it keeps the batch axis and flattens each
@@ -854,14 +993,135 @@ class _Reader:
             ) from None
 
     def finish(self, imported: _Imported) -> None:
-        outputs = [o.name for o in self.graph.output]
-        if outputs != [self.current]:
-            raise self.error(
-                f"the graph's outputs ({', '.join(map(_q, outputs)) or 'none'}) are not the end of "
-                "the chain of layers; layerc imports models with one output"
-            )
+        for value in self.graph.output:
+            name = self.resolve(value.name)
+            if name not in self.samples:
+                raise self.error(f"the graph's output {_q(value.name)} is not computed by any node")
+            imported.outputs.append(name)
+        _drop_unused(imported)
         if not any(isinstance(layer, _Linear) for layer in imported.layers):
             raise self.error("the model has no Gemm or MatMul, so there is no Linear layer")
+
+
+# The domain of the nodes `_fuse_patterns` makes: one node per layer that an exporter wrote as
+# several, its op_type the layer's kind.
+_PATTERN_DOMAIN = "layerc.pattern"
+
+
+def _fuse_patterns(nodes: list, graph) -> list:  # type: ignore[no-untyped-def]
+    """The nodes with each group that computes one layer kind replaced by one node of
+    `_PATTERN_DOMAIN`, matched by structure and constants (never by names): exact GELU as the
+    exporters write it before opset 20, x * 0.5 * (1 + erf(x / sqrt(2))) in either order of its
+    products (Div or Mul by the constant)."""
+    from onnx import helper, numpy_helper
+
+    constants: dict[str, float] = {}
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) == 1:
+            constants[tensor.name] = float(numpy_helper.to_array(tensor).reshape(()))
+    for node in nodes:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t") and math.prod(attr.t.dims) == 1:
+                    constants[node.output[0]] = float(numpy_helper.to_array(attr.t).reshape(()))
+    made = {out: node for node in nodes for out in node.output}
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {value.name for value in graph.output}
+
+    def only_reader(value: str):  # type: ignore[no-untyped-def]
+        found = readers.get(value, [])
+        return found[0] if len(found) == 1 and value not in outputs else None
+
+    def split(node, op: str, value: float | None = None):  # type: ignore[no-untyped-def]
+        """(the non-constant input, the constant) of a binary `op` node, when the constant is
+        `value` (within float32 rounding); else None."""
+        if node is None or node.op_type != op or node.domain not in ("", "ai.onnx"):
+            return None
+        if len(node.input) != 2:
+            return None
+        for data, const in (node.input, node.input[::-1]):
+            if const in constants and data not in constants:
+                if value is None or abs(constants[const] - value) <= 1e-6 * abs(value):
+                    return data
+        return None
+
+    removed: set[int] = set()
+    replaced: dict[int, object] = {}
+    for erf in nodes:
+        if erf.op_type != "Erf":
+            continue
+        scaled = made.get(erf.input[0])
+        x = split(scaled, "Div", math.sqrt(2)) or split(scaled, "Mul", 1 / math.sqrt(2))
+        one = only_reader(erf.output[0])
+        if x is None or scaled is None or one is None or only_reader(scaled.output[0]) is not erf:
+            continue
+        if split(one, "Add", 1.0) is None:
+            continue
+        product = only_reader(one.output[0])
+        if (
+            product is None
+            or product.op_type != "Mul"
+            or set(product.input) - {one.output[0]} == set()
+        ):
+            continue
+        (other,) = [name for name in product.input if name != one.output[0]] or [None]
+        group = [scaled, erf, one, product]
+        if other == x:  # (x * (1 + erf)) * 0.5
+            half = only_reader(product.output[0])
+            if half is None or split(half, "Mul", 0.5) != product.output[0]:
+                continue
+            group.append(half)
+            out = half.output[0]
+        else:  # (x * 0.5) * (1 + erf)
+            half = made.get(other) if other is not None else None
+            if half is None or split(half, "Mul", 0.5) != x:
+                continue
+            if only_reader(half.output[0]) is not product:
+                continue
+            group.append(half)
+            out = product.output[0]
+        ids = [id(node) for node in group]
+        if any(i in removed for i in ids):
+            continue
+        scope = scaled.name.rsplit("/", 1)[0] if scaled.name.startswith("/") else ""
+        fused = helper.make_node(
+            "GELU", [x], [out], name=f"{scope}/Gelu", domain=_PATTERN_DOMAIN,
+            doc_string="nodes " + ", ".join(_q(n.name or n.op_type) for n in group),
+        )  # fmt: skip
+        removed.update(ids)
+        replaced[max(nodes.index(n) for n in group)] = fused
+    if not removed:
+        return nodes
+    return [
+        replaced.get(i, node)
+        for i, node in enumerate(nodes)
+        if id(node) not in removed or i in replaced
+    ]
+
+
+def _drop_unused(imported: _Imported) -> None:
+    """Leave out the operations no output depends on, and the layers only they call (an export
+    may hold nodes whose values nothing reads)."""
+    live = set(imported.outputs)
+    kept: list[_CallOp | _ArithOp | _CatOp] = []
+    for op in reversed(imported.ops):
+        if op.out in live:
+            kept.append(op)
+            live.update(_op_reads(op))
+    kept.reverse()
+    used = sorted({op.layer for op in kept if isinstance(op, _CallOp)})
+    index = {old: new for new, old in enumerate(used)}
+    imported.layers = [imported.layers[i] for i in used]
+    imported.node_names = {
+        index[i]: imported.node_names[i] for i in used if i in imported.node_names
+    }
+    imported.ops = [
+        _CallOp(index[op.layer], op.source, op.out) if isinstance(op, _CallOp) else op
+        for op in kept
+    ]
 
 
 def _text(value: object) -> object:
@@ -1016,17 +1276,21 @@ def _render(
             stored[key] = name
         return _load(weights_name, name)
 
+    chain = imported.is_chain()
+    names = None if chain else _layer_names(imported)
     layers = []
     for position, layer in enumerate(imported.layers):
         comments = (f"from {', '.join(layer.nodes)}",)
+        name = None if names is None else names[position]
+        prefix = str(position) if name is None else name
         if isinstance(layer, _Activation):
             entries = tuple(
-                S.Entry(name, load(array, None, f"{position}.{name}"), _BUILT)
-                for name, array in layer.tensors
+                S.Entry(key, load(array, None, f"{prefix}.{key}"), _BUILT)
+                for key, array in layer.tensors
             )
             layers.append(
                 S.LayerDef(
-                    None, layer.kind, _BUILT, layer.args, True, entries or None, _BUILT, comments
+                    name, layer.kind, _BUILT, layer.args, True, entries or None, _BUILT, comments
                 )
             )
             continue
@@ -1037,14 +1301,15 @@ def _render(
             S.Arg("bias", S.Bool(layer.bias is not None, _BUILT), _BUILT),
         )
         entries = (
-            S.Entry("weight", load(layer.weight, layer.weight_key, f"{position}.weight"), _BUILT),
+            S.Entry("weight", load(layer.weight, layer.weight_key, f"{prefix}.weight"), _BUILT),
         )
         if layer.bias is not None:
-            bias = load(layer.bias, layer.bias_key, f"{position}.bias")
+            bias = load(layer.bias, layer.bias_key, f"{prefix}.bias")
             entries += (S.Entry("bias", bias, _BUILT),)
-        layers.append(S.LayerDef(None, "Linear", _BUILT, args, True, entries, _BUILT, comments))
+        layers.append(S.LayerDef(name, "Linear", _BUILT, args, True, entries, _BUILT, comments))
     options: tuple[S.Arg, ...] = ()
-    if imported.input_shape is not None:
+    forward = None if names is None else _forward(imported, names)
+    if imported.input_shape is not None and forward is None:
         shape = S.ListLit.of([_number(d, str(d)) for d in imported.input_shape], _BUILT)
         options += (S.Arg("input", shape, _BUILT),)
     if dtype == np.float64:
@@ -1058,11 +1323,128 @@ def _render(
         f"Source: {source!r}, graph {_q(imported.graph_name)}.",
         f"The weights are in {weights_name}, beside this file.",
     )
-    name = model_name_for(stem)
-    model = S.ModelDef(name, options, tuple(layers), _BUILT, _BUILT, header)
+    model = S.ModelDef(
+        model_name_for(stem), options, tuple(layers), _BUILT, _BUILT, header, forward
+    )
     text = print_program(S.Program(f"{stem}.lyr", (model,)))
     assert text.startswith(IMPORT_HEADER), "the header `_written_by_import` looks for"
     return text, arrays
+
+
+_NAME_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
+# Names a layer of a graph model cannot take (the checker refuses them).
+_NOT_LAYER_NAMES = {"cat", "forward", "return", "model", "test", "true", "false"}
+
+
+def _layer_names(imported: _Imported) -> list[str]:
+    """A name for each layer of a graph model, as PyTorch named its module where the exporter
+    kept it: from the weight's initializer (`fc1.weight` -> fc1, `b1.fc1.weight` -> b1_fc1), or
+    the node's scope (`/b1/act/Gelu` -> b1_act); otherwise the kind and a number (`relu2`).
+    Names are made unique and valid."""
+    from .runtime.layers import reserved_names
+
+    reserved = reserved_names() | _NOT_LAYER_NAMES
+    taken: set[str] = set()
+    out = []
+    for index, layer in enumerate(imported.layers):
+        candidates = []
+        if isinstance(layer, _Linear) and layer.weight_key is not None:
+            source = str(layer.weight_key[1])
+            if source.endswith(".weight"):
+                candidates.append(source.removesuffix(".weight").split("."))
+        for node_name in imported.node_names.get(index, []):
+            scope = node_name.split("/")
+            if node_name.startswith("/") and len(scope) > 2:
+                candidates.append(scope[1:-1])
+        name = None
+        for parts in candidates:
+            if parts and all(_NAME_PART.fullmatch(p) for p in parts):
+                text = "_".join(parts)
+                if text[0].isdigit():
+                    text = "layer_" + text
+                fits = len(text) <= MAX_NAME_LENGTH // 2 and not text.startswith("__")
+                name = text if fits else None
+                if name is not None:
+                    break
+        kind = "linear" if isinstance(layer, _Linear) else layer.kind.lower()
+        name = name or f"{kind}{index}"
+        while name in taken or name in reserved or keyword.iskeyword(name):
+            name += "_"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+def _forward(imported: _Imported, names: list[str]) -> S.ForwardDef:
+    """The forward block of the graph read: an input per graph input (annotated with its shape
+    when known), a statement for each value read more than once, other values written inside
+    the expression that reads them, and the outputs returned in order."""
+    layer_names = set(names)
+    taken = set(layer_names) | _NOT_LAYER_NAMES
+
+    def fresh(wanted: str) -> str:
+        name = wanted if re.fullmatch(r"(?!__)[A-Za-z_][A-Za-z0-9_]{0,63}", wanted) else "x"
+        while name in taken or keyword.iskeyword(name):
+            name += "_"
+        taken.add(name)
+        return name
+
+    inputs = []
+    refs: dict[str, str] = {}
+    for onnx_name, sample in imported.inputs:
+        refs[onnx_name] = fresh(onnx_name)
+        inputs.append(S.Input(refs[onnx_name], sample, _BUILT, _BUILT if sample else None))
+    made = {op.out: op for op in imported.ops}
+    reads: dict[str, int] = {}
+    for op in imported.ops:
+        for value in _op_reads(op):
+            reads[value] = reads.get(value, 0) + 1
+    for value in imported.outputs:
+        reads[value] = reads.get(value, 0) + 1
+    depth: dict[str, int] = {}
+
+    def expr(value: str | float) -> S.Expr:
+        if not isinstance(value, str):
+            text = S.Num(repr(abs(float(value))), _BUILT)
+            return S.Neg(text, _BUILT) if math.copysign(1, value) < 0 else text
+        if value in refs:
+            return S.Ref(refs[value], _BUILT)
+        return written(made[value])
+
+    def written(op: _CallOp | _ArithOp | _CatOp) -> S.Expr:
+        if isinstance(op, _CallOp):
+            return S.Apply(names[op.layer], (expr(op.source),), _BUILT)
+        if isinstance(op, _CatOp):
+            return S.Apply("cat", tuple(expr(v) for v in op.sources), _BUILT)
+        if op.op == "neg":
+            return S.Neg(expr(op.operands[0]), _BUILT)
+        left, right = (expr(o) for o in op.operands)
+        return S.BinOp(op.op, left, right, _BUILT)
+
+    body: list[S.Assign] = []
+    for op in imported.ops:
+        sources = [s for s in _op_reads(op) if s not in refs]
+        depth[op.out] = 1 + max((depth[s] for s in sources), default=0)
+        if reads.get(op.out, 0) != 1 or depth[op.out] >= _INLINE_DEPTH:
+            statement = S.Assign(fresh(f"h{len(body) + 1}"), written(op), _BUILT)
+            refs[op.out] = statement.name
+            depth[op.out] = 0
+            body.append(statement)
+    result = S.Return(tuple(expr(v) for v in imported.outputs), _BUILT)
+    return S.ForwardDef(tuple(inputs), tuple(body), result, _BUILT)
+
+
+# An expression of the forward block nests at most this many operations; deeper ones are cut
+# into statements (the parser allows MAX_EXPRESSION_DEPTH).
+_INLINE_DEPTH = 24
+
+
+def _op_reads(op: _CallOp | _ArithOp | _CatOp) -> tuple[str, ...]:
+    if isinstance(op, _CallOp):
+        return (op.source,)
+    if isinstance(op, _CatOp):
+        return op.sources
+    return tuple(o for o in op.operands if isinstance(o, str))
 
 
 # =========================================================================== export
@@ -1169,8 +1551,9 @@ def build_onnx(model: ir.Model, source: str):  # type: ignore[no-untyped-def]
     return proto
 
 
-# The ONNX operators of a forward block's arithmetic.
+# The ONNX operators of a forward block's arithmetic, and back.
 _ARITH_OPS = {"+": "Add", "-": "Sub", "*": "Mul", "neg": "Neg"}
+_ARITHMETIC = {op: sign for sign, op in _ARITH_OPS.items()}
 
 # How a layer is written: (the opset it needs, writer(graph, path, layer, input, output)).
 _Form = tuple[int, Callable[["_Graph", str, ir.Layer, str, str], None]]
