@@ -218,9 +218,9 @@ def torch_bn_mlp(sd: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
     return net.eval()
 
 
-def bn_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
-    """The eval-mode torch model exported with torch.onnx.export (the TorchScript exporter: the
-    torch.export-based one needs onnxscript); if that fails, the same graph built by hand."""
+def torch_onnx(torch_net, width: int) -> bytes | None:  # type: ignore[no-untyped-def]
+    """The eval-mode torch model through torch.onnx.export (the TorchScript exporter, opset 17,
+    dynamic batch), or None (with a line saying so) when the exporter fails."""
     import io
     import warnings
 
@@ -232,7 +232,7 @@ def bn_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # t
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 torch_net,
-                (torch.zeros(2, MLP_SIZES[0]),),
+                (torch.zeros(2, width),),
                 buf,
                 dynamo=False,
                 input_names=["x"],
@@ -240,9 +240,19 @@ def bn_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # t
                 dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
                 opset_version=17,
             )
-        return buf.getvalue(), "torch.onnx.export"
+        return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to the helper
         print(f"torch.onnx.export failed ({type(exc).__name__}); building the ONNX graph by hand")
+        return None
+
+
+def bn_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
+    """The eval-mode torch model exported with torch.onnx.export (the TorchScript exporter: the
+    torch.export-based one needs onnxscript); if that fails, the same graph built by hand."""
+
+    exported = torch_onnx(torch_net, MLP_SIZES[0])
+    if exported is not None:
+        return exported, "torch.onnx.export"
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
@@ -432,29 +442,11 @@ def torch_res_mlp(sd: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
 def res_mlp_onnx(torch_net, sd: dict[str, np.ndarray]) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
     """The torch twin exported with torch.onnx.export (TorchScript exporter, opset 17, dynamic
     batch); if that fails, the same graph built by hand (LayerNormalization, Gemm, Gelu)."""
-    import io
-    import warnings
-
-    import torch
 
     d = RES_MLP_WIDTH
-    try:
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                torch_net,
-                (torch.zeros(2, d),),
-                buf,
-                dynamo=False,
-                input_names=["x"],
-                output_names=["y"],
-                dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
-                opset_version=17,
-            )
-        return buf.getvalue(), "torch.onnx.export"
-    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to the helper
-        print(f"torch.onnx.export failed ({type(exc).__name__}); building the ONNX graph by hand")
+    exported = torch_onnx(torch_net, d)
+    if exported is not None:
+        return exported, "torch.onnx.export"
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits = [], []
