@@ -254,7 +254,7 @@ class _Reader:
         self.sample: tuple[int, ...] | None = None
         self.samples: dict[str, tuple[int, ...] | None] = {}  # every value's
         self.alias: dict[str, str] = {}  # a node's output that is its input under a new name
-        self.producer: dict[str, int] = {}  # a layer's output -> the layer
+        self.linear_of: dict[str, int] = {}  # a Linear's output -> the Linear
         self.readers: dict[str, int] = {}  # how many nodes (and graph outputs) read a value
         # Each tensor is read and converted once, however many nodes use it, and so is each
         # weight matrix and bias made from one: layers that share an initializer share arrays.
@@ -436,7 +436,8 @@ class _Reader:
             index = len(imported.layers) - 1
             imported.ops.append(_CallOp(index, self.current, out))
             imported.node_names.setdefault(index, []).append(node.name)
-            self.producer[out] = index
+            if isinstance(imported.layers[index], _Linear):
+                self.linear_of[out] = index
         else:  # computes nothing (an Identity), or a Linear's bias (the Linear's value)
             self.alias[out] = self.current
             # what reads the output reads the value
@@ -500,8 +501,7 @@ class _Reader:
     def is_bias(self, value: str) -> bool:
         """Whether `value` is the output of a Gemm or MatMul that nothing else reads (so a
         constant added to it is the Linear's bias)."""
-        index = self.producer.get(value)
-        return index is not None and self.readers.get(value, 0) == 1 and index >= 0
+        return value in self.linear_of and self.readers.get(value, 0) == 1
 
     def concat(self, node, attrs: dict, data: list[str], where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         """Concat of values along their last axis: `cat`."""
@@ -694,7 +694,7 @@ class _Reader:
     def op_Add(self, node, attrs: dict, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
         """A constant added to a Linear's value: its bias (added to the one it has)."""
         constant = [name for name in node.input if self.resolve(name) != self.current]
-        index = self.producer.get(self.current)
+        index = self.linear_of.get(self.current)
         layer = imported.layers[index] if index is not None else None
         if len(constant) != 1 or not isinstance(layer, _Linear) or not self.is_bias(self.current):
             raise self.error(

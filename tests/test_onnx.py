@@ -1001,7 +1001,7 @@ def test_unsupported_ops_are_refused_by_name(tmp_path: Path, capsys) -> None:
                 helper.make_node("Add", ["h1", "b"], ["h"], name="late_add"),
             ],
             [init("W", W34), init("b", np.ones(4, np.float32))],
-            ("node 'late_add' (Add) adds a constant to something other than the output of a Gemm",),
+            ("node 'late_add' (Add) combines a value with a constant of shape (4,)",),
         ),
         (
             [

@@ -291,3 +291,37 @@ def test_hostile_names_become_plain_identifiers(tmp_path: Path) -> None:
     np.testing.assert_array_equal(y1, 2 * x)
     np.testing.assert_array_equal(y2, np.maximum(x, 0))
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_numbers_added_after_any_layer_are_arithmetic(tmp_path: Path) -> None:
+    """A number added to a Linear's value is its bias; added to another layer's value, it is
+    `+ 2.0` in the forward block (torch writes `relu(fc(x)) + 2` so)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
+    nodes = [
+        helper.make_node("Gemm", ["x", "W"], ["h"], name="/fc/Gemm", transB=1),
+        helper.make_node("Add", ["h", "two"], ["hb"], name="/Add"),
+        helper.make_node("Relu", ["hb"], ["r"], name="/act/Relu"),
+        helper.make_node("Add", ["r", "two"], ["y"], name="/Add_1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        ],
+    )
+    path = tmp_path / "m.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    net = imported(path)
+    text = path.with_suffix(".lyr").read_text(encoding="utf-8")
+    assert "return act(fc(x)) + 2.0" in text
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    want = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + 2, 0) + 2
+    np.testing.assert_allclose(net(x), want, rtol=1e-6, atol=1e-6)
