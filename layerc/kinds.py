@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import binder as B
 from . import syntax as S
 from .binder import REQUIRED, Param
+from .patterns import OnnxPattern, X, add, alt, arg, mul, number, op, tensor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,6 +199,12 @@ class OnnxReader(Protocol):
         `required` must be there."""
         ...
 
+    def is_parameter(self, name: str) -> bool:
+        """Whether the constant `name` is one of the model's parameters, as the exporters name
+        them (an initializer `<module>.weight` or `.bias`), rather than a constant of the
+        exporter's own making (a Constant node, `val_2`)."""
+        ...
+
     def shaped(
         self, tensors: list[tuple[str, str, np.ndarray]], shape: Shape, where: str
     ) -> list[tuple[str, np.ndarray]]:
@@ -247,7 +254,11 @@ class Onnx:
     whose exported attributes it has: each attribute either one that `attributes` copies from
     an argument (attributes that copy the same argument must agree), or equal to the value the
     kind exports; arguments the kind refuses rule it out. A kind whose node has tensor inputs,
-    or whose arguments depend on the value's shape, reads it with `read` instead."""
+    or whose arguments depend on the value's shape, reads it with `read` instead.
+
+    `patterns` are the forms in several nodes that exporters write the kind as (layerc's own
+    `subgraph` among them), which import recognises by structure and constants
+    (layerc.patterns)."""
 
     op: str | None = None
     attributes: Callable[[Args], dict[str, object]] = lambda a: {}
@@ -259,6 +270,7 @@ class Onnx:
     several_axes: OnnxForm | None = None
     channels_on_axis_1: bool = False
     read: OnnxRead | None = None
+    patterns: tuple[OnnxPattern, ...] = ()
 
     def computes(self, args: Args) -> bool:
         """Whether the operator computes a layer with these arguments (`fixed`)."""
@@ -671,6 +683,136 @@ def _activation(
 # Each writes one layer, `write(graph, path, layer, x, out)`, from the value `x` to `out`.
 
 
+# --------------------------------------------------------------------------- ONNX patterns
+#
+# The forms in several nodes that torch.onnx.export (TorchScript and dynamo, at the opsets that
+# lack the kind's operator) and layerc's own export write a kind as.
+
+_SQRT_2 = math.sqrt(2.0)
+_GELU_ERF = mul(X, number(0.5), add(op("Erf", mul(X, number(1 / _SQRT_2))), number(1.0)))
+_CUBE = alt(op("Pow", X, number(3.0)), mul(X, X, X))
+_GELU_TANH = mul(
+    X,
+    number(0.5),
+    add(
+        number(1.0),
+        op("Tanh", mul(number(math.sqrt(2 / math.pi)), add(X, mul(number(0.044715), _CUBE)))),
+    ),
+)
+_SCALED = mul(X, arg("beta"))  # x * beta
+_SOFTPLUS_PATTERNS = (
+    # TorchScript: Softplus(x * beta) / beta (its threshold left out: torch's default, past
+    # which the two differ by less than exp(-20))
+    OnnxPattern(mul(op("Softplus", _SCALED), arg("beta", "inv"))),
+    # dynamo and layerc: Where(x * beta > threshold, x, Softplus(x * beta) / beta)
+    OnnxPattern(
+        op(
+            "Where",
+            op("Greater", _SCALED, arg("threshold")),
+            X,
+            mul(op("Softplus", _SCALED), arg("beta", "inv")),
+        )
+    ),
+    # dynamo at beta = 1: Where(x > threshold, x, Softplus(x))
+    OnnxPattern(op("Where", op("Greater", X, arg("threshold")), X, op("Softplus", X))),
+)
+_HARDSHRINK_PATTERNS = (
+    # dynamo and layerc: Where(|x| <= lambd, 0, x)
+    OnnxPattern(op("Where", op("LessOrEqual", op("Abs", X), arg("lambd")), number(0.0), X)),
+    # TorchScript: Where(x > lambd or x < -lambd, x, 0)
+    OnnxPattern(
+        op(
+            "Where",
+            op(
+                "Or",
+                op("Cast", op("Greater", X, arg("lambd")), to=9),
+                op("Cast", op("Less", X, arg("lambd", "neg")), to=9),
+            ),
+            X,
+            number(0.0),
+        )
+    ),
+)
+_SOFTSHRINK_PATTERNS = (
+    # TorchScript: Where(x > lambd, x - lambd, 0) + Where(x < -lambd, x + lambd, 0)
+    OnnxPattern(
+        add(
+            op("Where", op("Greater", X, arg("lambd")), add(X, arg("lambd", "neg")), number(0.0)),
+            op("Where", op("Less", X, arg("lambd", "neg")), add(X, arg("lambd")), number(0.0)),
+        )
+    ),
+    # dynamo: Where(|x| > lambd, x - sign(x) * lambd, x * 0)
+    OnnxPattern(
+        op(
+            "Where",
+            op("Greater", op("Abs", X), arg("lambd")),
+            op("Sub", X, mul(op("Sign", X), arg("lambd"))),
+            mul(X, number(0.0)),
+        )
+    ),
+    # layerc: Where(x > lambd, x - lambd, Where(x < -lambd, x + lambd, x * 0))
+    OnnxPattern(
+        op(
+            "Where",
+            op("Greater", X, arg("lambd")),
+            add(X, arg("lambd", "neg")),
+            op(
+                "Where",
+                op("Less", X, arg("lambd", "neg")),
+                add(X, arg("lambd")),
+                mul(X, number(0.0)),
+            ),
+        )
+    ),
+)
+# LayerNorm over the last axis before opset 17 (TorchScript): (x - mean) / sqrt(var + eps),
+# then * weight + bias, * weight, or neither.
+_CENTRED = op("Sub", X, op("ReduceMean", X, axes=(-1,)))
+_NORMED = op(
+    "Div",
+    _CENTRED,
+    op(
+        "Sqrt",
+        add(
+            op(
+                "ReduceMean",
+                alt(op("Pow", _CENTRED, number(2.0)), mul(_CENTRED, _CENTRED)),
+                axes=(-1,),
+            ),
+            arg("eps"),
+        ),
+    ),
+)
+
+
+def _layer_norm_args(bound: Mapping[str, object], sample: Shape | None) -> dict[str, object]:
+    args: dict[str, object] = {"elementwise_affine": "weight" in bound}
+    if "weight" in bound:
+        args["bias"] = "bias" in bound
+    if sample is not None:
+        args["normalized_shape"] = sample[-1]
+    return args
+
+
+# layerc's CELU in float64: Where(x > 0, x, alpha * (Exp(x / alpha) - 1))
+_CELU_PATTERN = OnnxPattern(
+    op(
+        "Where",
+        op("Greater", X, number(0.0)),
+        X,
+        mul(add(op("Exp", mul(X, arg("alpha", "inv"))), number(-1.0)), arg("alpha")),
+    )
+)
+_LAYER_NORM_PATTERNS = tuple(
+    OnnxPattern(term, args=_layer_norm_args)
+    for term in (
+        add(mul(_NORMED, tensor("weight")), tensor("bias")),
+        mul(_NORMED, tensor("weight")),
+        _NORMED,
+    )
+)
+
+
 def _silu_onnx(g: OnnxGraph, path: str, layer: Layer, x: str, out: str) -> None:
     """x * Sigmoid(x)."""
     s = g.node("Sigmoid", [x], f"/{path}/sigmoid", f"/{path}/Sigmoid")
@@ -816,12 +958,30 @@ def _read_batch_norm(
 ) -> tuple[dict[str, object], list[tuple[str, np.ndarray]]]:
     """BatchNormalization in inference mode, with its four tensors, on samples (C,) or (C, L)."""
     if attrs.get("training_mode", 0):
-        raise r.error(f"{where} is in training mode; layerc models run in eval mode")
+        raise r.error(
+            f"{where} is in training mode; layerc models run in eval mode (call model.eval() "
+            "before torch.onnx.export)"
+        )
     found = r.tensors(node, "BatchNorm1d", where, required=4)
     channels = r.channels(where) or found[0][2].size
     tensors = r.shaped(found, (channels,), where)
     eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
-    return {"num_features": channels, "eps": eps}, tensors
+    args: dict[str, object] = {"num_features": channels, "eps": eps}
+    if _no_affine(r, found[:2]):  # torch's BatchNorm1d(affine=False)
+        args["affine"] = False
+        return args, tensors[2:]
+    return args, tensors
+
+
+def _no_affine(r: OnnxReader, found: list[tuple[str, str, np.ndarray]]) -> bool:
+    """Whether a normalisation's scale (and bias) are the exporter's constants of ones (and
+    zeros), not parameters of the model: the layer has no affine transform of its own."""
+    scale, *bias = found
+    return (
+        not any(r.is_parameter(name) for _, name, _ in found)
+        and bool((scale[2] == 1).all())
+        and all(bool((b[2] == 0).all()) for b in bias)
+    )
 
 
 def _read_layer_norm(
@@ -845,8 +1005,12 @@ def _read_layer_norm(
     eps = float(attrs.get("epsilon", 1e-5))  # type: ignore[arg-type]
     shape: object = normalized[0] if len(normalized) == 1 else normalized
     args: dict[str, object] = {"normalized_shape": shape, "eps": eps}
-    if len(tensors) == 1:
-        args["bias"] = False
+    if _no_affine(r, found):  # torch's LayerNorm(elementwise_affine=False)
+        args["elementwise_affine"] = False
+        return args, []
+    if len(found) == 1 or (not r.is_parameter(found[1][1]) and not found[1][2].any()):
+        args["bias"] = False  # LayerNorm(bias=False): no bias, or the exporter's zeros
+        return args, tensors[:1]
     return args, tensors
 
 
@@ -1079,6 +1243,7 @@ KINDS: dict[str, Kind] = _kinds(
             inputs=("weight", "bias"),
             opset=17,
             read=_read_layer_norm,
+            patterns=_LAYER_NORM_PATTERNS,
         ),
     ),
     Kind(
@@ -1110,7 +1275,15 @@ KINDS: dict[str, Kind] = _kinds(
         lambda a, t: _gelu(a, t),
         params=(Param("approximate", B.choice(("none", "tanh")), "none", type="str"),),
         extra_repr=lambda a: f"approximate={a['approximate']!r}",
-        onnx=Onnx("Gelu", lambda a: {"approximate": a["approximate"]}, opset=20),
+        onnx=Onnx(
+            "Gelu",
+            lambda a: {"approximate": a["approximate"]},
+            opset=20,
+            patterns=(
+                OnnxPattern(_GELU_ERF),
+                OnnxPattern(_GELU_TANH, fixed=(("approximate", "tanh"),)),
+            ),
+        ),
     ),
     _activation(
         "ELU",
@@ -1131,7 +1304,13 @@ KINDS: dict[str, Kind] = _kinds(
         params=(_float("alpha", 1.0, nonzero=True),),
         extra_repr=lambda a: f"alpha={a['alpha']}",
         # ONNX's Celu takes float32 only: in float64, the subgraph
-        onnx=Onnx("Celu", lambda a: {"alpha": a["alpha"]}, opset=12, subgraph=OnnxForm(_celu_onnx)),
+        onnx=Onnx(
+            "Celu",
+            lambda a: {"alpha": a["alpha"]},
+            opset=12,
+            subgraph=OnnxForm(_celu_onnx),
+            patterns=(_CELU_PATTERN,),
+        ),
     ),
     _activation(
         "Softplus",
@@ -1150,6 +1329,7 @@ KINDS: dict[str, Kind] = _kinds(
             "Softplus",
             fixed=(("beta", 1.0), ("threshold", 20.0)),
             subgraph=OnnxForm(_softplus_onnx),
+            patterns=_SOFTPLUS_PATTERNS,
         ),
     ),
     _activation(
@@ -1167,14 +1347,18 @@ KINDS: dict[str, Kind] = _kinds(
         "silu",
         "SiLU: x / (1 + exp(-x)), elementwise.",
         lambda a, t: f"v / ({t}(1.0) + _np.exp(-v))",
-        onnx=Onnx(subgraph=OnnxForm(_silu_onnx)),  # x * Sigmoid(x): two ONNX ops
+        onnx=Onnx(  # x * Sigmoid(x): two ONNX ops
+            subgraph=OnnxForm(_silu_onnx), patterns=(OnnxPattern(mul(X, op("Sigmoid", X))),)
+        ),
     ),
     _activation(
         "Mish",
         "mish",
         "Mish: x * tanh(log(1 + exp(x))), elementwise.",
         lambda a, t: "v * _np.tanh(_np.log1p(_np.exp(v)))",
-        onnx=Onnx("Mish", opset=18),
+        onnx=Onnx(  # before opset 18: x * Tanh(Softplus(x))
+            "Mish", opset=18, patterns=(OnnxPattern(mul(X, op("Tanh", op("Softplus", X)))),)
+        ),
     ),
     _activation(
         "SELU",
@@ -1205,21 +1389,33 @@ KINDS: dict[str, Kind] = _kinds(
         "hardswish",
         "Hardswish: x * ((x + 3) clipped to [0, 6]) / 6, elementwise.",
         lambda a, t: "v * " + _clip(f"(v + {t}(3.0))", f"{t}(0.0)", f"{t}(6.0)") + f" / {t}(6.0)",
-        onnx=Onnx("HardSwish", opset=14),
+        onnx=Onnx(  # before opset 14: x * HardSigmoid(x)
+            "HardSwish",
+            opset=14,
+            patterns=(OnnxPattern(mul(X, op("HardSigmoid", X, alpha=1 / 6, beta=0.5))),),
+        ),
     ),
     _activation(
         "LogSigmoid",
         "log_sigmoid",
         "LogSigmoid: log(1 / (1 + exp(-x))) = min(x, 0) - log(1 + exp(-|x|)), elementwise.",
         lambda a, t: f"({t}(0.0) if v > 0 else v) - _np.log1p(_np.exp(-_np.abs(v)))",
-        onnx=Onnx(subgraph=OnnxForm(_log_sigmoid_onnx)),  # -Softplus(-x): three ONNX ops
+        onnx=Onnx(  # -Softplus(-x): three ONNX ops; the exporters write Log(Sigmoid(x))
+            subgraph=OnnxForm(_log_sigmoid_onnx),
+            patterns=(
+                OnnxPattern(op("Neg", op("Softplus", op("Neg", X)))),
+                OnnxPattern(op("Log", op("Sigmoid", X))),
+            ),
+        ),
     ),
     _activation(
         "Softsign",
         "softsign",
         "Softsign: x / (1 + |x|), elementwise.",
         lambda a, t: f"v / ({t}(1.0) + _np.abs(v))",
-        onnx=Onnx("Softsign"),
+        onnx=Onnx(  # the exporters: x / (|x| + 1)
+            "Softsign", patterns=(OnnxPattern(op("Div", X, add(op("Abs", X), number(1.0)))),)
+        ),
     ),
     Kind(
         "LogSoftmax",
@@ -1250,6 +1446,7 @@ KINDS: dict[str, Kind] = _kinds(
             opset=9,
             dtypes=("float32",),
             subgraph=OnnxForm(_hardshrink_onnx, opset=12),
+            patterns=_HARDSHRINK_PATTERNS,
         ),
     ),
     _activation(
@@ -1271,6 +1468,7 @@ KINDS: dict[str, Kind] = _kinds(
             opset=9,
             dtypes=("float32",),
             subgraph=OnnxForm(_softshrink_onnx, opset=9),
+            patterns=_SOFTSHRINK_PATTERNS,
         ),
     ),
     _activation(
@@ -1278,7 +1476,10 @@ KINDS: dict[str, Kind] = _kinds(
         "tanhshrink",
         "Tanhshrink: x - tanh(x), elementwise.",
         lambda a, t: "v - _np.tanh(v)",
-        onnx=Onnx(subgraph=OnnxForm(_tanhshrink_onnx)),  # x - Tanh(x): two ONNX ops
+        onnx=Onnx(  # x - Tanh(x): two ONNX ops
+            subgraph=OnnxForm(_tanhshrink_onnx),
+            patterns=(OnnxPattern(op("Sub", X, op("Tanh", X))),),
+        ),
     ),
 )
 
