@@ -2,11 +2,13 @@
 (`import_onnx`), or a checked program in and a validated ONNX graph out (`export_onnx`).
 
 Import reads Gemm / MatMul (+ Add), Identity, Flatten, Reshape, Dropout and the ops the table of
-kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`) as layers, Add / Sub
-/ Mul / Neg / Concat between values as a forward block's operations (a graph that is one chain of
-layers is a pipeline), exact GELU written as five nodes as one layer (`_fuse_patterns`), from
-inputs of shape (batch, features) or (batch, *sample shape), and refuses anything else, naming the
-node; it builds the .lyr file as a syntax tree and prints it with the one printer (layerc.printer).
+kinds exports as (`Kind.onnx` in layerc.kinds, read backwards: `KINDS_BY_OP`) as layers, the
+groups of nodes that exporters write a kind as (`Onnx.patterns`, found by layerc.onnx_match) as
+that kind, and Add / Sub / Mul / Neg / Concat between values as a forward block's operations,
+from inputs of shape (batch, features) or (batch, *sample shape); it refuses anything else,
+naming the node and the PyTorch module it came from. The models nest as the exporter recorded
+the PyTorch modules (layerc.onnx_tree), so that the state_dict keys are the original's; the .lyr
+file is built as a syntax tree and printed with the one printer (layerc.printer).
 Export writes each layer as the table says: its kind's op where that op computes the layer, the
 kind's subgraph where it does not, and on samples of several axes the kind's form for them. What a
 kind is in ONNX lives in its entry of the table (`Onnx`); this module knows ONNX files and the
@@ -24,6 +26,7 @@ import keyword
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +35,17 @@ import numpy as np
 
 from . import __version__, ir
 from . import binder as B
+from . import onnx_tree as T
+from . import patterns as P
 from . import syntax as S
 from . import weights as W
 from .check import MAX_NAME_LENGTH, MAX_WEIGHTS
 from .errors import LayercError, Loc
 from .files import Inputs, WriteFailed, open_regular, refuse_inputs, write_atomically
 from .kinds import KINDS, KINDS_BY_OP, MAX_FEATURES, MAX_RANK, Elementwise, Onnx, Rowwise
+from .onnx_match import PATTERN_DOMAIN, fuse_patterns
+from .onnx_read import first_line as _first_line
+from .onnx_read import quote as _q
 from .onnx_read import read_model as _read_model
 from .printer import print_program
 
@@ -56,6 +64,34 @@ _STRUCTURAL_OPS = (
     *("Constant", "Transpose", "Sub", "Mul", "Neg", "Concat"),
 )
 SUPPORTED_OPS = (*_STRUCTURAL_OPS, *sorted(op for op in KINDS_BY_OP if op not in _STRUCTURAL_OPS))
+
+
+def _where(node) -> str:  # type: ignore[no-untyped-def]
+    """A node as messages name it: its name and operator, and the PyTorch module it came from
+    where the exporter recorded it."""
+    where = f"node {_q(node.name or '(unnamed)')} ({node.op_type})"
+    scope = T.node_scope(node)
+    if scope is not None and scope.path:
+        cls = scope.cls(len(scope.path))
+        kind = f", a {_q(cls.rsplit('.', 1)[-1])}" if cls else ""
+        where += f", from the PyTorch module {_q('.'.join(scope.path))}{kind}"
+    return where
+
+
+def _folded_batch_norm(scope: T.Scope | None) -> bool:
+    """Whether a Gemm's recorded module is a BatchNorm: the dynamo exporter folded it into the
+    Linear before it."""
+    cls = scope.cls(len(scope.path)) if scope is not None and scope.path else None
+    return cls is not None and "BatchNorm" in cls.rsplit(".", 1)[-1]
+
+
+# torch's call of a BatchNorm in eval mode, as the dynamo exporter records it: (x, weight or
+# None, bias or None, running_mean, running_var, momentum, eps)
+_BATCH_NORM_CALL = re.compile(
+    r"_native_batch_norm_legit_no_training\.default\]\(args = \(([^()]{0,2000})\), kwargs"
+)
+# A parameter's name as torch's exporters write it: its state_dict key.
+_PARAMETER_NAME = re.compile(r"(?:[A-Za-z0-9_]+\.)+(?:weight|bias)")
 # Ops that, on a constant, give a constant (read as one: `_Reader.fold`).
 _FOLDED = ("Identity", "Transpose", "Reshape")
 # Attributes each op read by hand may carry; any other would change its meaning. (The ops of
@@ -98,44 +134,23 @@ class _Activation:
     tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)  # its block's entries
 
 
-@dataclass(frozen=True)
-class _CallOp:
-    """`out = layers[layer](source)`: one ONNX node (or a Gemm/MatMul and its bias Add)."""
-
-    layer: int
-    source: str
-    out: str
-
-
-@dataclass(frozen=True)
-class _ArithOp:
-    """`out = a op b` (op `+ - *`) or `out = -a` (op "neg"); an operand is a value's name or a
-    number."""
-
-    op: str
-    operands: tuple[str | float, ...]
-    out: str
-
-
-@dataclass(frozen=True)
-class _CatOp:
-    sources: tuple[str, ...]
-    out: str
-
-
 @dataclass
 class _Imported:
     dtype: np.dtype
     layers: list[_Linear | _Activation] = field(default_factory=list)
     opset: int = 0
     graph_name: str = ""
-    input_shape: tuple[int, ...] | None = None  # a per-sample shape of several axes
+    # The per-sample shape a pipeline writes as its `input=` option: of several axes, or of one
+    # when the pipeline does not start with a Linear (which gives the size otherwise).
+    input_shape: tuple[int, ...] | None = None
     # The graph as read: its inputs (ONNX name, per-sample shape or None for (batch, n) with n
     # unknown), the operations in order, and the values it returns.
     inputs: list[tuple[str, tuple[int, ...] | None]] = field(default_factory=list)
-    ops: list[_CallOp | _ArithOp | _CatOp] = field(default_factory=list)
+    ops: list[T.Op] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    node_names: dict[int, list[str]] = field(default_factory=dict)  # layer -> its nodes' names
+    # every value's per-sample shape (None: one axis of unknown size)
+    samples: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know of the import
 
     def is_chain(self) -> bool:
         """Whether the graph is a single chain of layers from its one input to its one output
@@ -144,7 +159,7 @@ class _Imported:
             return False
         current = self.inputs[0][0]
         for op in self.ops:
-            if not isinstance(op, _CallOp) or op.source != current:
+            if not isinstance(op, T.Call) or op.sources != (current,):
                 return False
             current = op.out
         return current == self.outputs[0]
@@ -165,7 +180,9 @@ def import_onnx(path: Path, out: Path | None = None, *, test: bool = True) -> li
     refuse_inputs([weights_path, out], inputs)
     model = _read_model(path, display)
     imported = _Reader(model, display).run()
-    text, arrays = _render(imported, path.name, out.stem, weights_path.name)
+    text, arrays = _render(imported, path.name, out.stem, weights_path.name, display)
+    for note in imported.notes:
+        print(f"{display}: note: {note}", file=sys.stderr)
     if test:
         from .onnx_verify import add_reference_test
 
@@ -226,16 +243,6 @@ def _require_onnx(display: str) -> None:
         ) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _q(name: str) -> str:
-    """A name from the ONNX file, quoted and shortened so it cannot flood or mangle a message."""
-    return repr(name if len(name) <= 80 else name[:77] + "...")
-
-
 class _Reader:
     """Walks the graph's nodes in order. Each value between nodes has a per-sample shape; a
     node of one value (a layer) becomes a call of a layer, Add, Sub, Mul, Neg and Concat
@@ -248,6 +255,7 @@ class _Reader:
         self.graph = model.graph
         self.file = file
         self.constants: dict[str, object] = {}  # name -> TensorProto
+        self.fixed_batch: int | None = None
         self.current = ""  # the name of the value the node being read takes
         # The per-sample shape of that value; None for one axis of unknown size (a graph input
         # (batch, n) with a symbolic n).
@@ -276,6 +284,15 @@ class _Reader:
             raise self.error("sparse initializers are not supported")
         inputs = self.graph_inputs()
         dtype = inputs[0][1]
+        dims = [
+            v.type.tensor_type.shape.dim[0].dim_value
+            for v in self.graph.input
+            if v.name not in self.constants
+            and v.type.tensor_type.HasField("shape")
+            and v.type.tensor_type.shape.dim
+        ]
+        # the batch size every graph input declares, when the export fixed it
+        self.fixed_batch = dims[0] if dims and dims[0] > 0 and len(set(dims)) == 1 else None
         self.count_weights()
         imported = _Imported(dtype, opset=opset, graph_name=self.graph.name)
         for name, _, sample in inputs:
@@ -283,7 +300,7 @@ class _Reader:
             imported.inputs.append((name, sample))
         if len(inputs) == 1 and inputs[0][2] is not None and len(inputs[0][2]) > 1:
             imported.input_shape = inputs[0][2]
-        nodes = _fuse_patterns(list(self.graph.node), self.graph)
+        nodes = fuse_patterns(list(self.graph.node), self.graph)
         for node in nodes:
             for name in node.input:
                 self.readers[name] = self.readers.get(name, 0) + 1
@@ -353,7 +370,7 @@ class _Reader:
             raise self.error(
                 f"graph input {_q(value.name)} has a sample axis without a fixed size (or of "
                 f"more than {MAX_FEATURES}); layerc imports samples of several axes only with "
-                "every size fixed"
+                "every size fixed (torch.onnx.export: make only the batch axis dynamic, or none)"
             )
         return str(value.name), dtypes[elem], sample
 
@@ -384,8 +401,8 @@ class _Reader:
     # ------------------------------------------------------------------ nodes
 
     def node(self, node, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        where = f"node {_q(node.name or '(unnamed)')} ({node.op_type})"
-        if node.domain == _PATTERN_DOMAIN:  # several nodes that compute one layer kind
+        where = _where(node)
+        if node.domain == PATTERN_DOMAIN:  # several nodes that compute one layer kind
             self.pattern(node, where, imported)
             return
         if node.domain not in ("", "ai.onnx"):
@@ -399,7 +416,20 @@ class _Reader:
                 f"{', '.join(SUPPORTED_OPS)}"
             )
         attrs = self.attributes(node, where)
-        if len(node.output) != 1:
+        outputs = len([name for name in node.output if name])
+        if outputs != 1:
+            if node.op_type == "BatchNormalization" and outputs > 1:
+                # the batch's statistics, which only training mode gives
+                raise self.error(
+                    f"{where} has {outputs} outputs: it is in training mode; layerc models run "
+                    "in eval mode (call model.eval() before torch.onnx.export)"
+                )
+            if node.op_type == "Dropout" and outputs > 1:
+                raise self.error(
+                    f"{where} has {outputs} outputs; layerc expects one (a Dropout's mask: "
+                    "torch.onnx.export writes one for a model in training mode; call "
+                    "model.eval() before it)"
+                )
             raise self.error(f"{where} has {len(node.output)} outputs; layerc expects one")
         if node.op_type == "Constant":
             if "value" not in attrs:
@@ -434,24 +464,99 @@ class _Reader:
         out = node.output[0]
         if len(imported.layers) > before:
             index = len(imported.layers) - 1
-            imported.ops.append(_CallOp(index, self.current, out))
-            imported.node_names.setdefault(index, []).append(node.name)
-            if isinstance(imported.layers[index], _Linear):
-                self.linear_of[out] = index
+            scope = T.node_scope(node)
+            folded = isinstance(imported.layers[index], _Linear) and _folded_batch_norm(scope)
+            if folded:  # the Linear, then the BatchNorm that the exporter folded into it
+                assert scope is not None
+                inner = f"{out}/before {scope.path[-1]}"
+                imported.ops.append(T.Call(index, (self.current,), inner))
+                self.samples[inner] = self.sample
+                self.batch_norm_folded(node, scope, where, imported)
+                imported.ops.append(T.Call(index + 1, (inner,), out, scope))
+            else:
+                imported.ops.append(T.Call(index, (self.current,), out, scope))
+                if isinstance(imported.layers[index], _Linear):
+                    self.linear_of[out] = index
         else:  # computes nothing (an Identity), or a Linear's bias (the Linear's value)
             self.alias[out] = self.current
             # what reads the output reads the value
             self.readers[self.current] += self.readers.get(out, 0) - 1
         self.samples[out] = self.sample
 
+    def batch_norm_folded(self, node, scope: T.Scope, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
+        """The BatchNorm that the dynamo exporter folded into the Linear just read (its
+        optimize=True, the default): a BatchNorm1d that computes nothing (weight 1, bias 0,
+        mean 0, variance 1 - eps), under the module's name, so that the state_dict keys are
+        torch's and loading torch's state_dict gives back the model as it was. Its eps and
+        momentum are the ones the exporter recorded in the node's metadata (torch's defaults
+        where it did not), and a note says what happened."""
+        layer = imported.layers[-1]
+        assert isinstance(layer, _Linear)
+        channels = layer.weight.shape[0]
+        meta = {p.key: p.value for p in node.metadata_props}
+        call = meta.get("pkg.torch.onnx.fx_node", "")[:10_000]
+        module = ".".join(scope.path)
+        if "batch_norm" in call and "_native_batch_norm_legit_no_training" not in call:
+            raise self.error(
+                f"{where}: the BatchNorm {module!r} folded into it was exported in training "
+                "mode (its batch's statistics); layerc models run in eval mode (call "
+                "model.eval() before torch.onnx.export)"
+            )
+        found = _BATCH_NORM_CALL.search(call)
+        args_text = found.group(1).split(", ") if found else []
+        momentum, eps, affine = 0.1, 1e-5, True
+        if len(args_text) == 7:  # (x, weight, bias, running_mean, running_var, momentum, eps)
+            try:
+                momentum, eps = float(args_text[5]), float(args_text[6])
+            except ValueError:
+                pass
+            affine = args_text[1] != "None"
+        if not (0 <= momentum <= 1 and 0 <= eps < 1):
+            momentum, eps = 0.1, 1e-5
+        tensors = [
+            ("weight", np.ones(channels)),
+            ("bias", np.zeros(channels)),
+            ("running_mean", np.zeros(channels)),
+            ("running_var", np.full(channels, 1.0 - eps)),
+        ][0 if affine else 2 :]
+        args = {"num_features": channels, "eps": eps, "momentum": momentum, "affine": affine}
+        self.activation(
+            "BatchNorm1d", args, f"{where}, where the exporter folded it", imported, tensors
+        )
+        imported.notes.append(
+            f"the exporter folded the BatchNorm {module!r} into the Linear before it "
+            "(torch.onnx.export's optimize=True): the import computes the same, with that "
+            f"Linear's weights folded and {module!r} a BatchNorm1d that changes nothing, so that "
+            "torch's state_dict loads into it; export with optimize=False to keep it as it was"
+        )
+
     def pattern(self, node, where: str, imported: _Imported) -> None:  # type: ignore[no-untyped-def]
-        """A layer `_fuse_patterns` recognised in several nodes (`node.op_type` is its kind)."""
+        """A layer `fuse_patterns` (layerc.onnx_match) recognised in several nodes: `node.op_type` is its kind,
+        its attributes the numbers the pattern bound, its inputs after the first the tensors
+        (vectors along the last axis)."""
+        from onnx import helper
+
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kind = node.op_type
+        pattern = _onnx(kind).patterns[int(attrs.pop("pattern"))]
+        keys = [k for k in attrs.pop("tensors").decode().split(",") if k]
+        bound: P.Bound = {name: float(value) for name, value in attrs.items()}
+        bound.update(zip(keys, node.input[1:], strict=True))
+        where = f"{where}, from {node.doc_string}"
         self.current = self.resolve(node.input[0])
         self.sample = self.samples[self.current]
-        self.activation(node.op_type, {}, f"{where}, from {node.doc_string}", imported)
+        tensors: list[tuple[str, np.ndarray]] = []
+        if keys:
+            if self.sample is None:
+                raise self.error(f"{where} needs the size of its input, which is not known")
+            found = [
+                (key, name, self.array(name, where))
+                for key, name in zip(keys, node.input[1:], strict=True)
+            ]
+            tensors = self.shaped(found, (self.sample[-1],), where)
+        self.activation(kind, pattern.arguments(bound, self.sample), where, imported, tensors)
         index = len(imported.layers) - 1
-        imported.ops.append(_CallOp(index, self.current, node.output[0]))
-        imported.node_names.setdefault(index, []).append(node.name)
+        imported.ops.append(T.Call(index, (self.current,), node.output[0], T.node_scope(node)))
         self.samples[node.output[0]] = self.sample
 
     def arithmetic(self, node, data: list[str], where: str, imported: _Imported) -> bool:  # type: ignore[no-untyped-def]
@@ -494,7 +599,7 @@ class _Reader:
         else:
             raise self.error(f"{where} computes on constants only; layerc reads it on values")
         out = node.output[0]
-        imported.ops.append(_ArithOp(op, operands, out))
+        imported.ops.append(T.Arith(op, operands, out, T.node_scope(node)))
         self.samples[out] = self.samples[data[0]]
         return True
 
@@ -525,7 +630,7 @@ class _Reader:
             self.samples[out] = (*first[:-1], sum(s[-1] for s in samples if s is not None))
         else:
             self.samples[out] = None
-        imported.ops.append(_CatOp(tuple(data), out))
+        imported.ops.append(T.Cat(tuple(data), out, T.node_scope(node)))
 
     def attributes(self, node, where: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
         import onnx
@@ -555,6 +660,7 @@ class _Reader:
 
         tensor = self.constants[name]
         allowed = {
+            TensorProto.BOOL,  # Dropout's training_mode
             TensorProto.FLOAT,
             TensorProto.DOUBLE,
             TensorProto.FLOAT16,
@@ -850,7 +956,10 @@ class _Reader:
         ratio = attrs.get("ratio")
         if len(node.input) > 2 and node.input[2]:
             if self.array(node.input[2], where).any():
-                raise self.error(f"{where} is in training mode; layerc models run in eval mode")
+                raise self.error(
+                    f"{where} is in training mode; layerc models run in eval mode (call "
+                    "model.eval() before torch.onnx.export)"
+                )
         if len(node.input) > 1 and node.input[1]:
             ratio = float(self.array(node.input[1], where).reshape(-1)[0])
         args: dict[str, object] = {}
@@ -877,6 +986,9 @@ class _Reader:
                 f"{where} needs {', '.join(spec.inputs[:required])} as constant inputs"
             )
         return out
+
+    def is_parameter(self, name: str) -> bool:
+        return _PARAMETER_NAME.fullmatch(name) is not None
 
     def shaped(
         self, tensors: list[tuple[str, str, np.ndarray]], shape: tuple[int, ...], where: str
@@ -938,7 +1050,9 @@ class _Reader:
             known = math.prod(d for d in dims if d != -1)
             if known > 0 and math.prod(self.sample) % known == 0:
                 dims[dims.index(-1)] = math.prod(self.sample) // known
-        keeps_batch = (batch == 0 and copies) or batch == -1
+        # 0 copies the batch, -1 infers it; an export with a fixed batch (torch.onnx.export's
+        # default) writes that size, which a model of any batch reads as the batch
+        keeps_batch = (batch == 0 and copies) or batch == -1 or batch == self.fixed_batch
         new = tuple(dims)
         run = _merged_axes(self.sample, new) if keeps_batch else None
         if run is None and not (keeps_batch and new == self.sample):
@@ -999,127 +1113,24 @@ class _Reader:
                 raise self.error(f"the graph's output {_q(value.name)} is not computed by any node")
             imported.outputs.append(name)
         _drop_unused(imported)
-        if not any(isinstance(layer, _Linear) for layer in imported.layers):
-            raise self.error("the model has no Gemm or MatMul, so there is no Linear layer")
-
-
-# The domain of the nodes `_fuse_patterns` makes: one node per layer that an exporter wrote as
-# several, its op_type the layer's kind.
-_PATTERN_DOMAIN = "layerc.pattern"
-
-
-def _fuse_patterns(nodes: list, graph) -> list:  # type: ignore[no-untyped-def]
-    """The nodes with each group that computes one layer kind replaced by one node of
-    `_PATTERN_DOMAIN`, matched by structure and constants (never by names): exact GELU as the
-    exporters write it before opset 20, x * 0.5 * (1 + erf(x / sqrt(2))) in either order of its
-    products (Div or Mul by the constant)."""
-    from onnx import helper, numpy_helper
-
-    constants: dict[str, float] = {}
-    for tensor in graph.initializer:
-        if math.prod(tensor.dims) == 1:
-            constants[tensor.name] = float(numpy_helper.to_array(tensor).reshape(()))
-    for node in nodes:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t") and math.prod(attr.t.dims) == 1:
-                    constants[node.output[0]] = float(numpy_helper.to_array(attr.t).reshape(()))
-    made = {out: node for node in nodes for out in node.output}
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {value.name for value in graph.output}
-
-    def only_reader(value: str):  # type: ignore[no-untyped-def]
-        found = readers.get(value, [])
-        return found[0] if len(found) == 1 and value not in outputs else None
-
-    def split(node, op: str, value: float | None = None):  # type: ignore[no-untyped-def]
-        """(the non-constant input, the constant) of a binary `op` node, when the constant is
-        `value` (within float32 rounding); else None."""
-        if node is None or node.op_type != op or node.domain not in ("", "ai.onnx"):
-            return None
-        if len(node.input) != 2:
-            return None
-        for data, const in (node.input, node.input[::-1]):
-            if const in constants and data not in constants:
-                if value is None or abs(constants[const] - value) <= 1e-6 * abs(value):
-                    return data
-        return None
-
-    removed: set[int] = set()
-    replaced: dict[int, object] = {}
-    for erf in nodes:
-        if erf.op_type != "Erf":
-            continue
-        scaled = made.get(erf.input[0])
-        x = split(scaled, "Div", math.sqrt(2)) or split(scaled, "Mul", 1 / math.sqrt(2))
-        one = only_reader(erf.output[0])
-        if x is None or scaled is None or one is None or only_reader(scaled.output[0]) is not erf:
-            continue
-        if split(one, "Add", 1.0) is None:
-            continue
-        product = only_reader(one.output[0])
-        if (
-            product is None
-            or product.op_type != "Mul"
-            or set(product.input) - {one.output[0]} == set()
-        ):
-            continue
-        (other,) = [name for name in product.input if name != one.output[0]] or [None]
-        group = [scaled, erf, one, product]
-        if other == x:  # (x * (1 + erf)) * 0.5
-            half = only_reader(product.output[0])
-            if half is None or split(half, "Mul", 0.5) != product.output[0]:
-                continue
-            group.append(half)
-            out = half.output[0]
-        else:  # (x * 0.5) * (1 + erf)
-            half = made.get(other) if other is not None else None
-            if half is None or split(half, "Mul", 0.5) != x:
-                continue
-            if only_reader(half.output[0]) is not product:
-                continue
-            group.append(half)
-            out = product.output[0]
-        ids = [id(node) for node in group]
-        if any(i in removed for i in ids):
-            continue
-        scope = scaled.name.rsplit("/", 1)[0] if scaled.name.startswith("/") else ""
-        fused = helper.make_node(
-            "GELU", [x], [out], name=f"{scope}/Gelu", domain=_PATTERN_DOMAIN,
-            doc_string="nodes " + ", ".join(_q(n.name or n.op_type) for n in group),
-        )  # fmt: skip
-        removed.update(ids)
-        replaced[max(nodes.index(n) for n in group)] = fused
-    if not removed:
-        return nodes
-    return [
-        replaced.get(i, node)
-        for i, node in enumerate(nodes)
-        if id(node) not in removed or i in replaced
-    ]
+        imported.samples = self.samples
 
 
 def _drop_unused(imported: _Imported) -> None:
     """Leave out the operations no output depends on, and the layers only they call (an export
     may hold nodes whose values nothing reads)."""
     live = set(imported.outputs)
-    kept: list[_CallOp | _ArithOp | _CatOp] = []
+    kept: list[T.Op] = []
     for op in reversed(imported.ops):
         if op.out in live:
             kept.append(op)
-            live.update(_op_reads(op))
+            live.update(op.reads)
     kept.reverse()
-    used = sorted({op.layer for op in kept if isinstance(op, _CallOp)})
+    used = sorted({op.layer for op in kept if isinstance(op, T.Call)})
     index = {old: new for new, old in enumerate(used)}
     imported.layers = [imported.layers[i] for i in used]
-    imported.node_names = {
-        index[i]: imported.node_names[i] for i in used if i in imported.node_names
-    }
     imported.ops = [
-        _CallOp(index[op.layer], op.source, op.out) if isinstance(op, _CallOp) else op
+        T.Call(index[op.layer], op.sources, op.out, op.scope) if isinstance(op, T.Call) else op
         for op in kept
     ]
 
@@ -1251,12 +1262,14 @@ def _load(path: str, key: str) -> S.Call:
 
 
 def _render(
-    imported: _Imported, source: str, stem: str, weights_name: str
+    imported: _Imported, source: str, stem: str, weights_name: str, display: str | None = None
 ) -> tuple[str, dict[str, np.ndarray]]:
     """The .lyr text (a syntax tree, printed by the one printer) and the arrays of its weights
     file, keyed as the state_dict will be; a weight or bias that several layers share is stored
-    once, under the first one's key. Text from the ONNX file goes only into comments, which the
-    printer makes safe; the weights file's name, into strings that it escapes."""
+    once, under the first one's key. The models nest as the original PyTorch modules did, where
+    the exporter recorded them (layerc.onnx_tree). Text from the ONNX file goes only into
+    comments, which the printer makes safe, and names that are plain identifiers; the weights
+    file's name, into strings that it escapes."""
     dtype = imported.dtype
     if not weights_name.isprintable():  # a line break, or a character no reader would see
         raise LayercError(
@@ -1276,44 +1289,9 @@ def _render(
             stored[key] = name
         return _load(weights_name, name)
 
-    chain = imported.is_chain()
-    names = None if chain else _layer_names(imported)
-    layers = []
-    for position, layer in enumerate(imported.layers):
-        comments = (f"from {', '.join(layer.nodes)}",)
-        name = None if names is None else names[position]
-        prefix = str(position) if name is None else name
-        if isinstance(layer, _Activation):
-            entries = tuple(
-                S.Entry(key, load(array, None, f"{prefix}.{key}"), _BUILT)
-                for key, array in layer.tensors
-            )
-            layers.append(
-                S.LayerDef(
-                    name, layer.kind, _BUILT, layer.args, True, entries or None, _BUILT, comments
-                )
-            )
-            continue
-        out_features, in_features = layer.weight.shape
-        args = (
-            S.Arg("in_features", _number(in_features, str(in_features)), _BUILT),
-            S.Arg("out_features", _number(out_features, str(out_features)), _BUILT),
-            S.Arg("bias", S.Bool(layer.bias is not None, _BUILT), _BUILT),
-        )
-        entries = (
-            S.Entry("weight", load(layer.weight, layer.weight_key, f"{prefix}.weight"), _BUILT),
-        )
-        if layer.bias is not None:
-            bias = load(layer.bias, layer.bias_key, f"{prefix}.bias")
-            entries += (S.Entry("bias", bias, _BUILT),)
-        layers.append(S.LayerDef(name, "Linear", _BUILT, args, True, entries, _BUILT, comments))
-    options: tuple[S.Arg, ...] = ()
-    forward = None if names is None else _forward(imported, names)
-    if imported.input_shape is not None and forward is None:
-        shape = S.ListLit.of([_number(d, str(d)) for d in imported.input_shape], _BUILT)
-        options += (S.Arg("input", shape, _BUILT),)
-    if dtype == np.float64:
-        options += (S.Arg("dtype", S.Name("float64", _BUILT), _BUILT),)
+    paths = _layer_paths(imported)  # (merges the layers that are one module called twice)
+    tree = T.build_tree(imported.ops, paths, [n for n, _ in imported.inputs], imported.outputs)
+    model_names = _model_names(tree, model_name_for(stem))
     header = (
         # Lines 1 and 2 hold no text from the ONNX file or its name (an editor or tool that
         # honours a coding declaration there must not be steered by a hostile name).
@@ -1323,12 +1301,256 @@ def _render(
         f"Source: {source!r}, graph {_q(imported.graph_name)}.",
         f"The weights are in {weights_name}, beside this file.",
     )
-    model = S.ModelDef(
-        model_name_for(stem), options, tuple(layers), _BUILT, _BUILT, header, forward
-    )
-    text = print_program(S.Program(f"{stem}.lyr", (model,)))
+    models: list[S.ModelDef] = []
+    for model in tree:
+        layers, forward = _members(model, imported, model_names, load)
+        if not layers and forward is None:  # the graph returns its input
+            layers = [S.LayerDef(None, "Identity", _BUILT, (), True, None, _BUILT)]
+        options: tuple[S.Arg, ...] = ()
+        sample = imported.samples.get(model.inputs[0]) if model.inputs else None
+        first = _first_member(model)
+        if forward is None and (
+            first is None
+            or (isinstance(first, int) and not isinstance(imported.layers[first], _Linear))
+            or (sample is not None and len(sample) > 1)
+        ):
+            if sample is None:
+                raise LayercError(
+                    f"the input {_q(model.inputs[0])} of {model_names[model.path]} has no fixed "
+                    "feature size, and the model does not start with a Gemm or MatMul that would "
+                    "give it one (torch.onnx.export: make only the batch axis dynamic, or none)",
+                    file=display or source,
+                )
+            shape = S.ListLit.of([_number(d, str(d)) for d in sample], _BUILT)
+            options += (S.Arg("input", shape, _BUILT),)
+        if dtype == np.float64:
+            options += (S.Arg("dtype", S.Name("float64", _BUILT), _BUILT),)
+        comments = (header if not models else ()) + _model_comment(model)
+        models.append(
+            S.ModelDef(
+                model_names[model.path],
+                options,
+                tuple(layers),
+                _BUILT,
+                _BUILT,
+                comments,
+                forward,
+            )
+        )
+    text = print_program(S.Program(f"{stem}.lyr", tuple(models)))
     assert text.startswith(IMPORT_HEADER), "the header `_written_by_import` looks for"
     return text, arrays
+
+
+def _model_comment(model: T.Model) -> tuple[str, ...]:
+    """What a model of the tree was in the PyTorch model, where the exporter said."""
+    cls = f" ({model.cls})" if model.cls else ""
+    if not model.path:
+        return (f"The PyTorch model{cls}.",) if cls else ()
+    return (f"PyTorch module {'.'.join(model.path)!r}{cls}.",)
+
+
+def _first_member(model: T.Model) -> int | tuple[str, ...] | None:
+    first = model.ops[0] if model.ops else None
+    return model.members[first.layer] if isinstance(first, T.Call) else None
+
+
+Load = Callable[[np.ndarray, "tuple[object, ...] | None", str], S.Call]
+
+
+def _members(
+    model: T.Model,
+    imported: _Imported,
+    model_names: dict[tuple[str, ...], str],
+    load: Load,
+) -> tuple[list[S.LayerDef], S.ForwardDef | None]:
+    """A model's layer definitions and, unless it is a pipeline, its forward block."""
+    where = ".".join(model.path)
+    if model.positional or (model.is_chain() and all(n is None for n in model.names)):
+        order = (
+            T.positions(model)
+            if model.positional
+            else [op.layer for op in model.ops if isinstance(op, T.Call)]
+        )
+        layers = []
+        for position, member in enumerate(order):
+            key = f"{where}.{position}" if where else str(position)
+            if member is None:
+                layers.append(
+                    S.LayerDef(
+                        None,
+                        "Identity",
+                        _BUILT,
+                        (),
+                        True,
+                        None,
+                        _BUILT,
+                        (
+                            f"position {position}: nothing in the ONNX graph (a layer that computes "
+                            "nothing in eval mode, such as Dropout)",
+                        ),
+                    )  # fmt: skip
+                )
+                continue
+            layers.append(_layer_def(model.members[member], None, key, imported, model_names, load))
+        return layers, None
+    names = _member_names(model, imported)
+    layers = [
+        _layer_def(member, name, f"{where}.{name}" if where else name, imported, model_names, load)
+        for member, name in zip(model.members, names, strict=True)
+    ]
+    if model.is_chain():
+        ordered = [op.layer for op in model.ops if isinstance(op, T.Call)]
+        return [layers[i] for i in ordered], None
+    sub = _Imported(
+        imported.dtype,
+        inputs=[(v, imported.samples.get(v)) for v in model.inputs],
+        ops=model.ops,
+        outputs=model.outputs,
+    )
+    # the graph's inputs keep their names (torch's forward's arguments); a nested model's are
+    # named by position, as the names of values inside the graph mean nothing there
+    count = len(model.inputs)
+    inputs = (
+        None if not model.path else ["x"] if count == 1 else [f"x{i + 1}" for i in range(count)]
+    )
+    return layers, _forward(sub, names, inputs)
+
+
+def _layer_def(
+    member: int | tuple[str, ...],
+    name: str | None,
+    key: str,
+    imported: _Imported,
+    model_names: dict[tuple[str, ...], str],
+    load: Load,
+) -> S.LayerDef:
+    """One layer of a model: a layer read from the graph (its weights under `key.weight`...),
+    or a nested model."""
+    if isinstance(member, tuple):
+        return S.LayerDef(name, model_names[member], _BUILT, (), True, None, _BUILT)
+    layer = imported.layers[member]
+    comments = (f"from {', '.join(layer.nodes)}",)
+    if isinstance(layer, _Activation):
+        tensors = tuple(
+            S.Entry(entry, load(array, None, f"{key}.{entry}"), _BUILT)
+            for entry, array in layer.tensors
+        )
+        return S.LayerDef(
+            name, layer.kind, _BUILT, layer.args, True, tensors or None, _BUILT, comments
+        )
+    out_features, in_features = layer.weight.shape
+    args = (
+        S.Arg("in_features", _number(in_features, str(in_features)), _BUILT),
+        S.Arg("out_features", _number(out_features, str(out_features)), _BUILT),
+        S.Arg("bias", S.Bool(layer.bias is not None, _BUILT), _BUILT),
+    )
+    entries: tuple[S.Entry, ...] = (
+        S.Entry("weight", load(layer.weight, layer.weight_key, f"{key}.weight"), _BUILT),
+    )
+    if layer.bias is not None:
+        entries += (S.Entry("bias", load(layer.bias, layer.bias_key, f"{key}.bias"), _BUILT),)
+    return S.LayerDef(name, "Linear", _BUILT, args, True, entries, _BUILT, comments)
+
+
+def _layer_paths(imported: _Imported) -> list[tuple[str, ...] | None]:
+    """Each layer's module path in the original PyTorch model: where the exporter recorded the
+    node (layerc.onnx_tree.node_scope), else a Linear's weight initializer (`fc1.weight`);
+    None where neither says. Layers that are one module called twice (the same path, kind,
+    arguments and tensors) become one layer called twice."""
+    scopes: dict[int, T.Scope] = {}
+    for op in imported.ops:
+        if isinstance(op, T.Call) and op.scope is not None:
+            scopes.setdefault(op.layer, op.scope)
+    paths: list[tuple[str, ...] | None] = []
+    for index, layer in enumerate(imported.layers):
+        scope = scopes.get(index)
+        path = scope.path if scope is not None else None
+        if isinstance(layer, _Linear) and path is None:
+            path = _weight_path(layer)
+        paths.append(path)
+    # one module called twice: TorchScript names the second call `fc_1`, dynamo `fc` again
+    first: dict[tuple[str, ...], int] = {}
+    merged: dict[int, int] = {}
+    for index, path in enumerate(paths):
+        if path is None:
+            continue
+        for candidate in (path, T.without_call_suffix(path)):
+            other = first.get(candidate) if candidate is not None else None
+            if other is not None and _same_layer(imported.layers[other], imported.layers[index]):
+                merged[index] = other
+                break
+        else:
+            first.setdefault(path, index)
+    if merged:
+        imported.ops = [
+            T.Call(merged.get(op.layer, op.layer), op.sources, op.out, op.scope)
+            if isinstance(op, T.Call)
+            else op
+            for op in imported.ops
+        ]
+        kept = [i for i in range(len(paths)) if i not in merged]
+        _drop_unused(imported)  # renumbers the layers still called, in order
+        paths = [paths[i] for i in kept]
+    return paths
+
+
+def _weight_path(layer: _Linear) -> tuple[str, ...] | None:
+    """`fc1.weight` -> ("fc1",): the module a Linear's weight initializer names."""
+    if layer.weight_key is None:
+        return None
+    source = str(layer.weight_key[1])
+    if not source.endswith(".weight"):
+        return None
+    parts = source.removesuffix(".weight").split(".")
+    return tuple(parts) if all(_NAME_PART.fullmatch(p) for p in parts) else None
+
+
+def _same_layer(a: _Linear | _Activation, b: _Linear | _Activation) -> bool:
+    """Whether two layers read from the graph are one module (called twice)."""
+    if isinstance(a, _Linear) and isinstance(b, _Linear):
+        return (
+            a.weight_key is not None
+            and a.weight_key == b.weight_key
+            and a.bias_key == b.bias_key
+            and (a.bias is None) == (b.bias is None)
+        )
+    if isinstance(a, _Activation) and isinstance(b, _Activation):
+        return (
+            a.kind == b.kind
+            and a.args == b.args
+            and len(a.tensors) == len(b.tensors)
+            and all(
+                ka == kb and np.array_equal(va, vb)
+                for (ka, va), (kb, vb) in zip(a.tensors, b.tensors, strict=True)
+            )
+        )
+    return False
+
+
+def _model_names(tree: list[T.Model], root: str) -> dict[tuple[str, ...], str]:
+    """A name for each model of the tree: the whole graph's `root`; a nested one its PyTorch
+    class's where the exporter recorded it (not torch.nn's containers), else its path's
+    (`blocks.0` -> Blocks0); unique, never a layer kind."""
+    taken = {root, *KINDS}
+    names: dict[tuple[str, ...], str] = {(): root}
+    for model in tree:
+        if not model.path:
+            continue
+        short = (model.cls or "").rsplit(".", 1)[-1]
+        wanted = short if re.fullmatch(r"[A-Z][A-Za-z0-9_]{0,40}", short) else ""
+        if not wanted or wanted in _CONTAINER_CLASSES:
+            wanted = model_name_for("_".join(model.path))
+        name, n = wanted, 1
+        while name in taken:
+            n += 1
+            name = f"{wanted}_{n}"
+        taken.add(name)
+        names[model.path] = name
+    return names
+
+
+_CONTAINER_CLASSES = ("Sequential", "ModuleList", "ModuleDict")
 
 
 _NAME_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
@@ -1336,38 +1558,26 @@ _NAME_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 _NOT_LAYER_NAMES = {"cat", "forward", "return", "model", "test", "true", "false"}
 
 
-def _layer_names(imported: _Imported) -> list[str]:
-    """A name for each layer of a graph model, as PyTorch named its module where the exporter
-    kept it: from the weight's initializer (`fc1.weight` -> fc1, `b1.fc1.weight` -> b1_fc1), or
-    the node's scope (`/b1/act/Gelu` -> b1_act); otherwise the kind and a number (`relu2`).
-    Names are made unique and valid."""
+def _member_names(model: T.Model, imported: _Imported) -> list[str]:
+    """A name for each member of a model that is not a positional pipeline: PyTorch's, where
+    the exporter kept it (a number becomes `layer_2`), else the kind and a number (`relu2`);
+    unique and valid."""
     from .runtime.layers import reserved_names
 
     reserved = reserved_names() | _NOT_LAYER_NAMES
     taken: set[str] = set()
     out = []
-    for index, layer in enumerate(imported.layers):
-        candidates = []
-        if isinstance(layer, _Linear) and layer.weight_key is not None:
-            source = str(layer.weight_key[1])
-            if source.endswith(".weight"):
-                candidates.append(source.removesuffix(".weight").split("."))
-        for node_name in imported.node_names.get(index, []):
-            scope = node_name.split("/")
-            if node_name.startswith("/") and len(scope) > 2:
-                candidates.append(scope[1:-1])
-        name = None
-        for parts in candidates:
-            if parts and all(_NAME_PART.fullmatch(p) for p in parts):
-                text = "_".join(parts)
-                if text[0].isdigit():
-                    text = "layer_" + text
-                fits = len(text) <= MAX_NAME_LENGTH // 2 and not text.startswith("__")
-                name = text if fits else None
-                if name is not None:
-                    break
-        kind = "linear" if isinstance(layer, _Linear) else layer.kind.lower()
-        name = name or f"{kind}{index}"
+    for index, (member, wanted) in enumerate(zip(model.members, model.names, strict=True)):
+        name = wanted
+        if name is not None and name[0].isdigit():
+            name = "layer_" + name
+        if name is None or len(name) > MAX_NAME_LENGTH // 2 or name.startswith("__"):
+            if isinstance(member, tuple):
+                name = f"block{index}"
+            else:
+                layer = imported.layers[member]
+                kind = "linear" if isinstance(layer, _Linear) else layer.kind.lower()
+                name = f"{kind}{index}"
         while name in taken or name in reserved or keyword.iskeyword(name):
             name += "_"
         taken.add(name)
@@ -1375,7 +1585,9 @@ def _layer_names(imported: _Imported) -> list[str]:
     return out
 
 
-def _forward(imported: _Imported, names: list[str]) -> S.ForwardDef:
+def _forward(
+    imported: _Imported, names: list[str], input_names: list[str] | None = None
+) -> S.ForwardDef:
     """The forward block of the graph read: an input per graph input (annotated with its shape
     when known), a statement for each value read more than once, other values written inside
     the expression that reads them, and the outputs returned in order."""
@@ -1391,13 +1603,13 @@ def _forward(imported: _Imported, names: list[str]) -> S.ForwardDef:
 
     inputs = []
     refs: dict[str, str] = {}
-    for onnx_name, sample in imported.inputs:
-        refs[onnx_name] = fresh(onnx_name)
+    for position, (onnx_name, sample) in enumerate(imported.inputs):
+        refs[onnx_name] = fresh(onnx_name if input_names is None else input_names[position])
         inputs.append(S.Input(refs[onnx_name], sample, _BUILT, _BUILT if sample else None))
     made = {op.out: op for op in imported.ops}
     reads: dict[str, int] = {}
     for op in imported.ops:
-        for value in _op_reads(op):
+        for value in op.reads:
             reads[value] = reads.get(value, 0) + 1
     for value in imported.outputs:
         reads[value] = reads.get(value, 0) + 1
@@ -1411,10 +1623,10 @@ def _forward(imported: _Imported, names: list[str]) -> S.ForwardDef:
             return S.Ref(refs[value], _BUILT)
         return written(made[value])
 
-    def written(op: _CallOp | _ArithOp | _CatOp) -> S.Expr:
-        if isinstance(op, _CallOp):
-            return S.Apply(names[op.layer], (expr(op.source),), _BUILT)
-        if isinstance(op, _CatOp):
+    def written(op: T.Op) -> S.Expr:
+        if isinstance(op, T.Call):
+            return S.Apply(names[op.layer], tuple(expr(v) for v in op.sources), _BUILT)
+        if isinstance(op, T.Cat):
             return S.Apply("cat", tuple(expr(v) for v in op.sources), _BUILT)
         if op.op == "neg":
             return S.Neg(expr(op.operands[0]), _BUILT)
@@ -1423,7 +1635,7 @@ def _forward(imported: _Imported, names: list[str]) -> S.ForwardDef:
 
     body: list[S.Assign] = []
     for op in imported.ops:
-        sources = [s for s in _op_reads(op) if s not in refs]
+        sources = [s for s in op.reads if s not in refs]
         depth[op.out] = 1 + max((depth[s] for s in sources), default=0)
         if reads.get(op.out, 0) != 1 or depth[op.out] >= _INLINE_DEPTH:
             statement = S.Assign(fresh(f"h{len(body) + 1}"), written(op), _BUILT)
@@ -1437,14 +1649,6 @@ def _forward(imported: _Imported, names: list[str]) -> S.ForwardDef:
 # An expression of the forward block nests at most this many operations; deeper ones are cut
 # into statements (the parser allows MAX_EXPRESSION_DEPTH).
 _INLINE_DEPTH = 24
-
-
-def _op_reads(op: _CallOp | _ArithOp | _CatOp) -> tuple[str, ...]:
-    if isinstance(op, _CallOp):
-        return (op.source,)
-    if isinstance(op, _CatOp):
-        return op.sources
-    return tuple(o for o in op.operands if isinstance(o, str))
 
 
 # =========================================================================== export

@@ -46,6 +46,11 @@ from . import weights as W
 from .errors import LayercError
 from .files import open_regular, read_regular
 
+# What a torch user changes so that a model has no external data at all.
+_KEEP_INSIDE = (
+    " (or export with torch.onnx.export(..., external_data=False), which keeps the weights in"
+    " the .onnx file)"
+)
 # The keys of an external tensor's `external_data` (onnx's own loader also writes `basepath`,
 # which it never follows, and neither does layerc); any other is refused, as it may change
 # what the bytes mean.
@@ -88,7 +93,7 @@ def read_model(path: Path, display: str):  # type: ignore[no-untyped-def]
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise LayercError(f"not a valid ONNX model: {_first_line(exc)}", file=display) from None
+        raise LayercError(f"not a valid ONNX model: {first_line(exc)}", file=display) from None
     external = _external_tensors(model, display)
     if external:
         blank = onnx.ModelProto()
@@ -109,7 +114,7 @@ def _check(model, display: str, what: str = "not a valid ONNX model") -> None:  
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx.checker.ValidationError, and C++ errors from the checker
-        raise LayercError(f"{what}: {_first_line(exc)}", file=display) from None
+        raise LayercError(f"{what}: {first_line(exc)}", file=display) from None
 
 
 # --------------------------------------------------------------------------- tensors
@@ -190,7 +195,7 @@ def _external_tensors(model, display: str) -> list[_External]:  # type: ignore[n
         external = tensor.data_location == TensorProto.EXTERNAL
         if not external and not tensor.external_data:
             continue
-        name = _q(tensor.name or "(unnamed)")
+        name = quote(tensor.name or "(unnamed)")
 
         def refuse(message: str, name: str = name) -> LayercError:
             return LayercError(f"tensor {name} {message}", file=display)
@@ -207,17 +212,17 @@ def _external_tensors(model, display: str) -> list[_External]:  # type: ignore[n
         for entry in tensor.external_data:
             if entry.key not in _KNOWN_KEYS:
                 raise refuse(
-                    f"has the external data key {_q(entry.key)}, which layerc does not know"
+                    f"has the external data key {quote(entry.key)}, which layerc does not know"
                 )
             if entry.key in keys:
-                raise refuse(f"has the external data key {_q(entry.key)} twice")
+                raise refuse(f"has the external data key {quote(entry.key)} twice")
             keys[entry.key] = entry.value
         location = keys.get("location", "")
         if not location:
             raise refuse("is stored in an external file but names no location")
         problem = _unsafe_location(location)
         if problem:
-            raise refuse(f"is stored in {_q(location)}, {problem}")
+            raise refuse(f"is stored in {quote(location)}, {problem}{_KEEP_INSIDE}")
         offset = _number(keys, "offset", refuse)
         given = _number(keys, "length", refuse)
         types = TensorProto.DataType
@@ -241,7 +246,7 @@ def _external_tensors(model, display: str) -> list[_External]:  # type: ignore[n
             )
         checksum = keys.get("checksum")
         if checksum is not None and not re.fullmatch(r"[0-9a-fA-F]{40}", checksum):
-            raise refuse(f"has the checksum {_q(checksum)}, which is not a SHA-1 digest in hex")
+            raise refuse(f"has the checksum {quote(checksum)}, which is not a SHA-1 digest in hex")
         found.append(_External(tensor, name, location, offset or 0, size, given is None, checksum))
     return found
 
@@ -251,7 +256,7 @@ def _number(keys: dict[str, str], key: str, refuse) -> int | None:  # type: igno
         return None
     value = keys[key]
     if not re.fullmatch(r"[0-9]{1,20}", value):
-        raise refuse(f"has the external data {key} {_q(value)}, which is not a number of bytes")
+        raise refuse(f"has the external data {key} {quote(value)}, which is not a number of bytes")
     return int(value)
 
 
@@ -286,7 +291,7 @@ def _read_external(external: list[_External], folder: Path, display: str) -> Non
                 fds[ext.location] = _open_external(ext, base, display)
             _, size = fds[ext.location]
             end = ext.offset + ext.length
-            where = f"tensor {ext.name} is stored in {_q(ext.location)}"
+            where = f"tensor {ext.name} is stored in {quote(ext.location)}"
             if end > size:
                 raise LayercError(
                     f"{where} at bytes {ext.offset} to {end}, past the end of the file "
@@ -304,12 +309,12 @@ def _read_external(external: list[_External], folder: Path, display: str) -> Non
             data = _pread(fd, ext.length, ext.offset)
             if len(data) != ext.length:
                 raise LayercError(
-                    f"tensor {ext.name}: {_q(ext.location)} got shorter while layerc read it",
+                    f"tensor {ext.name}: {quote(ext.location)} got shorter while layerc read it",
                     file=display,
                 )
             if ext.checksum is not None and hashlib.sha1(data).hexdigest() != ext.checksum.lower():
                 raise LayercError(
-                    f"tensor {ext.name}: the data in {_q(ext.location)} does not match its "
+                    f"tensor {ext.name}: the data in {quote(ext.location)} does not match its "
                     "checksum",
                     file=display,
                 )
@@ -322,7 +327,7 @@ def _read_external(external: list[_External], folder: Path, display: str) -> Non
 def _open_external(ext: _External, base: str, display: str) -> tuple[int, int]:
     """A descriptor of the regular file `ext.location` inside the model's folder `base` (its
     real path), and the file's size."""
-    where = f"tensor {ext.name} is stored in {_q(ext.location)}"
+    where = f"tensor {ext.name} is stored in {quote(ext.location)}"
     joined = os.path.join(base, ext.location)
     real = os.path.realpath(joined)
     if real == base:
@@ -330,13 +335,13 @@ def _open_external(ext: _External, base: str, display: str) -> tuple[int, int]:
     if not _inside(base, real):
         raise LayercError(
             f"{where}, which leads out of the model's folder through a symbolic link; external "
-            "data must be inside the model's folder",
+            f"data must be inside the model's folder{_KEEP_INSIDE}",
             file=display,
         )
     if not os.path.lexists(real):
         raise LayercError(
             f"{where}, which is missing from the model's folder ({base}); the external data "
-            "file must sit beside the .onnx file, as torch.onnx.export wrote it",
+            f"file must sit beside the .onnx file, as torch.onnx.export wrote it{_KEEP_INSIDE}",
             file=display,
         )
     try:
@@ -426,7 +431,8 @@ def _upgrade(model, display: str):  # type: ignore[no-untyped-def]
         if converted is None:
             raise LayercError(
                 f"the model's ONNX opset {old} is older than layerc reads ({MIN_OPSET}+), and "
-                f"onnx's version converter cannot upgrade it: {_first_line(exc)}",
+                f"onnx's version converter cannot upgrade it: {first_line(exc)} (export with "
+                "torch.onnx.export(..., opset_version=17) or later)",
                 file=display,
             ) from None
     _check(
@@ -504,11 +510,13 @@ def _shape(dims: tuple[int, ...]) -> str:
     return f"({dims[0]},)" if len(dims) == 1 else str(dims)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-line message (at most 200 characters)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _q(name: str) -> str:
+def quote(name: str) -> str:
     """A name from the ONNX file, quoted and shortened so it cannot flood or mangle a message."""
     return repr(name if len(name) <= 80 else name[:77] + "...")

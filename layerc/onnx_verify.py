@@ -24,6 +24,8 @@ import numpy as np
 from . import syntax as S
 from .check import MAX_TEST_VALUES
 from .errors import LayercError, Loc
+from .onnx_read import first_line as _first_line
+from .onnx_read import quote as _q
 from .printer import print_program
 
 BATCH = 3  # samples in the test
@@ -77,6 +79,13 @@ def reference_test(
     values = [v for v in graph.input if v.name not in constants]
     if not values:
         raise Unverifiable("the graph has no input")
+    fixed = [
+        v.type.tensor_type.shape.dim[0].dim_value
+        for v in values
+        if v.type.tensor_type.HasField("shape") and v.type.tensor_type.shape.dim
+    ]
+    if fixed and fixed[0] > 0:  # an export with a fixed batch (torch's default) may rely on it
+        batch = min(fixed[0], 64)
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     drawn: list[np.ndarray] = []
@@ -92,7 +101,8 @@ def reference_test(
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the outputs are the test; its warnings, noise
-            results = ReferenceEvaluator(model).run(None, feeds)
+            evaluator = ReferenceEvaluator(model, new_ops=[_inference_batch_norm()])
+            results = evaluator.run(None, feeds)
     except MemoryError:
         raise
     except Exception as exc:  # an op the reference does not implement, and its own errors
@@ -112,6 +122,24 @@ def reference_test(
         if array.size > MAX_TEST_VALUES:
             raise Unverifiable(f"an array of the test holds more than {MAX_TEST_VALUES} values")
     return ReferenceTest(tuple(feeds.values()), tuple(outputs), model_dtype, tuple(drawn))
+
+
+def _inference_batch_norm():  # type: ignore[no-untyped-def]
+    """onnx.reference's BatchNormalization, in inference mode whatever its opset: before opset
+    14 the reference takes a `momentum` attribute (which torch always writes, and whose default
+    the reference fills in) for training mode, where the operator's one-output inference form
+    does not depend on it. (layerc reads only BatchNormalization in inference mode.)"""
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=1e-5, **ignored):  # type: ignore[no-untyped-def]
+            shape = (-1,) + (1,) * (x.ndim - 2)  # the channels are axis 1
+            s, b, m, v = (t.reshape(shape) for t in (scale, bias, mean, var))
+            return ((s * (x - m) / np.sqrt(v + epsilon) + b).astype(x.dtype),)
+
+    return BatchNormalization
 
 
 def _input_type(value, hint: tuple[int, ...] | None, helper) -> tuple[tuple[int, ...], np.dtype]:  # type: ignore[no-untyped-def]
@@ -253,13 +281,3 @@ def _stored(
 def _value(values: list[S.Value]) -> S.Value | S.TupleLit:
     """One value plainly; several as a tuple, in forward order."""
     return values[0] if len(values) == 1 else S.TupleLit(tuple(values), _BUILT)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _q(name: str) -> str:
-    return repr(name if len(name) <= 80 else name[:77] + "...")

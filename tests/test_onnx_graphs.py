@@ -83,7 +83,7 @@ def imported(path: Path) -> object:
     lyr = import_onnx(path, path.with_suffix(".lyr"))[-1]
     program, written = driver.compile_file(lyr)
     module = driver.import_module(written[-1])
-    return getattr(module, program.models[0].name)()
+    return getattr(module, program.models[-1].name)()  # the last: nested models come first
 
 
 @pytest.mark.parametrize(
@@ -106,8 +106,10 @@ def test_torch_graphs_import_as_graph_models(
     ours = imported(path)
     text = path.with_suffix(".lyr").read_text(encoding="utf-8")
     assert "forward(" in text
-    if make is Residual:  # the exporter's GELU, one node or five, is one GELU layer
-        assert "    b1_act = GELU()\n" in text
+    if make is Residual:  # the exporter's GELU, one node or five, is one GELU layer, and the
+        # block nests as the torch module did
+        assert "    act = GELU()\n" in text
+        assert "    b1 = B1()\n" in text
     rng = np.random.default_rng(0)
     for batch in (1, 5):
         xs = [rng.standard_normal((batch, w)).astype(np.float32) for w in widths]
@@ -119,10 +121,10 @@ def test_torch_graphs_import_as_graph_models(
         assert len(got) == len(want)
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(torch.from_numpy(g), w, **F32)
-    if make is TwoInputsTwoOutputs:  # flat modules keep torch's names and state_dict keys
-        assert list(ours.state_dict()) == list(net.state_dict())
+    assert list(ours.state_dict()) == list(net.state_dict())  # torch's names and nesting
+    if make is TwoInputsTwoOutputs:
         assert "forward(x: 8, mask: 8) {" in text
-        assert "return a(h1), b(-relu_1(h1) - h1 * 0.5)" in text
+        assert "return a(h1), b(-relu(h1) - h1 * 0.5)" in text  # relu: one module, twice
 
 
 EXPORTED = """
@@ -171,8 +173,11 @@ def test_a_graph_layerc_exported_imports_back(tmp_path: Path) -> None:
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     text = (tmp_path / "heads.lyr").read_text(encoding="utf-8")
-    # the layer called twice shares one stored weight
-    assert text.count('"a.weight"') == 2
+    # the layer called twice is one layer again, and the nested model nests again
+    assert text.count('"a.weight"') == 1
+    assert "    inner = Inner()\n" in text
+    # (in the order the graph computes them: ONNX does not keep the order of declaration)
+    assert sorted(back.state_dict()) == sorted(original.state_dict())
 
 
 def test_unused_nodes_are_left_out(tmp_path: Path) -> None:
@@ -290,6 +295,54 @@ def test_hostile_names_become_plain_identifiers(tmp_path: Path) -> None:
     y1, y2 = net(x)
     np.testing.assert_array_equal(y1, 2 * x)
     np.testing.assert_array_equal(y2, np.maximum(x, 0))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_hostile_metadata_is_ignored_or_checked(tmp_path: Path) -> None:
+    """The dynamo exporter's node metadata (module paths and classes) is read as a list of
+    strings or not at all: a literal of another type, a path part that is not a plain name or
+    that starts with `__`, and a class that is not a plain name, give nothing but checked
+    identifiers, never code and never a crash."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def gemm(x: str, w: str, y: str, scopes: str, classes: str = "") -> object:
+        node = helper.make_node("Gemm", [x, w], [y], name=f"g_{y}")
+        for key, value in (
+            ("pkg.torch.onnx.name_scopes", scopes),
+            ("pkg.torch.onnx.class_hierarchy", classes),
+        ):
+            if value:
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
+        return node
+
+    evil = '__import__("os").system("touch PWNED")'
+    nodes = [
+        gemm("x", "w1", "h1", "{[]: 1}"),  # a TypeError in literal_eval
+        gemm("h1", "w2", "h2", "['', '__class__', 'linear']", "['A', 'B', 'c']"),
+        gemm("h2", "w3", "h3", f"['', 'a', {evil!r}, 'linear']"),
+        gemm("h3", "w4", "h4", "['', 'b', 'b.c', 'linear']", f"['M', {evil!r}, 'Evil', 'l']"),
+        gemm("h4", "w5", "y", "['', " + "'z', " * 5000 + "'linear']"),  # past the size limit
+    ]
+    eye = np.eye(3, dtype=np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(eye * (i + 1), f"w{i + 1}") for i in range(5)],
+    )
+    path = tmp_path / "meta.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    net = imported(path)
+    text = path.with_suffix(".lyr").read_text(encoding="utf-8")
+    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("__" in line or "system" in line for line in code), text
+    assert "model B {" in text  # `b`: a plain path, its class not a plain name
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(net(x), x * 120)  # 1 * 2 * 3 * 4 * 5
     assert not (tmp_path / "PWNED").exists()
 
 

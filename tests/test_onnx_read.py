@@ -2,11 +2,11 @@
 default: `m.onnx` beside `m.onnx.data`), safely, and models of opsets older than the importer
 reads (upgraded with onnx's version converter); see layerc/onnx_read.py.
 
-torch 2.13's default exporter (dynamo) needs onnxscript, which the test extra does not install,
-and its TorchScript exporter ignores `external_data=True` (it writes one self-contained file), so
+torch's TorchScript exporter ignores `external_data=True` (it writes one self-contained file), so
 a real export is saved with external data by `onnx.save(..., save_as_external_data=True)`, and the
 layout of the dynamo exporter (onnx_ir: offsets aligned, zero padding between tensors) is written
-by hand (`externalize`)."""
+by hand (`externalize`), so that every case can be made; tests/test_onnx_exporters.py imports
+what the dynamo exporter itself writes, `net.onnx.data` and all."""
 
 from __future__ import annotations
 

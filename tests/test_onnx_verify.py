@@ -190,7 +190,7 @@ def test_a_model_the_reference_cannot_run_is_imported_with_a_note(
     import onnx.reference
 
     class Failing:
-        def __init__(self, model: onnx.ModelProto) -> None:
+        def __init__(self, model: onnx.ModelProto, **options: object) -> None:
             raise NotImplementedError("no implementation for op 'Relu'\nsecond line")
 
     monkeypatch.setattr(onnx.reference, "ReferenceEvaluator", Failing)
