@@ -140,9 +140,7 @@ class _Imported:
     layers: list[_Linear | _Activation] = field(default_factory=list)
     opset: int = 0
     graph_name: str = ""
-    # The per-sample shape a pipeline writes as its `input=` option: of several axes, or of one
-    # when the pipeline does not start with a Linear (which gives the size otherwise).
-    input_shape: tuple[int, ...] | None = None
+    input_shape: tuple[int, ...] | None = None  # the one input's sample shape, if of several axes
     # The graph as read: its inputs (ONNX name, per-sample shape or None for (batch, n) with n
     # unknown), the operations in order, and the values it returns.
     inputs: list[tuple[str, tuple[int, ...] | None]] = field(default_factory=list)
@@ -151,18 +149,6 @@ class _Imported:
     # every value's per-sample shape (None: one axis of unknown size)
     samples: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the user should know of the import
-
-    def is_chain(self) -> bool:
-        """Whether the graph is a single chain of layers from its one input to its one output
-        (a pipeline model); otherwise it needs a forward block."""
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            return False
-        current = self.inputs[0][0]
-        for op in self.ops:
-            if not isinstance(op, T.Call) or op.sources != (current,):
-                return False
-            current = op.out
-        return current == self.outputs[0]
 
 
 def import_onnx(path: Path, out: Path | None = None, *, test: bool = True) -> list[Path]:

@@ -259,6 +259,18 @@ def test_exact_gelu_written_as_five_nodes_is_one_layer(tmp_path: Path, order: st
     torch.testing.assert_close(torch.from_numpy(net(x)).double(), want, rtol=1e-5, atol=1e-6)
 
 
+def imported_code(path: Path, graph: object) -> tuple[object, str, list[str]]:
+    """The graph saved at `path` (opset 17) and imported: the model, the .lyr text, and its
+    lines that are not comments."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.write_bytes(model.SerializeToString())
+    net = imported(path)
+    text = path.with_suffix(".lyr").read_text(encoding="utf-8")
+    return net, text, [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+
 def test_hostile_names_become_plain_identifiers(tmp_path: Path) -> None:
     """Initializer, node and input names of a graph model reach the .lyr only as checked
     identifiers (and comments): nothing in them becomes code."""
@@ -282,13 +294,7 @@ def test_hostile_names_become_plain_identifiers(tmp_path: Path) -> None:
         ],
         [w, v],
     )
-    path = tmp_path / "evil.onnx"
-    path.write_bytes(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    )
-    net = imported(path)
-    text = path.with_suffix(".lyr").read_text(encoding="utf-8")
-    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    net, text, code = imported_code(tmp_path / "evil.onnx", graph)
     assert not any("__import__" in line or "system" in line for line in code)
     assert [name for name, _ in net.named_children()] == ["linear0", "linear1", "forward_"]
     x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
@@ -332,13 +338,7 @@ def test_hostile_metadata_is_ignored_or_checked(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
         [numpy_helper.from_array(eye * (i + 1), f"w{i + 1}") for i in range(5)],
     )
-    path = tmp_path / "meta.onnx"
-    path.write_bytes(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    )
-    net = imported(path)
-    text = path.with_suffix(".lyr").read_text(encoding="utf-8")
-    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    net, text, code = imported_code(tmp_path / "meta.onnx", graph)
     assert not any("__" in line or "system" in line for line in code), text
     assert "model B {" in text  # `b`: a plain path, its class not a plain name
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
