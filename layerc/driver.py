@@ -4,12 +4,14 @@ owns every file the compiler writes; it never prints (the CLI does)."""
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import itertools
 import keyword
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from .files import (
     unlink_quietly,
     write_atomically,
 )
+from .runtime.portable import content_key
 
 
 def check_file(path: Path) -> tuple[ir.Program, str]:
@@ -240,6 +243,49 @@ def import_module(path: Path, name: str | None = None) -> ModuleType:
         del sys.modules[name]
         raise
     return module
+
+
+def cache_root() -> Path:
+    """Where compiled models are kept between runs: $LAYERC_CACHE_DIR, else
+    $XDG_CACHE_HOME/layerc, else ~/.cache/layerc. Safe to delete at any time."""
+    if os.environ.get("LAYERC_CACHE_DIR"):
+        return Path(os.environ["LAYERC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "layerc"
+
+
+def import_cached(stem: str, output: codegen.Output) -> ModuleType:
+    """Import the generated module `output` (named `stem`.py) from the per-user cache, writing
+    it there first when missing: `layerc run`, `layerc.load` and the unpickling of a model
+    (layerc.runtime.portable) all come here. Folders are named by a hash of the generated code
+    and its weights, so an edited source gets a new folder and numba's on-disk cache beside each
+    module stays valid, and the module's name is fixed by the same hash: numba's cache is keyed
+    by the import name, and a process that needs the same model again reuses the module it
+    already imported. Where the cache cannot be written, a temporary folder is used instead."""
+    key = content_key(output.source, output.data)
+    name = f"_layerc_run_{key}_{stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        folder = cache_root() / "run" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        out = _write_if_changed(folder / f"{stem}.py", output)
+    except (OSError, LayercError):
+        folder = Path(tempfile.mkdtemp(prefix="layerc-run-"))
+        atexit.register(shutil.rmtree, folder, True)
+        out = _write_if_changed(folder / f"{stem}.py", output)
+    return import_module(out, name)
+
+
+def _write_if_changed(out: Path, output: codegen.Output) -> Path:
+    try:
+        current: bytes | None = read_regular(out, str(out))
+    except LayercError:
+        current = None
+    data_ok = output.data_name is None or (out.parent / output.data_name).is_file()
+    if current != output.source.encode("utf-8") or not data_ok:
+        write_output(out, output)
+    return out
 
 
 def load(path: str | os.PathLike[str]) -> ModuleType:

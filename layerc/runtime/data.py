@@ -32,11 +32,17 @@ def pack(arrays: list[np.ndarray]) -> tuple[bytes, list[int]]:
     return b"".join(chunks), offsets
 
 
+# The weights file of each generated module loaded so far, by the module's file: what a
+# self-contained pickle of its models carries (layerc.runtime.portable).
+FILES: dict[str, str] = {}
+
+
 def load(
     module_file: str, name: str, sha256: str, layout: dict[str, tuple[int, tuple[int, ...], str]]
 ) -> dict[str, np.ndarray]:
     """Read `name` beside `module_file` and return its arrays by key, read-only."""
     path = Path(module_file).with_name(name)
+    FILES[module_file] = name
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -279,9 +279,11 @@ def load(dtype: type | np.dtype) -> None:
 
 
 @intrinsic
-def _product(typingctx, n, k, m, x, w, ldw, y, zero):  # type: ignore[no-untyped-def]
-    """Call the registered product for `zero`'s type."""
-    if not isinstance(zero, types.Float):
+def _product(typingctx, n, k, m, x, w, ldw, y, zero, weight):  # type: ignore[no-untyped-def]
+    """Call the registered product for `zero`'s type. `weight` is the array `w` points into:
+    passed (and not read) so that numba keeps it alive until the product has read it, as it
+    may be a copy made just before the call that nothing else holds."""
+    if not isinstance(zero, types.Float) or not isinstance(weight, types.Array):
         return None
     dtype = np.dtype(np.float64 if zero.bitwidth == 64 else np.float32)
     symbol = SYMBOLS[dtype]
@@ -294,7 +296,7 @@ def _product(typingctx, n, k, m, x, w, ldw, y, zero):  # type: ignore[no-untyped
         builder.call(fn, args[:7])
         return context.get_dummy_value()
 
-    return types.void(*[types.intp] * 7, zero), codegen
+    return types.void(*[types.intp] * 7, zero, weight), codegen
 
 
 @numba.njit(inline="always")
@@ -309,7 +311,7 @@ def matmul(xs, weight, ys):  # type: ignore[no-untyped-def]
     size = xs.itemsize
     if (m > 1 and wt.strides[1] != size) or wt.strides[0] % size != 0:  # as `reads_in_place`
         wt = np.ascontiguousarray(wt)
-    _product(n, k, m, _address(xs), _address(wt), wt.strides[0] // size, _address(ys), ys[0, 0])
+    _product(n, k, m, _address(xs), _address(wt), wt.strides[0] // size, _address(ys), ys[0, 0], wt)
 
 
 def reads_in_place(weight: np.ndarray) -> bool:

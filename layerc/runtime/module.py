@@ -20,11 +20,12 @@ import functools
 import warnings
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, SupportsIndex, TypeVar
 
 import numpy as np
 
 from . import hooks as H
+from . import portable
 from .hooks import RemovableHandle, state
 
 __all__ = ["Module", "ShapeError"]
@@ -1076,16 +1077,45 @@ class Module:
                 main += "\n  " + "\n  ".join(lines) + "\n"
         return main + ")"
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        """Pickled self-contained: with its generated module's source and weights, so that a
+        process without the generated file unpickles it (layerc.runtime.portable)."""
+        found = portable.payload(type(self).__module__)
+        if found is None:  # not a generated class
+            return super().__reduce_ex__(protocol)
+        cls = type(self)
+        return (portable.new, (found, cls.__qualname__, cls.__module__), self.__getstate__())
+
     def __getstate__(self) -> dict:
         st = self.__dict__.copy()
         st["_fast"] = _NO_FAST_PATH
         st["_fast_checked"] = -1
+        if "_compiled_layout" in st:  # classes as references a fresh process can resolve
+            st["_compiled_layout"] = tuple(
+                (name, portable.class_ref(cls)) for name, cls in st["_compiled_layout"]
+            )
         return st
 
     def __setstate__(self, st: dict) -> None:
         self.__dict__.update(st)
         if "_compiled_layout" not in st:  # pickled before layouts were recorded
             self.__dict__["_compiled_layout"] = _layout(self)
+        else:
+            self.__dict__["_compiled_layout"] = tuple(
+                (name, portable.resolve(ref)) for name, ref in st["_compiled_layout"]
+            )
+        # pickle gives arrays back C-ordered: each tensor in the layout its kernel reads (a
+        # Linear's weight transposed), as when it was built, rather than copied at every call
+        restored = False
+        for registry in (self._parameters, self._buffers):
+            for name, value in registry.items():
+                if isinstance(value, np.ndarray):
+                    stored = self._stored(name, value)
+                    if stored is not value:
+                        registry[name] = self.__dict__[name] = stored
+                        restored = True
+        if restored and "_params_tuple" in self.__dict__:
+            self._update_params_tuple()
         # Hook ids restored from a pickle must not be handed out again (torch does not guard
         # this: a new hook could silently replace an unpickled one in a fresh process).
         registries = (self._forward_hooks, self._forward_pre_hooks)
