@@ -1,10 +1,13 @@
 """layerc benchmark: the same models in PyTorch eager, ONNX Runtime, NumPy and layerc, measured in
 one run on this machine.
 
-    python bench/bench.py            # everything (about 3 minutes on 2 cores)
+    python bench/bench.py            # everything but dask (about 3 minutes on 2 cores)
     python bench/bench.py --quick    # fewer repetitions
     python bench/bench.py --only bnmlp   # only some groups: seed, mlp, hooks, bnmlp,
-                                         # resmlp, threads, startup (comma-separated)
+                                         # resmlp, threads, startup, dask (comma-separated)
+    python bench/bench.py --only dask    # `layerc run` on 2 million rows in files, one process
+                                         # against Dask workers (needs about 7 GB in $TMPDIR and
+                                         # 2 to 4 minutes; run only when asked for)
 
 For each case it checks that all outputs agree with a NumPy float64 reference, then prints the
 median time per call of each and its ratio to layerc (ratio > 1: layerc is that many times
@@ -34,7 +37,9 @@ import layerc
 from layerc import driver
 
 MLP_SIZES = (784, 256, 128, 10)
-GROUPS = ("seed", "mlp", "hooks", "bnmlp", "resmlp", "threads", "startup")
+GROUPS = ("seed", "mlp", "hooks", "bnmlp", "resmlp", "threads", "startup", "dask")
+# Groups that run only when --only names them: long, or needing much disk.
+ON_REQUEST = ("dask",)
 
 
 def median_time(fn: Callable[[], object], min_time: float, repeats: int) -> float:
@@ -784,8 +789,11 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"--only: unknown group(s) {sorted(only - set(GROUPS))}; groups: {GROUPS}")
 
     def want(group: str) -> bool:
-        return only is None or group in only
+        return group not in ON_REQUEST if only is None else group in only
 
+    if only is not None and only <= set(ON_REQUEST):  # nothing else needs the models below
+        dask_group(args.quick)
+        return
     work = Path(tempfile.mkdtemp(prefix="layerc-bench-"))
     src = work / "benchmodels.lyr"
     src.write_text(lyr_source())
@@ -968,6 +976,8 @@ def run(args: argparse.Namespace) -> None:
     print("\nMarkdown rows (case | layerc | others relative to layerc):")
     for row in table.rows:
         print(row)
+    if want("dask"):
+        dask_group(args.quick)
 
 
 def sgemm_rate(min_time: float, repeats: int) -> str:
@@ -1029,6 +1039,153 @@ def startup(work: Path, compile_seconds: float) -> None:
     print(f"  `layerc compile` (CLI)       {fmt_time(cli)}   (Python start-up included)")
     print(f"  first call, new process      {fmt_time(cold)}   (numba compiles; import included)")
     print(f"  first call, cached           {fmt_time(cached)}   (numba cache; import included)")
+
+
+# --------------------------------------------------------------------------- dask
+
+DASK_ROWS = 2_000_000  # samples, in DASK_FILES .npy files of float32 (6.3 GB in all)
+DASK_FILES = 40
+
+
+def dask_group(quick: bool) -> None:
+    """`layerc run` of the MLP 784-256-128-10 over 2 million rows in 40 files, end to end (each
+    command a new process, Python's start-up included, outputs written), in five ways: one
+    process (a folder run without --dask); `--dask local:1` and `--dask local:2`, which start
+    and stop their workers; `--dask ADDRESS` on two worker processes already running (started
+    here, once, as `local:2` starts them); and the files split by hand between two plain
+    `layerc run` processes run at once. The median of a few rounds, interleaved, each from an
+    empty output folder; every way's outputs must equal the one process's, byte for byte, and
+    a file is checked against NumPy in float64. Prints the speed-ups over one process and how
+    far Dask is from the hand split; the goals (two workers >= 1.7x one process, and within 15%
+    of the hand split) are printed, not asserted. Each is printed twice: end to end (the
+    command's wall time), and once running, the rows per second from the first output written
+    to the last (the outputs' modification times), which leaves out what each way pays once
+    per command: starting Python, importing the model (and Dask), starting workers, and
+    exiting."""
+    import shutil
+
+    from layerc.tools.run_dask import local_cluster
+
+    rounds = 1 if quick else 3
+    work = Path(tempfile.mkdtemp(prefix="layerc-bench-dask-"))
+    try:
+        os.environ["LAYERC_CACHE_DIR"] = str(work / "cache")  # the workers inherit it
+        (work / "models.lyr").write_text(lyr_source())
+        data = work / "data"
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        per_file = DASK_ROWS // DASK_FILES
+        start = time.perf_counter()
+        for i in range(DASK_FILES):
+            np.save(data / f"part{i:03d}.npy", rng.standard_normal((per_file, 784), np.float32))
+        # The data on disk before anything is timed: its writeback would slow every fsync.
+        os.sync()
+        made = time.perf_counter() - start
+        files = sorted(str(path.relative_to(work)) for path in data.iterdir())
+        print(
+            f"\nlayerc run over {DASK_ROWS:,} rows of 784 float32 in {DASK_FILES} .npy files "
+            f"({DASK_ROWS * 784 * 4 / 1e9:.1f} GB, written in {made:.0f} s), "
+            f"{os.cpu_count()} cores, median of {rounds}"
+        )
+
+        def command(*extra: str) -> list[str]:
+            return [sys.executable, "-m", "layerc", "run", "models.lyr", "--model", "MLP", *extra]
+
+        def timed(*commands: list[str]) -> float:
+            """Seconds until every one of `commands`, started together, has finished."""
+            start = time.perf_counter()
+            running = [
+                subprocess.Popen(c, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                for c in commands
+            ]
+            for process in running:
+                _, err = process.communicate()
+                if process.returncode != 0:
+                    raise SystemExit(f"layerc run failed:\n{err.decode()}")
+            return time.perf_counter() - start
+
+        # numba's cache is filled first, so that no way pays for compiling the kernels.
+        timed(command("-i", files[0], "-o", "warm/"))
+        with local_cluster(2) as cluster:  # as `--dask local:2` starts its own
+            ways: dict[str, Callable[[str], list[list[str]]]] = {
+                "1 process (no --dask)": lambda out: [command("-i", "data/", "-o", out)],
+                "--dask local:1 (starts its worker)": lambda out: [
+                    command("-i", "data/", "-o", out, "--dask", "local:1")
+                ],
+                "--dask local:2 (starts its workers)": lambda out: [
+                    command("-i", "data/", "-o", out, "--dask", "local:2")
+                ],
+                "--dask on 2 running workers": lambda out: [
+                    command("-i", "data/", "-o", out, "--dask", cluster.scheduler_address)
+                ],
+                "2 processes, files split by hand": lambda out: [
+                    command(*[a for f in files[half::2] for a in ("-i", f)], "-o", out)
+                    for half in (0, 1)
+                ],
+            }
+            walls: dict[str, list[float]] = {name: [] for name in ways}
+            rates: dict[str, list[float]] = {name: [] for name in ways}
+            for _ in range(rounds):
+                for number, (name, commands) in enumerate(ways.items()):
+                    out = f"out{number}/"
+                    shutil.rmtree(work / out, ignore_errors=True)
+                    walls[name].append(timed(*commands(out)))
+                    parallel = 1 if name.startswith("1 ") or "local:1" in name else 2
+                    rates[name].append(running_rate(work / out, per_file, parallel))
+        check_dask_outputs(work, [f"out{number}" for number in range(len(ways))], files)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("  end to end (the command's wall time):")
+    dask_ratios({name: DASK_ROWS / statistics.median(t) for name, t in walls.items()})
+    print("  once running (rows/s from the first output written to the last):")
+    dask_ratios({name: statistics.median(r) for name, r in rates.items()})
+
+
+def running_rate(out: Path, rows_per_file: int, parallel: int) -> float:
+    """Rows per second between the first output of `out` written and the last: the files
+    finished in that window, less the `parallel` - 1 others that finished with the first."""
+    stamps = sorted(p.stat().st_mtime_ns for p in out.iterdir() if not p.name.startswith("."))
+    window = (stamps[-1] - stamps[0]) / 1e9
+    return (len(stamps) - parallel) * rows_per_file / window
+
+
+def dask_ratios(rates: dict[str, float]) -> None:
+    """Each way's rate and speed-up over one process, and the Dask ways' goals."""
+    one, hand = rates["1 process (no --dask)"], rates["2 processes, files split by hand"]
+    for name, rate in rates.items():
+        seconds = DASK_ROWS / rate
+        print(f"    {name:38s} {fmt_time(seconds)}  {rate:12,.0f} rows/s  {rate / one:5.2f}x")
+    for name in ("--dask local:2 (starts its workers)", "--dask on 2 running workers"):
+        speedup, behind = rates[name] / one, hand / rates[name] - 1
+        print(
+            f"    {name}: {speedup:.2f}x one process (goal >= 1.7x: "
+            f"{'met' if speedup >= 1.7 else 'MISSED'}), {behind * 100:+.0f}% time against the "
+            f"hand split (goal within 15%: {'met' if behind <= 0.15 else 'MISSED'})"
+        )
+    workers = (
+        rates["--dask local:2 (starts its workers)"] / rates["--dask local:1 (starts its worker)"]
+    )
+    print(f"    --dask local:2 against --dask local:1: {workers:.2f}x")
+
+
+def check_dask_outputs(work: Path, outs: list[str], files: list[str]) -> None:
+    """Every way wrote the same bytes as the first (one process), and its first file equals
+    NumPy's float64 forward of the model's state_dict."""
+    names = sorted(Path(f).name for f in files)
+    for out in outs:
+        if sorted(p.name for p in (work / out).iterdir() if not p.name.startswith(".")) != names:
+            raise SystemExit(f"{out}: not one output per input")
+        for name in names:
+            if (work / out / name).read_bytes() != (work / outs[0] / name).read_bytes():
+                raise SystemExit(f"{out}/{name} differs from the one process's output")
+    sd = layerc.load(work / "models.lyr").MLP().state_dict()
+    layers = [
+        (sd["fc1.weight"], sd["fc1.bias"], True),
+        (sd["fc2.weight"], sd["fc2.bias"], True),
+        (sd["fc3.weight"], sd["fc3.bias"], False),
+    ]
+    x = np.load(work / files[0], mmap_mode="r")[:5000]
+    check_close("layerc run", np.load(work / outs[0] / names[0])[:5000], reference(layers, x))
 
 
 def main() -> None:

@@ -325,7 +325,7 @@ def _interop(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ run / summary / graph / fmt
 
 _TOOLS = ("run", "summary", "graph", "fmt")
-_DATA_FORMATS = ("npy", "npz", "csv", "jsonl")
+_DATA_FORMATS = ("npy", "npz", "csv", "jsonl", "parquet")
 _MODEL_HELP = (
     "the model to use (default: the file's one model that no other model uses; "
     "needed when there are several)"
@@ -336,16 +336,20 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
     """`layerc run`, `layerc summary`, `layerc graph` and `layerc fmt` (layerc/tools/)."""
     p = sub.add_parser(
         "run",
-        help="run a model on a data file (.npy, .npz, .csv or JSON lines)",
+        help="run a model on a data file, or a folder of them (on Dask with --dask)",
         description=(
             "Compile FILE (into a cache, reused while the source is unchanged) and run a model "
             "on every sample of DATA: .npy (any shape ending in the model's input size), .csv "
-            "(one sample per row; a first row without numbers is a header) or .jsonl (one JSON "
-            "list of numbers per line). Results go to OUT (.npy, .csv or .jsonl, by extension) "
-            "or, without --output, to stdout as CSV. A model with several inputs takes "
-            "--input once per input (in forward order, or as NAME=DATA), or one .npz holding "
-            "an array named after each; one with several outputs takes --output once per "
-            "output (in return order), or one .npz (arrays output0, output1, ...)."
+            "(one sample per row; a first row without numbers is a header), .jsonl (one JSON "
+            "list of numbers per line) or .parquet (one column per feature; needs pyarrow). "
+            "Results go to OUT (.npy, .csv, .jsonl or .parquet, by extension) or, without "
+            "--output, to stdout as CSV. A model with several inputs takes --input once per "
+            "input (in forward order, or as NAME=DATA), or one .npz holding an array named "
+            "after each; one with several outputs takes --output once per output (in return "
+            "order), or one .npz (arrays output0, output1, ...). "
+            "A folder run takes a folder or a glob pattern ('data/*.npy') as --input and a "
+            "folder as --output, and writes one file per input file, OUT/<input name>, skipping "
+            "outputs that an earlier run completed; --dask runs the files on a Dask cluster."
         ),
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
@@ -357,7 +361,8 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="DATA",
         help="the input data file ('-' reads CSV from stdin); once per input of the model, "
-        "in forward order or as NAME=DATA, or one .npz for all",
+        "in forward order or as NAME=DATA, or one .npz for all; for a folder run, a folder "
+        "or a quoted glob pattern ('data/*.npy'), as often as needed",
     )
     p.add_argument(
         "-o",
@@ -365,7 +370,14 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="OUT",
         help="where to write the results (default: CSV on stdout); once per output of the "
-        "model, in return order, or one .npz for all",
+        "model, in return order, or one .npz for all; for a folder run, a folder (OUT/)",
+    )
+    p.add_argument(
+        "--dask",
+        metavar="WHERE",
+        help="run a folder of files on Dask: local:N starts N worker processes here, an "
+        "address (tcp://HOST:PORT) uses a running scheduler's workers; needs "
+        "pip install 'layerc[dask]'",
     )
     p.add_argument(
         "--input-format",
@@ -449,6 +461,8 @@ def _run(args: argparse.Namespace) -> int:
     from .tools import run as r
     from .tools.term import Progress, colour_enabled, is_terminal
 
+    if r.is_folder_run(args.input, args.output, args.dask):
+        return _run_folder(args)
     if len(args.input) == 1 and "=" not in args.input[0] and len(args.output or []) <= 1:
         # One input and one output: usage mistakes are found before the source is compiled.
         r.format_of(args.input[0], args.input_format, r.INPUT_FORMATS, "input")
@@ -499,6 +513,122 @@ def _run(args: argparse.Namespace) -> int:
         written = ", ".join(str(path) for path, _ in places)
         print(f"wrote {written} ({rows:,} row{'' if rows == 1 else 's'})")
     return EXIT_OK
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    """`layerc run` on a folder of files (layerc/tools/run.py), here or on Dask: one output
+    per input, complete ones skipped; a file that fails is reported by name as it fails, the
+    others go on, and the exit code is 1 at the end."""
+    from .driver import check_file, inputs_of
+    from .files import refuse_inputs
+    from .tools import pick_model
+    from .tools import run as r
+    from .tools.term import Progress, colour_enabled, is_terminal
+
+    where = None
+    if args.dask is not None:
+        from .tools.run_dask import parse_where
+
+        where = parse_where(args.dask)
+    output = _folder_output(args)
+    files = r.expand_inputs(args.input)
+    program, _ = check_file(args.file)
+    model = pick_model(program, args.model, str(args.file))
+    jobs = r.plan_folder(files, output, model, args.input_format, args.output_format)
+    delimiter = ","
+    if args.delimiter is not None:
+        if all(job.input_format != "csv" for job in jobs):
+            formats = ", ".join(sorted({job.input_format for job in jobs}))
+            raise UsageError(f"--delimiter is for CSV input, and the inputs are {formats}")
+        delimiter = r.parse_delimiter(args.delimiter)
+    sources = list(inputs_of(program))
+    refuse_inputs(
+        [Path(job.output_shown) for job in jobs],
+        sources + [(Path(job.input), "the input data file") for job in jobs],
+    )
+    generated = r.Generated.of(program, args.file)
+    recipe = r.recipe_for(model, generated.key, delimiter, sources)
+    try:
+        (Path(output) / r.RECORDS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LayercError(f"cannot make the output folder: {exc.strerror}", file=output) from None
+    todo = [job for job in jobs if not r.is_complete(job, recipe)]
+    total = sum(_size(job.input) for job in todo)
+    progress = Progress(sys.stderr, total, model.name, enabled=is_terminal(sys.stderr))
+    colour = colour_enabled(sys.stderr)
+    done = {"files": 0, "bytes": 0, "rows": 0, "failed": 0}
+
+    def report(result: r.FileResult) -> None:
+        done["files"] += 1
+        done["bytes"] += _size(result.job.input)
+        if result.failed:
+            done["failed"] += 1
+            if progress.drawn:  # end the bar's line; it is drawn again below
+                progress.abandon()
+                progress.drawn = False
+            print(render(result.error(), None, colour), file=sys.stderr, flush=True)
+        else:
+            done["rows"] += result.rows
+        progress.label = f"{model.name}, {done['files']}/{len(todo)} files"
+        progress.update(done["bytes"], done["rows"], force=result.failed)
+
+    if todo:
+        net = r.instantiate(generated.load(), model)  # only when there is a file to run
+        progress.label = f"{model.name}, 0/{len(todo)} files"
+        progress.update(0, 0, force=True)
+        try:
+            if where is None:
+                r.run_here(net, recipe, todo, report)
+            else:
+                from .tools.run_dask import run_on_dask
+
+                run_on_dask(where, net, recipe, todo, report)
+        except BaseException:
+            progress.abandon()
+            raise
+        progress.finish(total, done["rows"])
+    written = len(todo) - done["failed"]
+    rows = done["rows"]
+    line = f"wrote {written} file{'' if written == 1 else 's'} to {output}"
+    if written:
+        line += f" ({rows:,} row{'' if rows == 1 else 's'})"
+    if len(jobs) > len(todo):
+        line += f"; {len(jobs) - len(todo)} already complete"
+    if done["failed"]:
+        line += f"; {done['failed']} failed"
+    print(line)
+    return EXIT_ERROR if done["failed"] else EXIT_OK
+
+
+def _folder_output(args: argparse.Namespace) -> str:
+    """The output folder of a folder run: its one --output, a folder (an existing one, a path
+    ending in a separator, or a new path without a data file's extension)."""
+    from .tools import run as r
+
+    what = "--dask runs a folder of files" if args.dask is not None else "this is a folder run"
+    outputs = args.output or []
+    if len(outputs) != 1:
+        raise UsageError(
+            f"{what}, writing one file per input: give --output once, a folder (such as out/)"
+        )
+    output = outputs[0]
+    folder = output.endswith(("/", os.sep)) or os.path.isdir(output)
+    a_file = (
+        output == "-" or os.path.exists(output) or Path(output).suffix.lower() in r.DATA_SUFFIXES
+    )
+    if not folder and a_file:
+        raise UsageError(
+            f"{what}, writing one file per input: --output {output!r} must be a folder "
+            "(such as out/)"
+        )
+    return output
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _summary(args: argparse.Namespace) -> int:

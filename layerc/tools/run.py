@@ -16,17 +16,14 @@ or as `file:row` for a line as a whole. Lines are read in bounded pieces (`line_
 
 from __future__ import annotations
 
-import atexit
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import math
 import os
-import shutil
 import struct
-import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,28 +33,31 @@ from typing import IO, Any, Literal, Protocol, TextIO
 
 import numpy as np
 
-from .. import codegen, driver, ir
+from .. import driver, ir
 from .. import weights as W
 from ..errors import LayercError, Loc, UsageError, suggest
 from ..files import (
     Inputs,
+    WriteFailed,
     commit,
     open_regular,
-    read_regular,
     refuse_inputs,
     temporary_for,
     unlink_quietly,
+    write_atomically,
 )
+from ..runtime.portable import content_key
 from .term import Progress
 
-INPUT_FORMATS = ("npy", "npz", "csv", "jsonl")
-OUTPUT_FORMATS = ("npy", "npz", "csv", "jsonl")
+INPUT_FORMATS = ("npy", "npz", "csv", "jsonl", "parquet")
+OUTPUT_FORMATS = ("npy", "npz", "csv", "jsonl", "parquet")
 _EXTENSIONS = {
     ".npy": "npy",
     ".npz": "npz",
     ".csv": "csv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".parquet": "parquet",
 }
 
 # A chunk holds at most this many values (input or output side), so memory stays bounded
@@ -105,17 +105,25 @@ def format_of(path: str, given: str | None, formats: tuple[str, ...], what: str)
     """The data format: `given` (from --input-format/--output-format), else the file's
     extension; stdin and stdout ("-") default to CSV."""
     if given is not None:
-        return given
+        return _available(given)
     if path == "-":
         return "csv"
     suffix = Path(path).suffix.lower()
     if suffix in _EXTENSIONS and _EXTENSIONS[suffix] in formats:
-        return _EXTENSIONS[suffix]
+        return _available(_EXTENSIONS[suffix])
     known = ", ".join(f".{f}" for f in formats)
     raise UsageError(
         f"cannot tell the format of the {what} {path!r} from its extension: use {known} "
         f"or --{what}-format"
     )
+
+
+def _available(fmt: str) -> str:
+    """`fmt`, once its library is known to be installed: Parquet needs pyarrow, an optional
+    package layerc itself never needs."""
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UsageError("Parquet files need pyarrow: pip install pyarrow")
+    return fmt
 
 
 def chunk_rows(width: int) -> int:
@@ -291,51 +299,32 @@ def assign_outputs(
 # --------------------------------------------------------------------------- compiling
 
 
-def cache_root() -> Path:
-    """Where compiled models are kept between runs: $LAYERC_CACHE_DIR, else
-    $XDG_CACHE_HOME/layerc, else ~/.cache/layerc. Safe to delete at any time."""
-    if os.environ.get("LAYERC_CACHE_DIR"):
-        return Path(os.environ["LAYERC_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "layerc"
-
-
 def load_module(program: ir.Program, source: Path) -> ModuleType:
-    """Generate the module for `program` and import it from the cache, writing it there first
-    when missing. Folders are named by a hash of the generated code, so an edited source gets
-    a new folder and numba's on-disk cache beside each module stays valid; where the cache
-    cannot be written, a temporary folder is used instead."""
-    stem = driver.safe_module_name(source.stem)
-    output = driver.generate(program, Path(f"{stem}.py"))
-    digest = hashlib.sha256(output.source.encode("utf-8"))
-    if output.data is not None:
-        digest.update(output.data)
-    key = digest.hexdigest()[:20]
-    # A name fixed by the content: numba's cache is keyed by the module's import name, and a
-    # process that runs the same model again reuses the module it already imported.
-    name = f"_layerc_run_{key}_{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    try:
-        folder = cache_root() / "run" / key
-        folder.mkdir(parents=True, exist_ok=True)
-        out = _write_if_changed(folder / f"{stem}.py", output)
-    except (OSError, LayercError):
-        folder = Path(tempfile.mkdtemp(prefix="layerc-run-"))
-        atexit.register(shutil.rmtree, folder, True)
-        out = _write_if_changed(folder / f"{stem}.py", output)
-    return driver.import_module(out, name)
+    """Generate the module for `program` and import it from the cache (`driver.import_cached`),
+    writing it there first when missing."""
+    return Generated.of(program, source).load()
 
 
-def _write_if_changed(out: Path, output: codegen.Output) -> Path:
-    try:
-        current: bytes | None = read_regular(out, str(out))
-    except LayercError:
-        current = None
-    data_ok = output.data_name is None or (out.parent / output.data_name).is_file()
-    if current != output.source.encode("utf-8") or not data_ok:
-        driver.write_output(out, output)
-    return out
+@dataclass(frozen=True)
+class Generated:
+    """The module generated for a source, not imported yet: `key` is the content hash the
+    cache names it by (its code and weights), which is what a folder run's completion records
+    remember of the model, and `load` imports it."""
+
+    stem: str
+    output: Any  # codegen.Output
+
+    @classmethod
+    def of(cls, program: ir.Program, source: Path) -> Generated:
+        stem = driver.safe_module_name(source.stem)
+        return cls(stem, driver.generate(program, Path(f"{stem}.py")))
+
+    @property
+    def key(self) -> str:
+        return content_key(self.output.source, self.output.data)
+
+    def load(self) -> ModuleType:
+        return driver.import_cached(self.stem, self.output)
 
 
 def instantiate(module: ModuleType, model: ir.Model) -> Any:
@@ -376,10 +365,12 @@ def open_input(
     input); nothing is read beyond headers yet. A path must name a regular file (`-` reads a
     pipe)."""
     port = _port(port, input_ports)
-    if fmt in ("npy", "npz") and path == "-":
+    if fmt in ("npy", "npz", "parquet") and path == "-":
         raise UsageError(f"a .{fmt} input must be a file, not stdin")
     if fmt == "npy":
         return _npy_source(path, port)
+    if fmt == "parquet":
+        return _parquet_source(path, port)
     if fmt == "npz":
         (source,) = open_npz(path, [port])
         return source
@@ -492,6 +483,64 @@ def _npy_source(path: str, port: Port) -> Source:
             yield chunk
 
     return Source(batches, lambda: state["done"], count or None, leading, path, None, count)
+
+
+def _parquet_source(path: str, port: Port) -> Source:
+    """A Parquet file whose columns are the features, one sample per row (as a pandas or Dask
+    DataFrame writes it; the index pandas stores as a column is left out). Every column must
+    be numeric; a missing value (null, as pandas writes NaN) reads as NaN. Row groups are read
+    a chunk at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fd = open_regular(Path(path), path, what="a .parquet file")
+    f = os.fdopen(fd, "rb")
+    try:
+        try:
+            table = pq.ParquetFile(f)
+            schema = table.schema_arrow
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise DataError(f"not a valid Parquet file: {exc}", file=path) from None
+        index = (schema.pandas_metadata or {}).get("index_columns", [])
+        columns = [name for name in schema.names if name not in index]
+        width = port.width
+        if len(columns) != width:
+            raise DataError(
+                f"the file has {len(columns)} column{'' if len(columns) == 1 else 's'} but "
+                f"{port.what} takes {width} (one column per feature)",
+                file=path,
+            )
+        for number, name in enumerate(columns, 1):
+            kind = schema.field(name).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                raise DataError(
+                    f"column {number} ({name!r}) holds {'text' if text else kind}, not numbers",
+                    file=path,
+                )
+        count = table.metadata.num_rows
+    except BaseException:
+        f.close()
+        raise
+    state = {"done": 0}
+
+    def batches() -> Iterator[np.ndarray]:
+        try:
+            for batch in table.iter_batches(batch_size=chunk_rows(width), columns=columns):
+                values = [
+                    column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+                    if column.null_count
+                    else column.to_numpy(zero_copy_only=False)
+                    for column in batch.columns
+                ]
+                state["done"] += batch.num_rows
+                yield np.stack(values, axis=1) if values else np.empty((batch.num_rows, 0))
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"cannot read the file: {exc}", file=path) from None
+        finally:
+            f.close()
+
+    return Source(batches, lambda: state["done"], count or None, None, path, None, count)
 
 
 def batch_shape(shape: tuple[int, ...], port: Port) -> tuple[int, ...] | None:
@@ -987,6 +1036,54 @@ class _NpyWriter:
         unlink_quietly(self.tmp)
 
 
+class _ParquetWriter:
+    """A Parquet file of one column per output value, named "0", "1", ... (what pandas names
+    the columns of `pd.DataFrame(array)`, as text), one row group per chunk, written into a
+    temporary file renamed at the end. A sample of several axes is one row of its values."""
+
+    def __init__(self, target: Path, tmp: Path, fd: int, port: Port) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.target = target
+        self.tmp = tmp
+        self.stream = os.fdopen(fd, "wb")
+        kind = pa.from_numpy_dtype(port.dtype)
+        self.schema = pa.schema([(str(i), kind) for i in range(port.width)])
+        try:
+            self.writer = pq.ParquetWriter(self.stream, self.schema)
+        except BaseException:
+            self.stream.close()
+            raise
+
+    def write(self, rows: np.ndarray) -> None:
+        import pyarrow as pa
+
+        columns = np.ascontiguousarray(rows.reshape(rows.shape[0], -1).T)
+        self.writer.write_table(pa.Table.from_arrays(list(columns), schema=self.schema))
+
+    def finish(self, leading_shape: tuple[int, ...] | None) -> None:
+        self.writer.close()
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+
+    def commit(self) -> None:
+        commit(self.tmp, self.target)
+
+    def close(self, leading_shape: tuple[int, ...] | None) -> None:
+        self.finish(leading_shape)
+        self.commit()
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - the file is being thrown away
+            pass
+        self.stream.close()
+        unlink_quietly(self.tmp)
+
+
 def npy_header(dtype: np.dtype, shape: tuple[int, ...], size: int | None) -> bytes:
     """A .npy version 1.0 header of exactly `size` bytes (the format's padding is spaces), or
     of the smallest multiple of 64 bytes that holds it when `size` is None."""
@@ -1033,6 +1130,12 @@ def open_output(
     if fmt == "npy":
         stream = os.fdopen(fd, "w+b")
         return _NpyWriter(target, tmp, stream, port.dtype, port.shape, ndim)
+    if fmt == "parquet":
+        try:
+            return _ParquetWriter(target, tmp, fd, port)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
     text = io.TextIOWrapper(os.fdopen(fd, "wb"), encoding="utf-8", newline="\n")
     return _TextWriter(fmt, text, target, tmp)
 
@@ -1117,14 +1220,15 @@ class Outputs:
 
 def open_outputs(
     places: list[tuple[str | None, str]],
-    model: ir.Model,
+    model: ir.Model | list[Port],
     stdout: TextIO,
     inputs: Inputs = (),
     batch_ndim: int = 1,
 ) -> Outputs:
-    """The writers for `model`'s outputs going to `places` (from `assign_outputs`), for results
-    of `batch_ndim` batch axes; no path may be one of the command's `inputs`."""
-    ports = output_ports(model)
+    """The writers for `model`'s outputs (or for these output ports) going to `places` (from
+    `assign_outputs`), for results of `batch_ndim` batch axes; no path may be one of the
+    command's `inputs`."""
+    ports = output_ports(model) if isinstance(model, ir.Model) else model
     if len(places) == 1 and places[0][1] == "npz":
         path = places[0][0]
         assert path is not None
@@ -1192,3 +1296,312 @@ def run(
         outputs.abort()
         raise
     return rows
+
+
+# --------------------------------------------------------------------------- a folder of files
+#
+# `layerc run FILE --input 'data/*.npy' --output out/` runs every input file through the model
+# and writes one output file per input, `out/<input stem>.<format>`, each atomically; with
+# `--dask` the files are spread over a Dask cluster (layerc/tools/run_dask.py), else run here,
+# one after another. A file that fails is reported by name and the others go on.
+#
+# An output is complete when its completion record says so: `out/.layerc-run/<output>.json`,
+# written (atomically) just after the output is renamed into place, holds the size and
+# modification time of the input it was made from and of the output as written, and a
+# fingerprint of the run's recipe (the generated model's code and weights, the model, the
+# formats and the CSV delimiter). A rerun skips an output whose record matches all of these as
+# they are now; any other is made again: a new or edited input, a changed model or option, an
+# output deleted or changed since, or one whose record was never written (the run stopped
+# between the two renames).
+
+RECORDS = ".layerc-run"  # the folder of completion records, inside the output folder
+DATA_SUFFIXES = tuple(_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input file of a folder run and where its results go. Paths are absolute, as every
+    worker opens them; `shown` and `output_shown` are how messages name them (as the user's
+    `--input` and `--output` spell them)."""
+
+    input: str
+    shown: str
+    input_format: str
+    output: str
+    output_shown: str
+    output_format: str
+
+    @property
+    def record(self) -> Path:
+        output = Path(self.output)
+        return output.parent / RECORDS / f"{output.name}.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every file of a folder run shares: the model's ports, the CSV delimiter, the
+    files the model was compiled from (never written over) and the fingerprint that
+    completion records are checked against."""
+
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    delimiter: str
+    sources: tuple[tuple[str, str], ...]  # (absolute path, what it is)
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """How one file of a folder run went: the rows written, or the problem (a `DataError`'s
+    message and place, in the file it names: the input, the output, or another)."""
+
+    job: FileJob
+    rows: int = 0
+    message: str | None = None
+    file: str | None = None
+    line: int | None = None
+    col: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.message is not None
+
+    def error(self) -> DataError:
+        """The problem as the CLI prints it: `data/b.csv:3:3: 'x' is not a number`."""
+        assert self.message is not None
+        file = self.file or self.job.shown
+        if self.col is not None and self.line is not None:
+            return DataError(self.message, Loc(file, self.line, self.col))
+        return DataError(self.message, file=file, line=self.line)
+
+
+def is_folder_run(inputs: list[str], outputs: list[str] | None, dask: str | None) -> bool:
+    """Whether the command runs a folder of files: `--dask`, an `--output` that is a folder
+    (an existing one, or a path ending in a separator), or an `--input` that is a glob pattern
+    (and not the name of a file). A folder given as the `--input` of a one-file run is refused
+    as any input that is not a regular file is."""
+    if dask is not None:
+        return True
+    if any(_is_glob(spec) and not os.path.lexists(spec) for spec in inputs):
+        return True
+    return outputs is not None and len(outputs) == 1 and _names_folder(outputs[0])
+
+
+def _is_glob(spec: str) -> bool:
+    return any(char in spec for char in "*?[")
+
+
+def _names_folder(path: str) -> bool:
+    return path.endswith(("/", os.sep)) or os.path.isdir(path)
+
+
+def expand_inputs(specs: list[str]) -> list[str]:
+    """The input files of a folder run, as the user's `--input` values name them, in order:
+    each value a glob pattern (`data/*.npy`, `data/**/*.csv`: the regular files it matches,
+    sorted), a folder (its data files, by extension: .npy, .npz, .csv, .jsonl, .ndjson and
+    .parquet; not those whose name starts with a dot), or a file. The same file named twice is
+    run once. A pattern that matches nothing and a folder without data files are usage
+    errors."""
+    import glob
+
+    found: list[str] = []
+    for spec in specs:
+        if spec == "-":
+            raise UsageError("a folder run reads files: --input - (stdin) is for one input")
+        if _is_glob(spec):
+            matches = [
+                path for path in sorted(glob.glob(spec, recursive=True)) if os.path.isfile(path)
+            ]
+            if not matches:
+                raise UsageError(f"--input {spec!r} matches no files")
+            found += matches
+        elif os.path.isdir(spec):
+            with os.scandir(spec) as entries:
+                names = sorted(
+                    entry.name
+                    for entry in entries
+                    if not entry.name.startswith(".")
+                    and Path(entry.name).suffix.lower() in _EXTENSIONS
+                    and entry.is_file()
+                )
+            if not names:
+                known = ", ".join(DATA_SUFFIXES)
+                raise UsageError(f"--input {spec!r} is a folder without data files ({known})")
+            found += [os.path.join(spec, name) for name in names]
+        else:
+            found.append(spec)
+    seen: set[str] = set()
+    unique = []
+    for path in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def plan_folder(
+    files: list[str],
+    output: str,
+    model: ir.Model,
+    input_format: str | None,
+    output_format: str | None,
+) -> list[FileJob]:
+    """One job per input file: its format (`input_format`, else its extension) and its output,
+    `OUTPUT/<input stem>.<format>` in `output_format`, else the input's format (an .npz for a
+    model of several outputs, which an .npz holds together). A model of several inputs reads
+    one .npz per file, holding an array per input. Two inputs whose outputs would have the same
+    name are a usage error."""
+    several_in = len(model.in_shapes) > 1
+    several_out = len(model.out_shapes) > 1
+    if several_out and output_format not in (None, "npz"):
+        raise UsageError(
+            f"model {model.name} gives {len(model.out_shapes)} outputs: a folder run writes "
+            "them together, one .npz per input file (--output-format npz)"
+        )
+    jobs: list[FileJob] = []
+    made: dict[str, str] = {}
+    for path in files:
+        fmt = format_of(path, input_format, INPUT_FORMATS, "input")
+        if several_in and fmt != "npz":
+            names = ", ".join(p.key or "" for p in input_ports(model))
+            raise UsageError(
+                f"model {model.name} takes {len(model.in_shapes)} inputs ({names}): a folder run "
+                f"reads one .npz per file, holding an array for each, and {path!r} is {fmt}"
+            )
+        out_fmt = "npz" if several_out else (output_format or fmt)
+        name = f"{Path(path).stem}.{out_fmt}"
+        target = os.path.join(output, name)
+        absolute = os.path.abspath(target)
+        if absolute in made:
+            raise UsageError(
+                f"{made[absolute]} and {path} would both be written to {target}: give inputs of "
+                "distinct names (the output is named after the input, without its extension)"
+            )
+        made[absolute] = path
+        jobs.append(FileJob(os.path.abspath(path), path, fmt, absolute, target, out_fmt))
+    return jobs
+
+
+def recipe_for(model: ir.Model, module_key: str, delimiter: str, sources: Inputs) -> Recipe:
+    """The recipe of a folder run of `model`, whose generated module has the content hash
+    `module_key`: two runs that would compute the same outputs from the same inputs have the
+    same fingerprint (a job's own formats are added to it, see `fingerprint`)."""
+    from .. import __version__
+
+    ports = input_ports(model)
+    text = json.dumps([__version__, module_key, model.name, delimiter])
+    return Recipe(
+        tuple(ports),
+        tuple(output_ports(model)),
+        delimiter,
+        tuple((os.path.abspath(path), what) for path, what in sources),
+        hashlib.sha256(text.encode("utf-8")).hexdigest()[:32],
+    )
+
+
+def fingerprint(recipe: Recipe, job: FileJob) -> str:
+    """What a job's completion record must say to skip it: the recipe's fingerprint and the
+    job's input and output formats."""
+    return f"{recipe.fingerprint}:{job.input_format}:{job.output_format}"
+
+
+def _stamp(path: str) -> list[int] | None:
+    """A file's size and modification time (ns), or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def is_complete(job: FileJob, recipe: Recipe) -> bool:
+    """Whether `job`'s output is complete: its completion record matches the recipe, the input
+    as it is now, and the output as it is now (see the comment at the top of this section)."""
+    try:
+        record = json.loads(job.record.read_bytes())
+    except (OSError, ValueError):
+        return False
+    stamp = _stamp(job.output)
+    return (
+        isinstance(record, dict)
+        and record.get("recipe") == fingerprint(recipe, job)
+        and record.get("input") == job.input
+        and record.get("input_stamp") == _stamp(job.input)
+        and stamp is not None
+        and record.get("output_stamp") == stamp
+    )
+
+
+def run_file(net: Any, recipe: Recipe, job: FileJob) -> FileResult:
+    """Run one input file of a folder run through `net` into its output, renamed into place
+    when complete, then write its completion record: the task each worker runs. A mistake in
+    the data, or a file that cannot be read or written, is returned, not raised."""
+    stamp = _stamp(job.input)  # before reading: an input changed meanwhile is redone next time
+    inputs: list[tuple[Path, str]] = [(Path(job.input), "the input data file")]
+    inputs += [(Path(path), what) for path, what in recipe.sources]
+    ports = list(recipe.inputs)
+    progress = Progress(io.StringIO(), None, "", enabled=False)
+    try:
+        if job.input_format == "npz":
+            sources = open_npz(job.input, ports)
+        else:
+            sources = [
+                open_input(job.input, job.input_format, ports[0], io.BytesIO(), recipe.delimiter)
+            ]
+        leading = next((s.leading_shape for s in sources if s.leading_shape is not None), None)
+        batch_ndim = 1 if leading is None else len(leading)
+        places: list[tuple[str | None, str]]
+        if len(recipe.outputs) > 1 or job.output_format == "npz":
+            places = [(job.output, "npz")]
+        else:
+            places = [(job.output, job.output_format)]
+        writer = open_outputs(places, list(recipe.outputs), io.StringIO(), inputs, batch_ndim)
+        rows = run(net, sources, writer, progress, ports)
+        record = {
+            "input": job.input,
+            "input_stamp": stamp,
+            "output_stamp": _stamp(job.output),
+            "recipe": fingerprint(recipe, job),
+            "rows": rows,
+        }
+        write_atomically([(job.record, json.dumps(record).encode("utf-8"))])
+    except LayercError as exc:
+        return _failure(job, exc.message, exc.file, exc.loc, getattr(exc, "line", None))
+    except WriteFailed as exc:
+        return _failure(job, f"cannot write the file: {exc.reason}", str(exc.target), None, None)
+    except OSError as exc:
+        return _failure(job, exc.strerror or str(exc), exc.filename, None, None)
+    return FileResult(job, rows)
+
+
+def _failure(
+    job: FileJob, message: str, file: str | None, loc: Loc | None, line: int | None
+) -> FileResult:
+    """A failed job's result, naming the file as the user does."""
+    shown = {job.input: job.shown, job.output: job.output_shown}
+    file = loc.file if loc is not None else file
+    file = shown.get(os.path.abspath(file), file) if file else job.shown
+    if loc is not None:
+        return FileResult(job, 0, message, file, loc.line, loc.col)
+    return FileResult(job, 0, message, file, line)
+
+
+def run_here(
+    net: Any, recipe: Recipe, jobs: list[FileJob], report: Callable[[FileResult], None]
+) -> None:
+    """Run `jobs` one after another in this process, reporting each result as it comes."""
+    for job in jobs:
+        try:
+            result = run_file(net, recipe, job)
+        except Exception as exc:  # noqa: BLE001 - reported by the file's name; the others go on
+            result = unexpected(job, exc)
+        report(result)
+
+
+def unexpected(job: FileJob, exc: BaseException) -> FileResult:
+    """The result of a job that raised instead of returning (out of memory, or a bug)."""
+    if isinstance(exc, MemoryError):
+        detail = str(exc).strip().splitlines()
+        return FileResult(job, 0, "out of memory" + (f": {detail[0]}" if detail else ""))
+    return FileResult(job, 0, f"{type(exc).__name__}: {exc}")
