@@ -920,12 +920,11 @@ def _shape(shape: tuple[int, ...]) -> str:
 class Writer(Protocol):
     """Where one output's rows go. `finish` completes the file (under its temporary name) and
     `commit` renames it into place, so that a model's several outputs are all complete before
-    any is renamed; `close` is both."""
+    any is renamed (`Outputs.close`)."""
 
     def write(self, rows: np.ndarray) -> None: ...
     def finish(self, leading_shape: tuple[int, ...] | None) -> None: ...
     def commit(self) -> None: ...
-    def close(self, leading_shape: tuple[int, ...] | None) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -975,10 +974,6 @@ class _TextWriter:
         if self.target is not None and self.tmp is not None:
             commit(self.tmp, self.target)
 
-    def close(self, leading_shape: tuple[int, ...] | None) -> None:
-        self.finish(leading_shape)
-        self.commit()
-
     def abort(self) -> None:
         if self.tmp is not None:
             self.stream.close()
@@ -1027,10 +1022,6 @@ class _NpyWriter:
     def commit(self) -> None:
         commit(self.tmp, self.target)
 
-    def close(self, leading_shape: tuple[int, ...] | None) -> None:
-        self.finish(leading_shape)
-        self.commit()
-
     def abort(self) -> None:
         self.stream.close()
         unlink_quietly(self.tmp)
@@ -1070,10 +1061,6 @@ class _ParquetWriter:
 
     def commit(self) -> None:
         commit(self.tmp, self.target)
-
-    def close(self, leading_shape: tuple[int, ...] | None) -> None:
-        self.finish(leading_shape)
-        self.commit()
 
     def abort(self) -> None:
         try:
