@@ -19,6 +19,7 @@ it copies). It runs on the calling thread.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import llvmlite.binding as ll
@@ -265,6 +266,7 @@ def _native(dtype: type) -> Any:
 # gets new names, so a kernel cached by an older layerc fails to link rather than misbehave.
 SYMBOLS = {np.dtype(np.float32): "layerc_gemm_v1_f32", np.dtype(np.float64): "layerc_gemm_v1_f64"}
 _NATIVE: dict[np.dtype, Any] = {}
+_LOADING = threading.Lock()
 
 
 def load(dtype: type | np.dtype) -> None:
@@ -272,10 +274,13 @@ def load(dtype: type | np.dtype) -> None:
     once per process. A generated module calls this for its dtypes when it is imported, before
     numba loads any cached kernel that calls the product; compiling a kernel calls it too."""
     dtype = np.dtype(dtype)
-    if dtype not in _NATIVE:
-        native = _native(dtype.type)
-        ll.add_symbol(SYMBOLS[dtype], native.address)
-        _NATIVE[dtype] = native
+    if dtype in _NATIVE:
+        return
+    with _LOADING:  # one product per dtype, however many threads load it at once
+        if dtype not in _NATIVE:
+            native = _native(dtype.type)
+            ll.add_symbol(SYMBOLS[dtype], native.address)
+            _NATIVE[dtype] = native
 
 
 @intrinsic

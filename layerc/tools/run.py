@@ -327,13 +327,29 @@ class Generated:
         return driver.import_cached(self.stem, self.output)
 
 
-def instantiate(module: ModuleType, model: ir.Model) -> Any:
-    """An instance of `model`'s generated class."""
+def instantiate(module: ModuleType, model: ir.Model | str) -> Any:
+    """An instance of `model`'s generated class (the model, or its name)."""
+    wanted = model if isinstance(model, str) else model.name
     for name in module.__all__:
         cls = getattr(module, name)
-        if getattr(cls, "_name", cls.__name__) == model.name:
+        if getattr(cls, "_name", cls.__name__) == wanted:
             return cls()
-    raise AssertionError(f"the generated module has no class for model {model.name!r}")
+    raise AssertionError(f"the generated module has no class for model {wanted!r}")
+
+
+@dataclass(frozen=True)
+class Build:
+    """How to make the model of a folder run, in this process or in another one (a Dask worker
+    unpickles it): import the generated module from the cache (`Generated.load`) and make an
+    instance of one of its classes. A process that only hands out work (`layerc run --dask`)
+    sends this instead of an instance, so that it never imports the module, numba or its
+    kernels itself."""
+
+    generated: Generated
+    model: str
+
+    def __call__(self) -> Any:
+        return instantiate(self.generated.load(), self.model)
 
 
 # --------------------------------------------------------------------------- reading

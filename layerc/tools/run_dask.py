@@ -1,10 +1,11 @@
 """`layerc run --dask`: the files of a folder run (layerc/tools/run.py) spread over a Dask cluster,
 one task per input file, and each task's `FileResult` handed back as it completes.
 
-The model is loaded once, in this process, and reaches every worker once: an instance of a
-generated model pickles with its module (layerc/runtime/portable.py), so a worker needs layerc
-but not the generated file, and finds the kernels an earlier process of its machine compiled in
-numba's cache. Each task reads its input on the worker, runs it, writes the output and its
+This process never imports the model: what reaches every worker, once, is how to make it (a
+`Build`: the generated module's source and weights, and the model's name), and each worker makes
+its own instance when its first task starts, all of them at once. A worker needs layerc but not
+the generated file (it writes it to its cache), and finds the kernels an earlier process of its
+machine compiled in numba's cache. Each task reads its input on the worker, runs it, writes the output and its
 completion record there (both renamed into place), and returns a small summary; a mistake in a
 file comes back as a failed result, and the other files go on. A worker that dies mid-task
 (killed, or out of memory) costs only its task, which the scheduler runs again elsewhere; a file
@@ -18,7 +19,9 @@ Dask is optional (`pip install layerc[dask]`): only this module imports it, and 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import importlib.util
 import logging
 import os
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import UsageError
-from .run import FileJob, FileResult, Recipe, run_file, unexpected
+from .run import Build, FileJob, FileResult, Recipe, run_file, unexpected
 
 LOCAL = "local"
 
@@ -88,6 +91,7 @@ def local_cluster(workers: int) -> Any:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
+            preload=[__name__],  # dask_setup, below: numba made ready while the model comes
             dashboard_address=":0",  # any free port: 8787 may be another cluster's
             # The workers' and scheduler's own logs stay quiet: a worker that dies costs a
             # retry, and a file that fails is reported by name.
@@ -123,23 +127,23 @@ def connect(where: int | str) -> Iterator[Any]:
 
 def run_on_dask(
     where: int | str,
-    net: Any,
+    build: Build,
     recipe: Recipe,
     jobs: list[FileJob],
     report: Callable[[FileResult], None],
 ) -> None:
     """Run `jobs` on the cluster `where` names, one task per file, reporting each result as
-    its task completes (in no particular order)."""
+    its task completes (in no particular order). The workers make the model with `build`."""
     distributed = _distributed()
     with connect(where) as client:
         run = uuid.uuid4().hex[:12]
-        # The model as a task's result rather than scattered data: a worker fetches it from
+        # The build as a task's result rather than scattered data: a worker fetches it from
         # one that has it, once, and should every worker holding it die, the scheduler makes
         # it again from the task (it keeps the pickle), where scattered data would be lost and
         # every task waiting for it cancelled.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-            model = client.submit(_loaded, net, key=f"layerc-model-{run}", pure=False)
+            model = client.submit(_given, build, key=f"layerc-model-{run}", pure=False)
         # One graph of a task per file, given in order (the scheduler starts them in that
         # order, as many at a time as the workers have threads).
         tasks = client.map(
@@ -186,36 +190,55 @@ def _lost(job: FileJob, exc: BaseException, distributed: Any) -> FileResult:
 
 # ------------------------------------------------------------------------------ on the workers
 
-_READY: weakref.WeakSet[Any] = weakref.WeakSet()
-_READY_LOCK = threading.Lock()
+
+def dask_setup(worker: Any) -> None:
+    """Run by each worker of a `local_cluster` as it starts (a preload): numba's compiler is
+    made ready, and the matrix product loaded, on a thread of their own, while the worker
+    joins the cluster and this process sends the model. That is a third of a second of a
+    worker's start that no longer stands between the model's arrival and its first file."""
+    threading.Thread(target=_warm, name="layerc-warm", daemon=True).start()
 
 
-def _loaded(net: Any) -> Any:
-    """The model, unpickled on the worker that runs this."""
-    return net
+def _warm() -> None:
+    import numpy as np
+
+    from ..runtime import gemm
+
+    with contextlib.suppress(Exception):  # a failure here is met again, and reported, in a task
+        gemm.load(np.float32)
 
 
-def _task(job: FileJob, *, net: Any, recipe: Recipe) -> FileResult:
-    _ready(net)
-    return run_file(net, recipe, job)
+_BUILT: dict[int, Any] = {}  # id(build): its model, while the worker holds that build
+_BUILT_LOCK = threading.Lock()
+_FROZEN_AT_EXIT: list[bool] = []
 
 
-def _ready(net: Any) -> None:
-    """Make the model a worker was sent ready to run, once per worker process and model.
+def _given(build: Build) -> Build:
+    """The build, as a task's result that every worker fetches once."""
+    return build
 
-    BLAS is held to one thread, so that N single-threaded workers on N cores do not fight
-    over them (layerc's kernels run on the calling thread; this limits what NumPy calls).
 
-    The weights are bound again, which lays each Linear's weight out as its kernel reads it:
-    an unpickled model holds them in C order, which the kernel copies at every call and reads
-    through a pointer that the copy does not outlive; under the MALLOC_TRIM_THRESHOLD_ Dask's
-    nanny sets for its workers the freed copy is unmapped and the worker crashes. (Once
-    unpickling restores the layout, this is a no-op: a weight already laid out is kept.)"""
-    with _READY_LOCK:
-        if net in _READY:
-            return
-        from ..runtime.threads import set_num_threads
+def _task(job: FileJob, *, net: Build, recipe: Recipe) -> FileResult:
+    return run_file(_model(net), recipe, job)
 
-        set_num_threads(1)
-        net.load_state_dict(net.state_dict(), assign=True)
-        _READY.add(net)
+
+def _model(build: Build) -> Any:
+    """The model `build` makes, made once per worker process (a worker keeps the one `build`
+    object its tasks share) and dropped with it when the run is over.
+
+    Making it also holds BLAS to one thread, so that N single-threaded workers on N cores do
+    not fight over them (layerc's kernels run on the calling thread; this limits what NumPy
+    calls); and it lets the worker process end without Python's last garbage collection,
+    which walks every object numba made (a quarter of a second, at every cluster's close)."""
+    with _BUILT_LOCK:
+        model = _BUILT.get(id(build))
+        if model is None:
+            from ..runtime.threads import set_num_threads
+
+            set_num_threads(1)
+            model = _BUILT[id(build)] = build()
+            weakref.finalize(build, _BUILT.pop, id(build), None)
+            if not _FROZEN_AT_EXIT:
+                atexit.register(gc.freeze)
+                _FROZEN_AT_EXIT.append(True)
+        return model
