@@ -4,7 +4,10 @@ one run on this machine.
     python bench/bench.py            # everything but dask (about 3 minutes on 2 cores)
     python bench/bench.py --quick    # fewer repetitions
     python bench/bench.py --only bnmlp   # only some groups: seed, mlp, hooks, bnmlp,
-                                         # resmlp, threads, startup, dask (comma-separated)
+                                         # resmlp, c, threads, startup, dask (comma-separated)
+    python bench/bench.py --only c       # `layerc build`'s C library called from C (a timing
+                                         # harness compiled here; needs a C compiler) against
+                                         # ONNX Runtime, layerc's module and torch from Python
     python bench/bench.py --only dask    # `layerc run` on 2 million rows in files, one process
                                          # against Dask workers (needs about 7 GB in $TMPDIR and
                                          # 2 to 4 minutes; run only when asked for)
@@ -18,8 +21,10 @@ session options. Needs the test extras (torch, onnx, onnxruntime) installed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +42,7 @@ import layerc
 from layerc import driver
 
 MLP_SIZES = (784, 256, 128, 10)
-GROUPS = ("seed", "mlp", "hooks", "bnmlp", "resmlp", "threads", "startup", "dask")
+GROUPS = ("seed", "mlp", "hooks", "bnmlp", "resmlp", "c", "threads", "startup", "dask")
 # Groups that run only when --only names them: long, or needing much disk.
 ON_REQUEST = ("dask",)
 
@@ -65,6 +70,8 @@ def median_time(fn: Callable[[], object], min_time: float, repeats: int) -> floa
 
 
 def fmt_time(seconds: float) -> str:
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:8.1f} ns"
     if seconds < 1e-3:
         return f"{seconds * 1e6:8.2f} us"
     if seconds < 1:
@@ -560,14 +567,17 @@ class Table:
     def __init__(self) -> None:
         self.rows: list[str] = []
 
-    def case(self, title: str, times: dict[str, float], extra: str = "") -> None:
-        base = times["layerc"]
+    def case(
+        self, title: str, times: dict[str, float], extra: str = "", base_name: str = "layerc"
+    ) -> None:
+        """Print `times` with each one's ratio to `times[base_name]` (> 1: the base is faster)."""
+        base = times[base_name]
         print(f"\n{title}{('  ' + extra) if extra else ''}")
         for name, t in times.items():
-            ratio = "" if name == "layerc" else f"   {t / base:6.2f}x layerc"
+            ratio = "" if name == base_name else f"   {t / base:6.2f}x {base_name}"
             print(f"  {name:28s} {fmt_time(t)}{ratio}")
         others = " | ".join(
-            f"{name} {t / base:.2f}x" for name, t in times.items() if name != "layerc"
+            f"{name} {t / base:.2f}x" for name, t in times.items() if name != base_name
         )
         self.rows.append(f"| {title} | {fmt_time(base).strip()} | {others} |")
 
@@ -779,6 +789,227 @@ def res_mlp_cases(
         goal_case(table, title, batch, runs, ref, min_time, repeats)
 
 
+# --------------------------------------------------------------------------- c: `layerc build`
+
+C_HARNESS = r"""/* The bench's timing harness for lib@PREFIX@ (layerc build):
+   harness INPUT OUTPUT N SECONDS ROUNDS reads N samples of float32 from INPUT, writes the
+   outputs of one call to OUTPUT, warms up, then prints the nanoseconds per call of ROUNDS
+   rounds of about SECONDS each, one line per round. */
+#define _POSIX_C_SOURCE 199309L
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "@PREFIX@.h"
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 6) {
+        fprintf(stderr, "usage: %s INPUT OUTPUT N SECONDS ROUNDS\n", argv[0]);
+        return 2;
+    }
+    int64_t n = atoll(argv[3]);
+    double seconds = atof(argv[4]);
+    int rounds = atoi(argv[5]);
+    size_t in_count = (size_t)n * @UP@_IN_FEATURES, out_count = (size_t)n * @UP@_OUT_FEATURES;
+    float *x = malloc(in_count * sizeof *x), *y = malloc(out_count * sizeof *y);
+    FILE *f = fopen(argv[1], "rb");
+    if (x == NULL || y == NULL || f == NULL || fread(x, sizeof *x, in_count, f) != in_count) {
+        fprintf(stderr, "cannot read %s\n", argv[1]);
+        return 1;
+    }
+    fclose(f);
+    int status = @PREFIX@_forward(x, y, n);
+    f = fopen(argv[2], "wb");
+    if (status != @UP@_OK || f == NULL || fwrite(y, sizeof *y, out_count, f) != out_count) {
+        fprintf(stderr, "@PREFIX@_forward returned %d, or cannot write %s\n", status, argv[2]);
+        return 1;
+    }
+    fclose(f);
+    /* Warm up, and find how many calls take about SECONDS. */
+    long calls = 1;
+    double elapsed;
+    for (;;) {
+        double start = now();
+        for (long i = 0; i < calls; i++) status |= @PREFIX@_forward(x, y, n);
+        elapsed = now() - start;
+        if (elapsed >= seconds / 10 || calls >= (1L << 30)) break;
+        calls *= 4;
+    }
+    calls = (long)((double)calls * seconds / (elapsed > 1e-9 ? elapsed : 1e-9));
+    if (calls < 1) calls = 1;
+    for (int r = 0; r < rounds; r++) {
+        double start = now();
+        for (long i = 0; i < calls; i++) status |= @PREFIX@_forward(x, y, n);
+        printf("%.3f\n", (now() - start) * 1e9 / (double)calls);
+    }
+    free(x);
+    free(y);
+    if (status != @UP@_OK) {
+        fprintf(stderr, "@PREFIX@_forward failed while timed\n");
+        return 1;
+    }
+    return 0;
+}
+"""
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), and what `--cpu native` compiles for
+    (LLVM's name for this CPU and its widest vector extensions)."""
+    import llvmlite.binding as ll
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    features = ll.get_host_cpu_features()
+    vector = [f for f in ("avx2", "fma", "avx512f") if features.get(f)]
+    return f"{name}; --cpu native = LLVM {ll.get_host_cpu_name()} ({', '.join(vector) or 'SSE'})"
+
+
+class CLibrary:
+    """A model of the bench built by `layerc build` into `folder`, and the timing harness
+    compiled against its .so (linked with an rpath to `folder`)."""
+
+    def __init__(self, program: Any, model_name: str, folder: Path, compiler: str) -> None:
+        from layerc.build import build
+
+        model = next(m for m in program.models if m.name == model_name)
+        start = time.perf_counter()
+        self.library = build(program, model, folder)
+        self.build_seconds = time.perf_counter() - start
+        self.folder = folder
+        prefix = self.library.prefix
+        source = folder / f"harness_{prefix}.c"
+        text = C_HARNESS.replace("@PREFIX@", prefix).replace("@UP@", prefix.upper())
+        source.write_text(text)
+        self.harness = folder / f"harness_{prefix}"
+        command = [
+            *compiler.split(), "-O2", "-I", str(folder), str(source), "-o", str(self.harness),
+            "-L", str(folder), f"-l{prefix}", f"-Wl,-rpath,{folder}",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"c: `{' '.join(command)}` failed:\n{done.stderr}")
+
+    def run(
+        self, x: np.ndarray, out_features: int, min_time: float, repeats: int
+    ) -> tuple[np.ndarray, float]:
+        """The library's outputs for `x` (n samples) and the median nanoseconds per call of
+        `repeats` rounds of about `min_time` seconds each, as seconds."""
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+        n = x.shape[0]
+        xin, yout = self.folder / "x.bin", self.folder / "y.bin"
+        x.tofile(xin)
+        done = subprocess.run(
+            [str(self.harness), str(xin), str(yout), str(n), str(min_time), str(repeats)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"c: the harness of lib{self.library.prefix} failed:\n{done.stderr}")
+        y = np.fromfile(yout, dtype=np.float32).reshape(n, out_features)
+        rounds = [float(line) for line in done.stdout.split()]
+        return y, statistics.median(rounds) * 1e-9
+
+
+def c_group(
+    program: Any,
+    nets: dict[str, tuple[Any, Any, Any, list[tuple[np.ndarray, np.ndarray | None, bool]]]],
+    table: Table,
+    rng: np.random.Generator,
+    min_time: float,
+    repeats: int,
+) -> None:
+    """The models built with `layerc build` and called from C (a harness compiled here, linked
+    against the .so, timing with clock_gettime), against ONNX Runtime, layerc's module and torch
+    eager (inference_mode) called from Python, one thread each. `nets`: for "Seed" and "MLP",
+    the layerc module's model, the torch twin, the ONNX Runtime session and the layers. The C
+    outputs must equal the module's to 1e-5. The issue's goals: the C call at batch 1 at least
+    2x faster than ONNX Runtime's, and at batch 64 no slower than layerc's module."""
+    import torch
+
+    from layerc.build import find_compiler
+    from layerc.errors import UsageError
+
+    try:
+        compiler = find_compiler()
+    except UsageError as exc:
+        print(f"\nGroup c (layerc build, called from C) skipped: {exc}")
+        return
+    version = subprocess.run(
+        [*compiler.split(), "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    print(f"\nlayerc build, called from C: CPU {cpu_name()}")
+    print(f"  harness: `{compiler} -O2`, {version[0] if version else 'version unknown'}")
+    folder = Path(tempfile.mkdtemp(prefix="layerc-bench-c-"))
+    try:
+        libs = {
+            name: CLibrary(program, name, folder / name.lower(), compiler)
+            for name in ("Seed", "MLP")
+        }
+        for name, lib in libs.items():
+            print(f"  {name}: lib{lib.library.prefix}.so built in {lib.build_seconds:.1f} s")
+        cases = [
+            ("Seed", "Linear(4, 3), 1 sample", np.array([[1, 2, 3, 4]], dtype=np.float32)),
+            ("MLP", "MLP 784-256-128-10, batch 1", rng.standard_normal((1, 784), np.float32)),
+            ("MLP", "MLP 784-256-128-10, batch 64", rng.standard_normal((64, 784), np.float32)),
+        ]
+        for name, title, xb in cases:
+            net, torch_net, sess, layers = nets[name]
+            batch = xb.shape[0]
+            xin = xb[0] if batch == 1 else xb  # one sample as (features,), as in the rows above
+            txb = torch.from_numpy(xin)
+            ref = reference(layers, xin)
+            python_out = np.asarray(net(xin))
+            c_out, c_time = libs[name].run(xb, ref.shape[-1], min_time, repeats)
+            diff = float(np.abs(c_out.reshape(python_out.shape) - python_out).max())
+            if diff > 1e-5:
+                raise SystemExit(f"c: {title}: the C library's output differs from the module's "
+                                 f"by {diff:.3g} (> 1e-5)")  # fmt: skip
+            check_close("layerc C", c_out.reshape(ref.shape), ref)
+            check_close("onnxruntime", sess.run(None, {"x": xb})[0].reshape(ref.shape), ref)
+            with torch.inference_mode():
+                check_close("torch", torch_net(txb).numpy().reshape(ref.shape), ref)
+                times = {
+                    "layerc C library": c_time,
+                    "onnxruntime": median_time(
+                        lambda: sess.run(None, {"x": xb}), min_time, repeats
+                    ),
+                    "layerc module": median_time(lambda: net(xin), min_time, repeats),
+                    "torch eager (inference_mode)": median_time(
+                        lambda: torch_net(txb), min_time, repeats
+                    ),
+                }
+            if batch == 1:
+                ratio = times["onnxruntime"] / c_time
+                goal = f">= 2x onnxruntime: {'met' if ratio >= 2 else 'MISSED'} ({ratio:.2f}x)"
+            else:
+                ratio = times["layerc module"] / c_time
+                goal = f"<= layerc module: {'met' if ratio >= 1 else 'MISSED'} ({ratio:.2f}x)"
+            table.case(
+                f"C call: {title}, 1 thread",
+                times,
+                f"C = module to {diff:.1e}; goal: {goal}",
+                base_name="layerc C library",
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -795,6 +1026,7 @@ def run(args: argparse.Namespace) -> None:
         dask_group(args.quick)
         return
     work = Path(tempfile.mkdtemp(prefix="layerc-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # the models, their modules and numba's cache
     src = work / "benchmodels.lyr"
     src.write_text(lyr_source())
     start = time.perf_counter()
@@ -945,6 +1177,16 @@ def run(args: argparse.Namespace) -> None:
         if want("resmlp"):
             res_mlp_cases(res, table, rng, min_time, repeats)
 
+        if want("c"):
+            program, _ = driver.check_file(src)
+            nets = {
+                "Seed": (seed_net, torch_seed, ort_session(onnx_model(seed_layers, 4), 1),
+                         seed_layers),
+                "MLP": (mlp_net, torch_mlp, ort_session(onnx_model(mlp_layers, 784), 1),
+                        mlp_layers),
+            }  # fmt: skip
+            c_group(program, nets, table, rng, min_time, repeats)
+
     # two threads
     if want("threads"):
         with threadpool_limits(2):
@@ -1062,8 +1304,6 @@ def dask_group(quick: bool) -> None:
     to the last (the outputs' modification times), which leaves out what each way pays once
     per command: starting Python, importing the model (and Dask), starting workers, and
     exiting."""
-    import shutil
-
     from layerc.tools.run_dask import local_cluster
 
     rounds = 1 if quick else 3

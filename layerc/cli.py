@@ -68,6 +68,28 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    p = sub.add_parser(
+        "build",
+        help="build a model into a native library with a C header (no Python at run time)",
+        description=(
+            "Build one model of FILE into lib<name>.so, lib<name>.a and <name>.h (name: the "
+            "model's name in lower case): a C ABI that needs only the C library and libm, "
+            "with the weights inside. Needs a C compiler (cc, gcc or clang, or $CC)."
+        ),
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the .lyr source")
+    p.add_argument("--model", metavar="NAME", help="the model to build (default: the only one)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("."), metavar="DIR",
+        help="the folder to write into (default: the current folder)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cpu",
+        default="native",
+        metavar="CPU",
+        help="the CPU to compile for: native (this machine's, the default), generic, x86-64, "
+        "x86-64-v2, x86-64-v3 (AVX2) or x86-64-v4 (AVX-512)",
+    )
     _add_interop_parsers(sub)
     _add_tool_parsers(sub)
     return parser
@@ -97,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return _test(args.files)
         if args.command in ("import", "export"):
             return _interop(args)
+        if args.command == "build":
+            return _build(args)
         if args.command in _TOOLS:
             return _tool(args)
     except LayercError as exc:
@@ -168,6 +192,20 @@ def _compile(file: Path, output: str | None, warm: bool = False) -> int:
         from .warm import warm as warm_module
 
         warm_module(written[-1], lambda line: print(line, file=sys.stderr, flush=True))
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build
+    from .driver import check_file
+    from .tools import pick_model
+
+    program, _ = check_file(args.file)
+    _warn(program)
+    model = pick_model(program, args.model, str(args.file))
+    library = build(program, model, args.output, args.cpu)
+    for path in library.files:
+        print(f"wrote {path}")
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import keyword
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -73,11 +73,27 @@ MODEL_CLASS_ATTRS = reserved_names()
 
 
 class Emitter:
-    """An indenting line buffer: code is emitted line by line, never by counting spaces."""
+    """An indenting line buffer: code is emitted line by line, never by counting spaces.
+    `standalone`: for a standalone library's kernels, which may not allocate (`empty`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, standalone: bool = False) -> None:
         self.lines: list[str] = []
         self.level = 0
+        self.standalone = standalone
+
+    def empty(self, count: str, t: str) -> str:
+        """A new 1-D array of `count` values of type `t`: on the heap, or in a standalone
+        library's kernels on the stack (a kernel's own frame)."""
+        if self.standalone:
+            return f"_rt_gemm.stack_vector({count}, {t}(0.0))"
+        return f"_np.empty({count}, dtype={t})"
+
+    def flat(self, array: str) -> str:
+        """The C-contiguous `array` as a 1-D view (without numba's runtime helpers in a
+        standalone library's kernels)."""
+        if self.standalone:
+            return f"_rt_gemm.rows_of({array}, 1, {array}.size)[0]"
+        return f"{array}.reshape({array}.size)"
 
     def line(self, text: str = "") -> None:
         self.lines.append(("    " * self.level + text) if text else "")
@@ -176,12 +192,27 @@ def _emit_input_check(
         )
 
 
-def _emit_step(e: Emitter, step: lower.Step, source: str, target: str, args: list[str]) -> None:
+def _reshaped(value: str, rows: str, width: int, standalone: bool) -> str:
+    """The C-contiguous array `value` as (rows, width): `reshape`, or in a standalone library's
+    kernels (which may not call numba's runtime helpers) `_rt_gemm.rows_of`."""
+    if standalone:
+        return f"_rt_gemm.rows_of({value}, {rows}, {width})"
+    return f"{value}.reshape(({rows}, {width}))"
+
+
+def _emit_step(
+    e: Emitter,
+    step: lower.Step,
+    source: str,
+    target: str,
+    args: list[str],
+    standalone: bool = False,
+) -> None:
     """`kernel(source, target, params...)` for a step of a fused forward, on (n*rows, width)
     views of the buffers named `source` and `target`; `args` names the forward's parameters."""
     if step.rows != 1:
-        source = f"{source}.reshape((n * {step.rows}, {step.in_width}))"
-        target = f"{target}.reshape((n * {step.rows}, {step.out_width}))"
+        source = _reshaped(source, f"n * {step.rows}", step.in_width, standalone)
+        target = _reshaped(target, f"n * {step.rows}", step.out_width, standalone)
     params = [args[i] for i in step.args]
     described = ", ".join(describe(path, layer) for path, layer in step.layers if path)
     call = ", ".join([source, target, *params])
@@ -392,8 +423,8 @@ class _Renderer:
                 native.emit(e, layer.argdict, t)
             elif isinstance(native, kinds.Elementwise):
                 e.line(f'"""{spec.doc} ys may be xs."""')
-                e.line("xf = xs.reshape(xs.size)")
-                e.line("yf = ys.reshape(ys.size)")
+                e.line(f"xf = {e.flat('xs')}")
+                e.line(f"yf = {e.flat('ys')}")
                 e.line("for i in range(xf.size):")
                 with e.indent():
                     e.line("v = xf[i]")
@@ -517,45 +548,72 @@ class _Renderer:
             for y, shape in zip(ys, k.outputs, strict=True):
                 e.line(f"v_{y} = {y}.reshape((n, {math.prod(shape)}))")
             sizes = {b.name: b.size for b in k.buffers}
-            made: set[str] = set()
 
-            def ref(slot: str) -> str:
-                return slot if slot.startswith("h") else f"v_{slot}"
+            def made(name: str) -> None:
+                e.line(f"{name} = _np.empty((n, {sizes[name]}), dtype={t})")
 
-            for step in k.steps:
-                if step.target in sizes and step.target not in made:
-                    made.add(step.target)
-                    e.line(f"{step.target} = _np.empty((n, {sizes[step.target]}), dtype={t})")
-                target = ref(step.target)
-                if isinstance(step, Arith):
-                    operands = [
-                        f"{ref(o)}[s, j]" if isinstance(o, str) else _number(o, t)
-                        for o in step.operands
-                    ]
-                    if step.op == "copy":
-                        expr = operands[0]
-                    elif step.op == "neg":
-                        expr = f"-{operands[0]}"
-                    else:
-                        expr = f"{operands[0]} {step.op} {operands[1]}"
-                    e.line("for s in range(n):")
+            self.graph_steps(e, k, arg_names, made, loops=False)
+
+    def graph_steps(
+        self,
+        e: Emitter,
+        k: GraphKernel,
+        arg_names: list[str],
+        make: Callable[[str], None],
+        loops: bool,
+    ) -> None:
+        """The steps of a graph model's fused forward, on (n, width) views `v_x0`..., `v_y0`...
+        of its inputs and outputs and buffers `h1`... (`make(name)` writes the line that makes
+        one, before its first use). `loops`, for a standalone library's kernels: `cat` as loops
+        rather than slice copies, and no numba runtime helpers."""
+        t = f"_np.{k.model.dtype.name}"
+        sizes = {b.name for b in k.buffers}
+        made: set[str] = set()
+
+        def ref(slot: str) -> str:
+            return slot if slot.startswith("h") else f"v_{slot}"
+
+        for step in k.steps:
+            if step.target in sizes and step.target not in made:
+                made.add(step.target)
+                make(step.target)
+            target = ref(step.target)
+            if isinstance(step, Arith):
+                operands = [
+                    f"{ref(o)}[s, j]" if isinstance(o, str) else _number(o, t)
+                    for o in step.operands
+                ]
+                if step.op == "copy":
+                    expr = operands[0]
+                elif step.op == "neg":
+                    expr = f"-{operands[0]}"
+                else:
+                    expr = f"{operands[0]} {step.op} {operands[1]}"
+                e.line("for s in range(n):")
+                with e.indent():
+                    e.line(f"for j in range({step.width}):")
                     with e.indent():
-                        e.line(f"for j in range({step.width}):")
-                        with e.indent():
-                            e.line(f"{target}[s, j] = {expr}")
-                    continue
-                if isinstance(step, Concat):
-                    offset = 0
+                        e.line(f"{target}[s, j] = {expr}")
+                continue
+            if isinstance(step, Concat):
+                offset = 0
+                if step.rows != 1:
+                    target = _reshaped(target, f"n * {step.rows}", step.width, loops)
+                for source, width in step.sources:
+                    value = ref(source)
                     if step.rows != 1:
-                        target = f"{target}.reshape((n * {step.rows}, {step.width}))"
-                    for source, width in step.sources:
-                        value = ref(source)
-                        if step.rows != 1:
-                            value = f"{value}.reshape((n * {step.rows}, {width}))"
+                        value = _reshaped(value, f"n * {step.rows}", width, loops)
+                    if loops:
+                        e.line(f"for s in range(n * {step.rows}):")
+                        with e.indent():
+                            e.line(f"for j in range({width}):")
+                            with e.indent():
+                                e.line(f"{target}[s, {offset} + j] = {value}[s, j]")
+                    else:
                         e.line(f"{target}[:, {offset}:{offset + width}] = {value}")
-                        offset += width
-                    continue
-                _emit_step(e, step, ref(step.source), target, arg_names)
+                    offset += width
+                continue
+            _emit_step(e, step, ref(step.source), target, arg_names, loops)
 
     def call_kernel(self, e: Emitter, k: CallKernel) -> None:
         """`call(xs, params) -> ys`: the outputs allocated with the first input's batch shape,
@@ -575,6 +633,100 @@ class _Renderer:
                 e.line(f"{y} = _np.empty(batch + {_shape(shape)}, dtype={t})")
             e.line(f"{k.forward}({', '.join([*xs, *ys])}, *ps)")
             e.line(f"return {', '.join(ys)}{',' if n_out == 1 else ''}")
+
+    # ------------------------------------------------------------------ standalone
+
+    def standalone(self, model_name: str) -> Standalone:
+        """A module of the kernels `model_name`'s fused forward calls, compiled without numba's
+        runtime, and the entry that runs them over blocks of rows of the caller's memory."""
+        (fused,) = [
+            k
+            for k in self.plan.kernels
+            if isinstance(k, ForwardKernel | GraphKernel) and k.model.name == model_name
+        ]
+        model = fused.model
+        used = {step.kernel for step in fused.steps if isinstance(step, lower.Step)}
+        kernels = Emitter(standalone=True)
+        for kernel in self.plan.kernels:
+            if kernel.name in used:
+                kernels.line(STANDALONE_DECORATOR)
+                self.kernel(kernels, kernel)
+                kernels.line()
+                kernels.line()
+        inputs, outputs = model.in_shapes, model.out_shapes
+        xs = [f"x{i}" for i in range(len(inputs))]
+        ys = [f"y{i}" for i in range(len(outputs))]
+        args = [f"_p{i}" for i in range(len(fused.args))]
+        offsets: dict[str, int] = {}
+        for buffer in fused.buffers:
+            offsets[buffer.name] = sum(b.size for b in fused.buffers[: len(offsets)])
+        scratch = sum(b.size for b in fused.buffers)
+        e = kernels
+        e.line(f"def {ENTRY}({', '.join([*xs, *ys])}, count, workspace, rows):")
+        with e.indent():
+            e.line(
+                f'"""{model.name} on `count` samples at the pointers {", ".join(xs + ys)}, '
+                "`rows` at a time,"
+            )
+            e.line(f"with the buffers between its layers in `workspace` ({scratch} values a row).")
+            if fused.args:
+                e.line()
+                for name, (key, shape) in zip(args, fused.args, strict=True):
+                    e.line(f"{name}: {key} {shape}")
+            e.line('"""')
+            ports = [*zip(xs, inputs, strict=True), *zip(ys, outputs, strict=True)]
+            e.line("for first in range(0, count, rows):")
+            with e.indent():
+                e.line("n = min(rows, count - first)")
+                for name, shape in ports:
+                    width = math.prod(shape)
+                    e.line(f"v_{name} = _rt_gemm.matrix_at({name}, first * {width}, n, {width})")
+
+                def make(name: str) -> None:
+                    size, at = sizes[name], offsets[name]
+                    e.line(f"{name} = _rt_gemm.matrix_at(workspace, rows * {at}, n, {size})")
+
+                sizes = {b.name: b.size for b in fused.buffers}
+                if isinstance(fused, GraphKernel):
+                    self.graph_steps(e, fused, args, make, loops=True)
+                else:
+                    values = {"x": "v_x0", "y": "v_y0"}
+                    for step in fused.steps:
+                        if step.target not in values and step.target in sizes:
+                            values[step.target] = step.target
+                            make(step.target)
+                        _emit_step(e, step, values[step.source], values[step.target], args, True)
+        head = Emitter()
+        for line in FIXED_HEADER:
+            head.line(line)
+        head.line(f"# Source: {self.plan.source!r}")
+        head.line(
+            f'"""The kernels of {model.name}, from {_doc_repr(self.plan.source)}, for a native '
+            'library (layerc build)."""'
+        )
+        head.line()
+        code = kernels.text()
+        if "_math." in code:
+            head.line("import math as _math")
+        head.line("import numba as _numba")
+        head.line("import numpy as _np")
+        head.line()
+        head.line("import layerc.runtime.standalone as _rt_gemm")
+        if "_rt_vmath." in code:
+            head.line("import layerc.runtime.vmath as _rt_vmath")
+        head.line()
+        head.line(f"_FASTMATH = {FASTMATH}")
+        for name in args:
+            head.line(f"{name} = None  # set by the build")
+        source = head.text() + "\n\n" + code.rstrip("\n") + "\n"
+        return Standalone(
+            Output(source, None, None),
+            model.dtype,
+            tuple(inputs),
+            tuple(outputs),
+            scratch,
+            tuple(fused.args),
+        )
 
     # ------------------------------------------------------------------ classes
 
@@ -874,3 +1026,32 @@ def _literal_lines(array: np.ndarray) -> list[str]:
 
 
 __all__ = ["generate", "render", "Output", "Emitter", "CodegenError", "MODULE_GLOBALS"]
+
+
+# --------------------------------------------------------------------------- standalone libraries
+
+
+@dataclass(frozen=True)
+class Standalone:
+    """The kernels of one model for a native library (`layerc build`, layerc/build.py): the
+    module `output` (imported by the build's own process), whose function `ENTRY` computes
+    `count` samples in blocks of at most `rows`:
+    `ENTRY(x0, ..., y0, ..., count, workspace, rows)` on pointers, with `workspace` holding
+    `rows * scratch` values. The kernels read the globals `_p0`, `_p1`, ... (the model's
+    parameters, laid out as `params` lists them), which the build sets before compiling."""
+
+    output: Output
+    dtype: np.dtype
+    inputs: tuple[kinds.Shape, ...]
+    outputs: tuple[kinds.Shape, ...]
+    scratch: int  # values per sample of the buffers between layers
+    params: tuple[tuple[str, kinds.Shape], ...]  # (state_dict key, shape), as _p0, _p1, ...
+
+
+ENTRY = "_entry"
+STANDALONE_DECORATOR = '@_numba.njit(fastmath=_FASTMATH, _nrt=False, error_model="numpy")'
+
+
+def render_standalone(plan: Plan, model_name: str) -> Standalone:
+    """The standalone kernels of the model `model_name` of `plan` (see `Standalone`)."""
+    return _Renderer(plan, "standalone").standalone(model_name)

@@ -59,6 +59,14 @@ class Lines(Protocol):
 
     def indent(self) -> AbstractContextManager[None]: ...
 
+    def empty(self, count: str, t: str) -> str:
+        """An expression for a new 1-D array of `count` values of type `t` (`_np.float32`)."""
+        ...
+
+    def flat(self, array: str) -> str:
+        """An expression for the C-contiguous array `array` as a 1-D array (a view)."""
+        ...
+
 
 # ref(name) -> the local name under which a kernel sees a tensor (or a prepared array)
 Ref = Callable[[str], str]
@@ -447,9 +455,9 @@ def _emit_layer_norm(e: Lines, args: Args, t: str) -> None:
     with_bias = affine and args["bias"]
     e.line("n, f = xs.shape")
     if affine:
-        e.line("gamma = weight.reshape(weight.size)")
+        e.line(f"gamma = {e.flat('weight')}")
     if with_bias:
-        e.line("beta = bias.reshape(bias.size)")
+        e.line(f"beta = {e.flat('bias')}")
     e.line("for s in range(n):")
     with e.indent():
         e.line("mean = 0.0")
@@ -485,8 +493,8 @@ def _bn_prepare(e: Lines, args: Args, t: str, ref: Ref, channels: str) -> None:
     bias = f"{ref('bias')}[c]" if args["affine"] and args["bias"] else f"{t}(0.0)"
     alpha, beta = ref("alpha"), ref("beta")
     eps = _const(t, args["eps"])
-    e.line(f"{alpha} = _np.empty({channels}, dtype={t})")
-    e.line(f"{beta} = _np.empty({channels}, dtype={t})")
+    e.line(f"{alpha} = {e.empty(channels, t)}")
+    e.line(f"{beta} = {e.empty(channels, t)}")
     if args["track_running_stats"]:
         e.line(f"for c in range({channels}):")
         with e.indent():

@@ -28,7 +28,9 @@ def _erf_all(xs, ys):  # type: ignore[no-untyped-def]
         ys[i] = vmath.erf_f32(xs[i])
 
 
-WIDTHS = (1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 47, 64, 100, 129)  # outputs: tails of every kind
+# outputs: tails of every kind, and for one sample every mix of its 16-, 8- and 4-vector tiles
+# (449 = 256 + 128 + 64 + 1 float32 outputs with AVX-512; 16 + 8 + 4 vectors and a tail too)
+WIDTHS = (1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 47, 64, 100, 129, 192, 256, 449)
 DEPTHS = (1, 3, 16, 65, 300)  # inputs
 ROWS = (0, 1, 2, 5, 6, 7, 12, 13, 64)  # samples: full tiles of 6 and each remainder
 

@@ -60,9 +60,9 @@ def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function
     return ir.Function(module, fnty, name=name)
 
 
-def _make_tile(rows: int, masked: bool) -> object:
+def _make_tile(rows: int, masked: bool, vectors: int = VECTORS) -> object:
     """An intrinsic `tile(x, ldx, w, ldw, k, y, ldy, nc, zero)` that writes the `rows` x NR
-    block y[r, j] = sum_i x[r, i] * w[i, j] (NR = VECTORS vectors; addresses and leading
+    block y[r, j] = sum_i x[r, i] * w[i, j] (NR = `vectors` vectors; addresses and leading
     dimensions in elements, `zero` a 0 of the element type). With `masked`, only the first `nc`
     columns are read and written."""
 
@@ -104,7 +104,7 @@ def _make_tile(rows: int, masked: bool) -> object:
                     ir.FunctionType(ir.VoidType(), [vt, vp, i32, mt]),
                 )
                 iota = ir.Constant(ir.VectorType(i64, width), list(range(width)))
-                for v in range(VECTORS):
+                for v in range(vectors):
                     left = builder.sub(nc_, c(v * width))
                     splat = builder.insert_element(
                         ir.Constant(ir.VectorType(i64, width), ir.Undefined),
@@ -134,7 +134,7 @@ def _make_tile(rows: int, masked: bool) -> object:
             undef = ir.Constant(vt, ir.Undefined)
 
             # The loop over the inputs: accumulators start at zero (phis of the loop block),
-            # each input i loads VECTORS vectors of W^T's row i and broadcasts x[r, i] of each
+            # each input i loads vectors vectors of W^T's row i and broadcasts x[r, i] of each
             # row r of the tile. (Several accumulator sets, for inputs i, i+1, ..., would hide
             # the FMA latency in tiles of one or two rows, but those are bound by reading the
             # weights: measured, no gain at batch 1.)
@@ -145,32 +145,32 @@ def _make_tile(rows: int, masked: bool) -> object:
             builder.position_at_end(body)
             i = builder.phi(i64)
             i.add_incoming(c(0), before)
-            acc = [[builder.phi(vt) for _ in range(VECTORS)] for _ in range(rows)]
+            acc = [[builder.phi(vt) for _ in range(vectors)] for _ in range(rows)]
             wrow = builder.mul(i, ldw_)
             wv = [
-                load(builder.gep(wp, [builder.add(wrow, c(v * width))]), v) for v in range(VECTORS)
+                load(builder.gep(wp, [builder.add(wrow, c(v * width))]), v) for v in range(vectors)
             ]
             new = []
             for r in range(rows):
                 xv = builder.load(builder.gep(xp, [builder.add(builder.mul(c(r), ldx_), i)]))
                 xv = builder.insert_element(undef, xv, ir.Constant(i32, 0))
                 xv = builder.shuffle_vector(xv, undef, broadcast)
-                new.append([builder.call(fma, [xv, wv[v], acc[r][v]]) for v in range(VECTORS)])
+                new.append([builder.call(fma, [xv, wv[v], acc[r][v]]) for v in range(vectors)])
             following = builder.add(i, c(1))
             i.add_incoming(following, body)
             for r in range(rows):
-                for v in range(VECTORS):
+                for v in range(vectors):
                     acc[r][v].add_incoming(vzero, before)
                     acc[r][v].add_incoming(new[r][v], body)
             builder.cbranch(builder.icmp_signed("<", following, k_), body, after)
             builder.position_at_end(after)
-            total = [[builder.phi(vt) for _ in range(VECTORS)] for _ in range(rows)]
+            total = [[builder.phi(vt) for _ in range(vectors)] for _ in range(rows)]
             for r in range(rows):
-                for v in range(VECTORS):
+                for v in range(vectors):
                     total[r][v].add_incoming(vzero, before)
                     total[r][v].add_incoming(new[r][v], body)
             for r in range(rows):
-                for v in range(VECTORS):
+                for v in range(vectors):
                     offset = builder.add(builder.mul(c(r), ldy_), c(v * width))
                     store(total[r][v], builder.gep(yp, [offset]), v)
             return context.get_dummy_value()
@@ -184,6 +184,12 @@ _t1, _t2, _t3, _t4, _t5, _t6 = (_make_tile(rows, masked=False) for rows in range
 # The masked tiles serve only the last block of columns of a layer: whole tiles of ROWS rows,
 # then one row at a time (fewer variants, less for LLVM to compile into every caller).
 _m1, _m6 = _make_tile(1, masked=True), _make_tile(ROWS, masked=True)
+# A single sample (batch 1) reads every weight once for one multiply-add, so the product runs
+# at the speed the weights arrive. Its tiles hold 16, 8 or 4 vectors of outputs, so that each
+# row of W^T is read whole, front to back, rather than 2 vectors at a time in as many passes as
+# there are blocks of columns: the MLP 784-256-128-10 at batch 1 took 6.7 us rather than 7.7
+# called from C (`bench/bench.py --only c`), and 8.6 us rather than 9.5 from Python.
+_w16, _w8, _w4 = (_make_tile(1, masked=False, vectors=v) for v in (16, 8, 4))
 
 
 @numba.njit
@@ -232,7 +238,7 @@ def _itemsize(typingctx, value):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _address(typingctx, array):  # type: ignore[no-untyped-def]
+def address(typingctx, array):  # type: ignore[no-untyped-def]
     """The address of an array's first element, as a signed integer (`array.ctypes.data` is
     unsigned, and numba turns unsigned plus signed arithmetic into floating point)."""
     if not isinstance(array, types.Array):
@@ -245,19 +251,42 @@ def _address(typingctx, array):  # type: ignore[no-untyped-def]
     return types.intp(array), codegen
 
 
-def _native(dtype: type) -> Any:
-    """The whole product for one dtype, `f(n, k, m, x, w, ldw, y)` on addresses: a C function,
-    compiled (or loaded from numba's cache) once per process."""
+def product_function(dtype: type) -> Any:
+    """The whole product for one dtype, `f(n, k, m, x, w, ldw, y)` on addresses, as a Python
+    function for numba to compile: into a C function here (`_native`), inline into a kernel of
+    a standalone library (layerc/runtime/standalone.py)."""
     zero = dtype(0)
     size = np.dtype(dtype).itemsize
     nr = VECTORS * (BITS // 8) // size
 
-    def product(n, k, m, x, w, ldw, y):  # type: ignore[no-untyped-def]
-        for j in range(0, m, nr):
-            _block(x, k, w + j * size, ldw, k, y + j * size, m, n, min(nr, m - j), zero)
+    lane = (BITS // 8) // size
 
+    def product(n, k, m, x, w, ldw, y):  # type: ignore[no-untyped-def]
+        j = 0
+        if n == 1:  # one sample: as many outputs at a time as fit (see _ONE_ROW)
+            while j + 16 * lane <= m:
+                _w16(x, k, w + j * size, ldw, k, y + j * size, m, 16 * lane, zero)
+                j += 16 * lane
+            if j + 8 * lane <= m:
+                _w8(x, k, w + j * size, ldw, k, y + j * size, m, 8 * lane, zero)
+                j += 8 * lane
+            if j + 4 * lane <= m:
+                _w4(x, k, w + j * size, ldw, k, y + j * size, m, 4 * lane, zero)
+                j += 4 * lane
+        for c in range(j, m, nr):
+            _block(x, k, w + c * size, ldw, k, y + c * size, m, n, min(nr, m - c), zero)
+
+    return product
+
+
+PRODUCT_TYPE = types.void(*[types.intp] * 7)
+
+
+def _native(dtype: type) -> Any:
+    """The product for one dtype as a C function, compiled (or loaded from numba's cache) once
+    per process."""
     # Cached where numba can write (as a generated module's kernels; else compiled in memory).
-    return numba.cfunc(types.void(*[types.intp] * 7), cache=kernel_cache(__file__))(product)
+    return numba.cfunc(PRODUCT_TYPE, cache=kernel_cache(__file__))(product_function(dtype))
 
 
 # Kernels call the product by name, through the symbols below, rather than linking its code into
@@ -316,7 +345,7 @@ def matmul(xs, weight, ys):  # type: ignore[no-untyped-def]
     size = xs.itemsize
     if (m > 1 and wt.strides[1] != size) or wt.strides[0] % size != 0:  # as `reads_in_place`
         wt = np.ascontiguousarray(wt)
-    _product(n, k, m, _address(xs), _address(wt), wt.strides[0] // size, _address(ys), ys[0, 0], wt)
+    _product(n, k, m, address(xs), address(wt), wt.strides[0] // size, address(ys), ys[0, 0], wt)
 
 
 def reads_in_place(weight: np.ndarray) -> bool:
