@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__, codegen, ir, lower
+from .driver import inputs_of
 from .errors import LayercError, UsageError
-from .files import commit, refuse_inputs, temporary_for
+from .files import WriteFailed, refuse_inputs, write_atomically
 
 # --cpu: what numba compiles for. None: this machine (numba's default). Otherwise the LLVM CPU
 # name and its features, spelled out so that the matrix product picks its vector width from
@@ -126,7 +127,12 @@ def build(
     usual = codegen.render(plan, "layerc_build_model")
     names = [f"lib{prefix}.so", f"{prefix}.h"] + ([f"lib{prefix}.a"] if static else [])
     targets = [out_dir / name for name in names]
-    refuse_inputs(targets, _inputs(program))
+    refuse_inputs(targets, inputs_of(program))
+    archiver = shutil.which("ar") if static else None
+    if static and archiver is None:
+        raise UsageError("layerc build needs `ar` for the static library: install binutils")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: not a folder")
     with tempfile.TemporaryDirectory(prefix="layerc-build-") as tmp:
         work = Path(tmp)
         (work / "layerc_build_model.py").write_text(usual.source, encoding="utf-8")
@@ -154,20 +160,23 @@ def build(
         _run_compiler(
             [*compiler.split(), "-shared", *strict, "-o", f"lib{prefix}.so", f"{prefix}.o",
              "kernels.o", "-lm"], work)  # fmt: skip
-        if static:
-            archiver = shutil.which("ar")
-            if archiver is None:
-                raise UsageError("layerc build needs `ar` for the static library (binutils)")
+        if archiver is not None:
             _run_compiler([archiver, "rcs", f"lib{prefix}.a", f"{prefix}.o", "kernels.o"], work)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staged = []
-        for name, target in zip(names, targets, strict=True):
-            fd, temporary = temporary_for(target)
-            os.close(fd)
-            shutil.copyfile(work / name, temporary)
-            staged.append((temporary, target))
-        for temporary, target in staged:
-            commit(temporary, target)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            files = [
+                (target, (work / name).read_bytes())
+                for name, target in zip(names, targets, strict=True)
+            ]
+            write_atomically(files, inputs_of(program))
+        except OSError as exc:
+            raise LayercError(
+                f"cannot make the folder: {exc.strerror}", file=str(out_dir)
+            ) from None
+        except WriteFailed as exc:
+            raise LayercError(
+                f"cannot write {exc.target.name}: {exc.reason}", file=str(out_dir)
+            ) from None
     return Library(tuple(targets), prefix)
 
 
@@ -182,13 +191,6 @@ def _refuse_batch_statistics(model: ir.Model) -> None:
                 "computes its rows in blocks cannot give (use running statistics)",
                 layer.loc,
             )
-
-
-def _inputs(program: ir.Program) -> tuple[tuple[Path, str], ...]:
-    if not program.inputs:
-        return ()
-    source, *loaded = program.inputs
-    return ((source, "the source file"), *((p, f"the file {p.name!r} it loads") for p in loaded))
 
 
 def _compile_kernels(work: Path, cpu: str, source: str) -> None:
