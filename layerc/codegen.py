@@ -37,6 +37,7 @@ from .lower import (
 )
 from .runtime import data as weights_data
 from .runtime.layers import reserved_names
+from .runtime.threads import BLOCK
 
 # The first two lines of every module, fixed text. Python reads a source-encoding declaration
 # (PEP 263) from a comment on line 1 or 2: a file name there saying `coding: unicode_escape`
@@ -219,6 +220,26 @@ def _emit_step(
     e.line(f"{step.kernel}({call})" + (f"  # {described}" if described else ""))
 
 
+def _emit_parallel_doc(e: Emitter, k: ForwardKernel | GraphKernel) -> None:
+    e.line(
+        f'"""{k.name} with the rows in blocks of {BLOCK}, the blocks split across threads '
+        "(numba's)."
+    )
+    e.line()
+    e.line("Each block runs every step on its own rows, with buffers of its own; a sample's")
+    e.line("values do not depend on the block it falls in.")
+    e.line('"""')
+
+
+def _emit_blocks(e: Emitter) -> None:
+    """The loop over blocks of the parallel variant of a fused forward, over `count` rows:
+    its body (which the caller indents) has the block's first row `first` and its rows `n`."""
+    e.line(f"for block in _numba.prange((count + {BLOCK - 1}) // {BLOCK}):")
+    with e.indent():
+        e.line(f"first = block * {BLOCK}")
+        e.line(f"n = min({BLOCK}, count - first)")
+
+
 class _Renderer:
     def __init__(self, plan: Plan, module_name: str):
         if not (module_name.isascii() and module_name.isidentifier()):
@@ -235,6 +256,15 @@ class _Renderer:
             self.kernel(kernels, kernel)
             kernels.line()
             kernels.line()
+            if isinstance(kernel, ForwardKernel | GraphKernel) and kernel.parallel is not None:
+                # compiled at its first call, which only a call on several threads makes
+                kernels.line("@_numba.njit(cache=_CACHE, fastmath=_FASTMATH, parallel=True)")
+                if isinstance(kernel, ForwardKernel):
+                    self.forward_kernel(kernels, kernel, parallel=True)
+                else:
+                    self.graph_kernel(kernels, kernel, parallel=True)
+                kernels.line()
+                kernels.line()
         classes = Emitter()
         for cls in self.plan.layer_classes:
             self.layer_class(classes, cls)
@@ -473,30 +503,48 @@ class _Renderer:
                 f"y.reshape(({rows}, {size_out // k.rows})){params})"
             )
 
-    def forward_kernel(self, e: Emitter, k: ForwardKernel) -> None:
-        """The fused forward: every step in one call."""
+    def forward_kernel(self, e: Emitter, k: ForwardKernel, parallel: bool = False) -> None:
+        """The fused forward: every step in one call. `parallel`: its variant that runs the
+        steps on blocks of rows, the blocks split across threads."""
         model = k.model
         arg_names = [f"p{i}" for i in range(len(k.args))]
         t = f"_np.{model.dtype.name}"
         size_in, size_out = model.in_features, model.out_features
-        e.line(f"def {k.name}({', '.join(['x', 'y', *arg_names])}):")
+        name = k.parallel if parallel else k.name
+        assert name is not None
+        e.line(f"def {name}({', '.join(['x', 'y', *arg_names])}):")
         with e.indent():
-            e.line(
-                f'"""{model.name}, fused: all layers in one native call, '
-                f"x (*, {_dims(model.in_shape)}) into y (*, {_dims(model.out_shape)})."
-            )
-            if k.args:
-                e.line()
-                for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
-                    e.line(f"{arg_name}: {key} {shape}")
-            e.line('"""')
+            if parallel:
+                _emit_parallel_doc(e, k)
+            else:
+                e.line(
+                    f'"""{model.name}, fused: all layers in one native call, '
+                    f"x (*, {_dims(model.in_shape)}) into y (*, {_dims(model.out_shape)})."
+                )
+                if k.args:
+                    e.line()
+                    for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
+                        e.line(f"{arg_name}: {key} {shape}")
+                e.line('"""')
             _emit_input_check(e, model.dtype, model.in_shape)
-            e.line(f"n = x.size // {size_in}")
-            e.line("if n == 0:")
-            with e.indent():
-                e.line("return")
-            e.line(f"h0 = x.reshape((n, {size_in}))")
-            e.line(f"out = y.reshape((n, {size_out}))")
+            if parallel:
+                e.line(f"count = x.size // {size_in}")
+                e.line("if count == 0:")
+                with e.indent():
+                    e.line("return")
+                e.line(f"x_rows = x.reshape((count, {size_in}))")
+                e.line(f"y_rows = y.reshape((count, {size_out}))")
+                _emit_blocks(e)
+                e.level += 1
+                e.line("h0 = x_rows[first : first + n]")
+                e.line("out = y_rows[first : first + n]")
+            else:
+                e.line(f"n = x.size // {size_in}")
+                e.line("if n == 0:")
+                with e.indent():
+                    e.line("return")
+                e.line(f"h0 = x.reshape((n, {size_in}))")
+                e.line(f"out = y.reshape((n, {size_out}))")
             values = {"x": "h0", "y": "out"}
             sizes = {b.name: b.size for b in k.buffers}
             for step in k.steps:
@@ -504,29 +552,38 @@ class _Renderer:
                     values[step.target] = step.target
                     e.line(f"{step.target} = _np.empty((n, {sizes[step.target]}), dtype={t})")
                 _emit_step(e, step, values[step.source], values[step.target], arg_names)
+            if parallel:
+                e.level -= 1
 
-    def graph_kernel(self, e: Emitter, k: GraphKernel) -> None:
+    def graph_kernel(self, e: Emitter, k: GraphKernel, parallel: bool = False) -> None:
         """A graph model's fused forward: inputs x0..., outputs y0... (allocated by the caller
-        with the inputs' batch shape), then the parameters; every step in one call."""
+        with the inputs' batch shape), then the parameters; every step in one call.
+        `parallel`: its variant that runs the steps on blocks of rows, the blocks split across
+        threads."""
         model = k.model
         t = f"_np.{model.dtype.name}"
         xs = [f"x{i}" for i in range(len(k.inputs))]
         ys = [f"y{i}" for i in range(len(k.outputs))]
         arg_names = [f"p{i}" for i in range(len(k.args))]
-        e.line(f"def {k.name}({', '.join([*xs, *ys, *arg_names])}):")
+        name = k.parallel if parallel else k.name
+        assert name is not None
+        e.line(f"def {name}({', '.join([*xs, *ys, *arg_names])}):")
         with e.indent():
-            e.line(
-                f'"""{model.name}, fused: its forward in one native call, inputs '
-                + ", ".join(f"x{i} (*, {_dims(s)})" for i, s in enumerate(k.inputs))
-                + " into outputs "
-                + ", ".join(f"y{i} (*, {_dims(s)})" for i, s in enumerate(k.outputs))
-                + "."
-            )
-            if k.args:
-                e.line()
-                for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
-                    e.line(f"{arg_name}: {key} {shape}")
-            e.line('"""')
+            if parallel:
+                _emit_parallel_doc(e, k)
+            else:
+                e.line(
+                    f'"""{model.name}, fused: its forward in one native call, inputs '
+                    + ", ".join(f"x{i} (*, {_dims(s)})" for i, s in enumerate(k.inputs))
+                    + " into outputs "
+                    + ", ".join(f"y{i} (*, {_dims(s)})" for i, s in enumerate(k.outputs))
+                    + "."
+                )
+                if k.args:
+                    e.line()
+                    for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
+                        e.line(f"{arg_name}: {key} {shape}")
+                e.line('"""')
             for x, shape in zip(xs, k.inputs, strict=True):
                 _emit_input_check(e, model.dtype, shape, x)
             rank0 = len(k.inputs[0])
@@ -539,20 +596,30 @@ class _Renderer:
                     e.line(f"if {x}.shape[d] != x0.shape[d]:")
                     with e.indent():
                         e.line('raise ValueError("the inputs must share one batch shape")')
-            e.line(f"n = x0.size // {math.prod(k.inputs[0])}")
-            e.line("if n == 0:")
+            rows = "count" if parallel else "n"
+            e.line(f"{rows} = x0.size // {math.prod(k.inputs[0])}")
+            e.line(f"if {rows} == 0:")
             with e.indent():
                 e.line("return")
-            for x, shape in zip(xs, k.inputs, strict=True):
-                e.line(f"v_{x} = {x}.reshape((n, {math.prod(shape)}))")
-            for y, shape in zip(ys, k.outputs, strict=True):
-                e.line(f"v_{y} = {y}.reshape((n, {math.prod(shape)}))")
+            ports = [*zip(xs, k.inputs, strict=True), *zip(ys, k.outputs, strict=True)]
+            if parallel:
+                for port, shape in ports:
+                    e.line(f"r_{port} = {port}.reshape((count, {math.prod(shape)}))")
+                _emit_blocks(e)
+                e.level += 1
+                for port, _ in ports:
+                    e.line(f"v_{port} = r_{port}[first : first + n]")
+            else:
+                for port, shape in ports:
+                    e.line(f"v_{port} = {port}.reshape((n, {math.prod(shape)}))")
             sizes = {b.name: b.size for b in k.buffers}
 
             def made(name: str) -> None:
                 e.line(f"{name} = _np.empty((n, {sizes[name]}), dtype={t})")
 
             self.graph_steps(e, k, arg_names, made, loops=False)
+            if parallel:
+                e.level -= 1
 
     def graph_steps(
         self,
@@ -841,6 +908,8 @@ class _Renderer:
             forward = self.kernels[cls.forward]
             assert isinstance(forward, (ForwardKernel, GraphKernel))
             e.line(f"_kernel = staticmethod({forward.name})")
+            if forward.parallel is not None:
+                e.line(f"_kernel_par = staticmethod({forward.parallel})")
             e.line(f"_kernel_params = {forward.args!r}")
             if cls.call is not None:
                 e.line(f"_call = staticmethod({cls.call})")

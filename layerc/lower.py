@@ -166,6 +166,9 @@ class ForwardKernel:
     steps: tuple[Step, ...]
     buffers: tuple[Buffer, ...]
     dropped: tuple[tuple[str, ir.Layer], ...]  # left out: identity at inference, or a reshape
+    # The variant that splits the rows across threads (None: a sample's output depends on the
+    # other samples of the call, see `rows_independent`)
+    parallel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ class GraphKernel:
     steps: tuple[GraphStep, ...]
     buffers: tuple[Buffer, ...]
     dropped: tuple[tuple[str, ir.Layer], ...]
+    parallel: str | None = None  # as ForwardKernel's
 
     @property
     def inputs(self) -> tuple[Shape, ...]:
@@ -358,6 +362,10 @@ class _Lowering:
             self.kernels[key] = make(self.names.claim(wanted))
         return self.kernels[key]
 
+    def parallel_name(self, forward: str, model: ir.Model) -> str | None:
+        """The name of the fused forward's parallel variant, if the model may have one."""
+        return self.names.claim(f"{forward}_par") if rows_independent(model) else None
+
     # ------------------------------------------------------------------ cores
 
     def core(self, layer: ir.Layer, dtype: np.dtype, folds: tuple[Fold, ...] = ()) -> Kernel:
@@ -465,7 +473,13 @@ class _Lowering:
             ("model", model.name),
             f"_forward_{model.name}",
             lambda name: ForwardKernel(
-                name, model, tuple(args), tuple(steps), tuple(buffers), tuple(dropped)
+                name,
+                model,
+                tuple(args),
+                tuple(steps),
+                tuple(buffers),
+                tuple(dropped),
+                self.parallel_name(name, model),
             ),
         )
 
@@ -479,9 +493,24 @@ class _Lowering:
             ("model", model.name),
             f"_forward_{model.name}",
             lambda name: GraphKernel(
-                name, model, tuple(flat.args), tuple(steps), tuple(buffers), tuple(flat.dropped)
+                name,
+                model,
+                tuple(flat.args),
+                tuple(steps),
+                tuple(buffers),
+                tuple(flat.dropped),
+                self.parallel_name(name, model),
             ),
         )
+
+
+def rows_independent(model: ir.Model) -> bool:
+    """Whether each sample's output depends only on that sample, so that the rows of a call may
+    be computed in blocks: not so with a batch norm that normalises with the statistics of the
+    whole call (track_running_stats=false)."""
+    return not any(
+        layer.argdict.get("track_running_stats") is False for _, layer in ir.layers(model)
+    )
 
 
 def _has_graph(model: ir.Model) -> bool:

@@ -283,8 +283,9 @@ class TupleModel(Model):
     _call: Callable[..., tuple[np.ndarray, ...]]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._fast[0] == state.version and not kwargs:
-            return self._run_graph(args, self._fast[2])
+        fast = self._fast
+        if fast[0] == state.version and not kwargs:
+            return self._run_graph(args, fast[2], fast[1])
         if (
             self._forward_hooks
             or self._forward_pre_hooks
@@ -293,17 +294,23 @@ class TupleModel(Model):
         ):
             return self._call_with_hooks(args, kwargs)
         if not kwargs and self._refresh_fast_path():
-            return self._run_graph(args, self._fast[2])
+            return self._run_graph(args, self._fast[2], self._fast[1])
         return self.forward(*args, **kwargs)
 
     _call_impl = __call__
 
-    def _run_graph(self, args: tuple, params: tuple[np.ndarray, ...]) -> Any:
+    def _run_graph(
+        self, args: tuple, params: tuple[np.ndarray, ...], kernel: Callable[..., Any] | None = None
+    ) -> Any:
+        """The fused forward on `args`, by `kernel` (the model's own by default)."""
+        if kernel is None:
+            kernel = self._kernel
+        assert kernel is not None
         xs = self._inputs(*args)
         first = xs[0]
         batch = first.shape[: first.ndim - len(self.in_shapes[0] or ())]
         ys = tuple(np.empty(batch + shape, self.dtype) for shape in self.out_shapes)  # type: ignore[operator]
-        self._kernel(*xs, *ys, *params)  # type: ignore[misc]
+        kernel(*xs, *ys, *params)
         return ys if len(ys) > 1 else ys[0]
 
     def njit(self) -> Callable[..., Any]:

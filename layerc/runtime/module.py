@@ -25,7 +25,7 @@ from typing import Any, SupportsIndex, TypeVar
 import numpy as np
 
 from . import hooks as H
-from . import portable
+from . import portable, threads
 from .hooks import RemovableHandle, state
 
 __all__ = ["Module", "ShapeError"]
@@ -37,6 +37,28 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # The `forward` methods the fused kernels compute: a class whose `forward` is one of these may
 # take the fast path; one that overrides `forward` may not.
 _KERNEL_FORWARDS: set[Callable[..., Any]] = set()
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    size = 1
+    for d in shape:
+        size *= d
+    return size
+
+
+def _threaded(kernel: Callable[..., Any], parallel: Callable[..., Any], size: int) -> Any:
+    """`kernel(x, ...)`, or `parallel(x, ...)` on numba's threads when the first input holds
+    at least `size` values (2 * BLOCK rows)."""
+    use_threads = threads.use_threads
+
+    def run(x: np.ndarray, *rest: Any) -> None:
+        if x.size >= size:
+            use_threads()
+            parallel(x, *rest)
+        else:
+            kernel(x, *rest)
+
+    return run
 
 
 def kernel_forward(function: _F) -> _F:
@@ -218,6 +240,10 @@ class Module:
     `in_shape` and `out_shape` otherwise (None: any shape, the output's being the input's)."""
 
     _kernel: Callable[..., np.ndarray] | None = None
+    # A model's fused forward that splits the rows across threads (same arguments as
+    # `_kernel`); None in modules generated before it existed and for models whose samples
+    # depend on each other.
+    _kernel_par: Callable[..., None] | None = None
     _kernel_params: tuple[tuple[str, tuple[int, ...]], ...] = ()
     # Whether this class's `forward` is one the kernel computes (set per class).
     _kernel_forward: bool = True
@@ -316,16 +342,25 @@ class Module:
                 pass
         return self._run(x, out, self._params_tuple)
 
-    def _run(self, x: Any, out: np.ndarray | None, params: tuple[np.ndarray, ...]) -> np.ndarray:
+    def _run(
+        self,
+        x: Any,
+        out: np.ndarray | None,
+        params: tuple[np.ndarray, ...],
+        kernel: Callable[..., Any] | None = None,
+    ) -> np.ndarray:
+        if kernel is None:
+            kernel = self._kernel
+        assert kernel is not None
         x = self._as_input(x)
         y = self._output_for(x, out)
         try:
-            self._kernel(x, y, *params)  # type: ignore[misc]
+            kernel(x, y, *params)
         except ImportError:
             # numba's cache was written while this module had another import name
             if not drop_stale_cache(type(self).__module__):
                 raise
-            self._kernel(x, y, *params)  # type: ignore[misc]
+            kernel(x, y, *params)
         except Exception:
             for (key, _), value in zip(self._kernel_params, params, strict=False):
                 if value is None:  # deleted with `del module.weight`, as torch's forward finds
@@ -356,7 +391,7 @@ class Module:
                     return y
                 except Exception:
                     pass
-            return self._run(x, None, fast[2])
+            return self._run(x, None, fast[2], fast[1])
         # _call_impl, inlined: this runs once per module per call whenever any hook is set.
         if (
             self._forward_hooks
@@ -370,7 +405,7 @@ class Module:
             and len(args) == 1
             and (not kwargs or kwargs.keys() == {"out"})
         ):
-            return self._run(args[0], kwargs.get("out"), self._fast[2])
+            return self._run(args[0], kwargs.get("out"), self._fast[2], self._fast[1])
         return self.forward(*args, **kwargs)
 
     def _call_impl(self, *args: Any, **kwargs: Any) -> Any:
@@ -385,7 +420,7 @@ class Module:
                 and len(args) == 1
                 and (not kwargs or kwargs.keys() == {"out"})
             ):
-                return self._run(args[0], kwargs.get("out"), self._fast[2])
+                return self._run(args[0], kwargs.get("out"), self._fast[2], self._fast[1])
             return self.forward(*args, **kwargs)
         return self._call_with_hooks(args, kwargs)
 
@@ -514,13 +549,30 @@ class Module:
             args.append(array)
         self.__dict__["_fast"] = (
             version,
-            self._kernel,
+            self._chosen_kernel(),
             tuple(args),
             self._out_tail,
             self.dtype,
             self._in_rank,
         )
         return True
+
+    def _chosen_kernel(self) -> Callable[..., Any]:
+        """The fused kernel a hook-free call runs: the model's own, or while layerc may use
+        several threads (`set_num_threads`, which bumps the hook version) one that runs the
+        parallel variant on batches of at least 2 * BLOCK rows."""
+        kernel = self._kernel
+        assert kernel is not None
+        parallel: Any = None
+        for cls in type(self).__mro__:  # the variant the class that set the kernel gives
+            if "_kernel" in cls.__dict__:
+                parallel = cls.__dict__.get("_kernel_par")
+                break
+        if isinstance(parallel, staticmethod):
+            parallel = parallel.__func__
+        if threads.count <= 1 or parallel is None or self.in_shapes[0] is None:
+            return kernel
+        return _threaded(kernel, parallel, 2 * threads.BLOCK * _prod(self.in_shapes[0]))
 
     def _lookup_param(self, key: str) -> np.ndarray | None:
         *path, name = key.split(".")
