@@ -182,15 +182,14 @@ def build(
 
 def _refuse_batch_statistics(model: ir.Model) -> None:
     """A library computes its rows in blocks: a layer whose output for one sample depends on
-    the others of the call (a batch norm without running statistics) cannot be built."""
-    for path, layer in ir.walk(model):
-        if isinstance(layer, ir.Layer) and layer.argdict.get("track_running_stats") is False:
-            raise LayercError(
-                f"cannot build layer {path!r}: {layer.kind}(track_running_stats=false) "
-                "normalises with the statistics of the whole call, which a library that "
-                "computes its rows in blocks cannot give (use running statistics)",
-                layer.loc,
-            )
+    the others of the call cannot be built."""
+    for path, layer in lower.batch_dependent(model):
+        raise LayercError(
+            f"cannot build layer {path!r}: {layer.kind}(track_running_stats=false) "
+            "normalises with the statistics of the whole call, which a library that "
+            "computes its rows in blocks cannot give (use running statistics)",
+            layer.loc,
+        )
 
 
 def _compile_kernels(work: Path, cpu: str, source: str) -> None:

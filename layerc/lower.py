@@ -504,13 +504,20 @@ class _Lowering:
         )
 
 
+def batch_dependent(model: ir.Model) -> list[tuple[str, ir.Layer]]:
+    """The layers (with their paths) whose output for one sample depends on the other samples
+    of the call: a batch norm that normalises with the statistics of the whole call
+    (track_running_stats=false). A model without any may compute its rows in blocks."""
+    return [
+        (path, layer)
+        for path, layer in ir.layers(model)
+        if layer.argdict.get("track_running_stats") is False
+    ]
+
+
 def rows_independent(model: ir.Model) -> bool:
-    """Whether each sample's output depends only on that sample, so that the rows of a call may
-    be computed in blocks: not so with a batch norm that normalises with the statistics of the
-    whole call (track_running_stats=false)."""
-    return not any(
-        layer.argdict.get("track_running_stats") is False for _, layer in ir.layers(model)
-    )
+    """Whether each sample's output depends only on that sample (see `batch_dependent`)."""
+    return not batch_dependent(model)
 
 
 def _has_graph(model: ir.Model) -> bool:
