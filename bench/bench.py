@@ -1071,6 +1071,9 @@ def run(args: argparse.Namespace) -> None:
     )
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"BLAS: {'; '.join(blas)}" + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else ""))
+    from layerc.runtime import gemm
+
+    print(f"CPU: {cpu_name()}; layerc's matrix product uses {gemm.BITS}-bit vectors")
 
     with threadpool_limits(1):
         torch.set_num_threads(1)

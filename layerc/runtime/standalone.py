@@ -123,14 +123,16 @@ def matmul(xs, weight, ys):  # type: ignore[no-untyped-def]
 
 def laid_out(array: np.ndarray) -> np.ndarray:
     """A kernel argument (as a generated module's instance lays it out) in one contiguous
-    block, to be frozen into the library as a constant: a Linear weight that the product reads
-    transposed (its columns adjacent) in column-major order, anything else in C order.
-
-    The transposed weight is not padded as the Python module pads it (gemm.transposed): the
-    library's product at batch 1 reads each row of W^T whole, front to back, where padding
-    only adds bytes. The MLP 784-256-128-10's weights then take 936 KB rather than 1005 and
-    stay in a 1 MB L2 cache between calls: 6.4 us a call at batch 1 rather than 6.7, and no
-    slower at batch 64 (`bench/bench.py --only c`)."""
+    block, to be frozen into the library as a constant. A Linear weight that the product reads
+    transposed (its columns adjacent) keeps the padding gemm.transposed gives it in the Python
+    module, the columns an odd number of cache lines apart, as a column-major (ld, k) array
+    whose rows past the weight's are zeros (the kernels read only the first out_features);
+    anything else is in C order. (Without the padding, the MLP 784-256-128-10 called from C
+    was no faster at batch 1 and up to a tenth slower at batch 64: `bench/bench.py --only c`.)"""
     if array.ndim == 2 and array.shape[0] > 1 and array.strides[0] == array.itemsize:
-        return np.asfortranarray(array)
+        m, k = array.shape
+        ld = gemm.transposed(array).strides[1] // array.itemsize
+        padded = np.zeros((ld, k), dtype=array.dtype, order="F")
+        padded[:m] = array
+        return padded
     return np.ascontiguousarray(array)
