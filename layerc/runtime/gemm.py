@@ -134,10 +134,11 @@ def _make_tile(rows: int, masked: bool, vectors: int = VECTORS) -> object:
             undef = ir.Constant(vt, ir.Undefined)
 
             # The loop over the inputs: accumulators start at zero (phis of the loop block),
-            # each input i loads vectors vectors of W^T's row i and broadcasts x[r, i] of each
-            # row r of the tile. (Several accumulator sets, for inputs i, i+1, ..., would hide
-            # the FMA latency in tiles of one or two rows, but those are bound by reading the
-            # weights: measured, no gain at batch 1.)
+            # each input i loads the tile's vectors of W^T's row i and broadcasts x[r, i] of
+            # each row r of the tile. (Several accumulator sets, for inputs i, i+1, ..., would
+            # hide the FMA latency in tiles of one or two rows, but those are bound by reading
+            # the weights: measured, no gain at batch 1; what gains there is reading each row
+            # whole, in the wide single-row tiles below.)
             before = builder.block
             body = builder.append_basic_block("tile.loop")
             after = builder.append_basic_block("tile.after")
