@@ -3,8 +3,11 @@ one run on this machine.
 
     python bench/bench.py            # everything but dask (about 3 minutes on 2 cores)
     python bench/bench.py --quick    # fewer repetitions
-    python bench/bench.py --only bnmlp   # only some groups: seed, mlp, hooks, bnmlp,
+    python bench/bench.py --only bnmlp   # only some groups: seed, mlp, int8, hooks, bnmlp,
                                          # resmlp, c, threads, startup, dask (comma-separated)
+    python bench/bench.py --only int8    # the MLP with quantize=int8 at batch 1 against its
+                                         # float32 model, ONNX Runtime's quantize_dynamic and
+                                         # torch's; prints the int8 errors to the float model
     python bench/bench.py --only c       # `layerc build`'s C library called from C (a timing
                                          # harness compiled here; needs a C compiler) against
                                          # ONNX Runtime, layerc's module and torch from Python
@@ -12,10 +15,11 @@ one run on this machine.
                                          # against Dask workers (needs about 7 GB in $TMPDIR and
                                          # 2 to 4 minutes; run only when asked for)
 
-For each case it checks that all outputs agree with a NumPy float64 reference, then prints the
-median time per call of each and its ratio to layerc (ratio > 1: layerc is that many times
-faster). Threads are pinned with threadpoolctl (BLAS), torch.set_num_threads and ONNX Runtime's
-session options. Needs the test extras (torch, onnx, onnxruntime) installed.
+For each case it checks that all outputs agree with a NumPy float64 reference (int8 outputs:
+their relative error to it is printed instead), then prints the median time per call of each and
+its ratio to layerc (ratio > 1: layerc is that many times faster). Threads are pinned with
+threadpoolctl (BLAS), torch.set_num_threads and ONNX Runtime's session options. Needs the test
+extras (torch, onnx, onnxruntime) installed.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import layerc
 from layerc import driver
 
 MLP_SIZES = (784, 256, 128, 10)
-GROUPS = ("seed", "mlp", "hooks", "bnmlp", "resmlp", "c", "threads", "startup", "dask")
+GROUPS = ("seed", "mlp", "int8", "hooks", "bnmlp", "resmlp", "c", "threads", "startup", "dask")
 # Groups that run only when --only names them: long, or needing much disk.
 ON_REQUEST = ("dask",)
 
@@ -789,6 +793,201 @@ def res_mlp_cases(
         goal_case(table, title, batch, runs, ref, min_time, repeats)
 
 
+# --------------------------------------------------------------------------- int8
+
+INT8_ERROR_ROWS = 256  # standard-normal samples the int8 errors are measured on
+INT8_SEED = 8  # the int8 group's own inputs: the other groups' draws stay as without it
+
+
+def int8_lyr_source() -> str:
+    """lyr_source() with quantize=int8 added to the MLP's options: the same layers and inits,
+    so the same weights before quantisation."""
+    source = lyr_source()
+    if "model MLP {" not in source:
+        raise SystemExit("int8: lyr_source() has no `model MLP {` to add quantize=int8 to")
+    return source.replace("model MLP {", "model MLP(quantize=int8) {")
+
+
+def int8_mlp(work: Path) -> Any:
+    """The MLP of int8_lyr_source(), compiled into `work` and imported."""
+    src = work / "benchint8.lyr"
+    src.write_text(int8_lyr_source())
+    driver.compile_file(src, work / "benchint8.py")
+    return driver.import_module(work / "benchint8.py", "benchint8").MLP()
+
+
+def check_int8_weights(int8_net: Any, sd: dict[str, np.ndarray]) -> None:
+    """The int8 model holds the float model's weights: each of its dequantised weight rows is
+    within half a quantisation step (max |row| / 127 / 2) of the float row, its biases equal."""
+    qsd = int8_net.state_dict()
+    for key, value in sd.items():
+        step = np.abs(value).max(axis=-1, keepdims=True) / 127 if key.endswith("weight") else 0
+        if np.any(np.abs(qsd[key] - value) > step / 2 + 1e-7):
+            raise SystemExit(f"int8: the quantized model's {key} is not the float model's")
+
+
+def ort_int8_model(float_model: bytes, work: Path) -> tuple[bytes, str]:
+    """ONNX Runtime's dynamic quantisation of `float_model`, through files in `work`, and the op
+    types of the graph it wrote."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    float_path, int8_path = work / "mlp_float32.onnx", work / "mlp_int8.onnx"
+    float_path.write_bytes(float_model)
+    # quantize_dynamic's default options: weight_type=QuantType.QInt8 with per_channel=False (one
+    # symmetric scale per weight tensor), reduce_range=False, every op type it quantises (the
+    # Gemms become MatMulInteger); activations go to uint8 with a zero point, per tensor, at run
+    # time (DynamicQuantizeLinear). Its root-logger advice to pre-process the model is muted.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(float_path, int8_path)
+    finally:
+        logging.disable(logging.NOTSET)
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(int8_path)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return int8_path.read_bytes(), ", ".join(f"{op} x{n}" for op, n in ops.items())
+
+
+def torch_int8(torch_net):  # type: ignore[no-untyped-def]
+    """torch.ao.quantization.quantize_dynamic of `torch_net`'s Linear layers to qint8 (a copy),
+    or None and the reason when it raises (or its output, tried once, does)."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+            net = torch.ao.quantization.quantize_dynamic(
+                torch_net, {torch.nn.Linear}, dtype=torch.qint8
+            )
+            with torch.inference_mode():
+                net(torch.zeros(1, MLP_SIZES[0]))
+        return net, ""
+    except Exception as exc:  # noqa: BLE001 - any failure only drops torch's int8 column
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def relative_error(got: object, ref: np.ndarray) -> tuple[float, float]:
+    """max |got - ref| / max |ref| (the goal's measure), and the steadier rms(got - ref) /
+    rms(ref), which a single worst output does not decide."""
+    diff = np.asarray(got, dtype=np.float64).reshape(ref.shape) - ref
+    rms = np.sqrt(np.mean(diff**2) / np.mean(ref**2))
+    return float(np.abs(diff).max() / np.abs(ref).max()), float(rms)
+
+
+def int8_cases(
+    int8_net: Any,
+    mlp_net: Any,
+    torch_mlp: Any,
+    mlp_layers: list[tuple[np.ndarray, np.ndarray | None, bool]],
+    work: Path,
+    table: Table,
+    min_time: float,
+    repeats: int,
+) -> None:
+    """The MLP 784-256-128-10 with quantize=int8 at batch 1, one thread, against the float32
+    model (the mlp group's), ONNX Runtime's quantize_dynamic of the mlp group's float ONNX model
+    and that float model, torch eager float32 and, when it works here, torch's dynamic int8
+    (all under inference_mode). The int8 outputs cannot meet check_close's 1e-4: their relative
+    error to the float64 reference of the float model is printed instead, over INT8_ERROR_ROWS
+    samples each in a call of its own, as the timed batch-1 calls (ONNX Runtime's and torch's
+    per-tensor activation scale would then span the rows, so one call of all of them is shown
+    too). The goals: layerc int8 >= 2x layerc float32 and >= 2x ONNX Runtime int8, and its
+    error no larger than ONNX Runtime int8's."""
+    import torch
+
+    sd = mlp_net.state_dict()
+    check_int8_weights(int8_net, sd)
+    float_onnx = onnx_model(mlp_layers, MLP_SIZES[0])
+    int8_onnx, int8_ops = ort_int8_model(float_onnx, work)
+    sess, sess_int8 = ort_session(float_onnx, 1), ort_session(int8_onnx, 1)
+    torch_q, why_not = torch_int8(torch_mlp)
+    print(f"\nint8: onnxruntime quantize_dynamic (default options) wrote {int8_ops}")
+    if torch_q is None:
+        print(f"  torch int8 skipped: quantize_dynamic or its forward raised {why_not}")
+    else:
+        print(f"  torch int8: torch.ao.quantization.quantize_dynamic, qint8, engine "
+              f"{torch.backends.quantized.engine}")  # fmt: skip
+
+    rng = np.random.default_rng(INT8_SEED)
+    xb = rng.standard_normal((1, MLP_SIZES[0]), dtype=np.float32)
+    xin, txin, txb = xb[0], torch.from_numpy(xb[0]), torch.from_numpy(xb)
+    # One sample as (784,) for layerc and torch float32, as in the mlp rows; ONNX Runtime's graph
+    # and torch's quantized Linear (it wants at least 2 dimensions) get (1, 784).
+    runs: dict[str, Callable[[], object]] = {
+        "layerc int8": lambda: int8_net(xin),
+        "layerc float32": lambda: mlp_net(xin),
+        "onnxruntime int8": lambda: sess_int8.run(None, {"x": xb})[0],
+        "onnxruntime float32": lambda: sess.run(None, {"x": xb})[0],
+        "torch eager (inference_mode)": lambda: torch_mlp(txin),
+    }
+    if torch_q is not None:
+        runs["torch int8 (inference_mode)"] = lambda: torch_q(txb)
+    ref = reference(mlp_layers, xin)
+    with torch.inference_mode():
+        for name in ("layerc float32", "onnxruntime float32", "torch eager (inference_mode)"):
+            check_close(name, np.asarray(runs[name]()).reshape(ref.shape), ref)
+
+        # The errors: every sample in a call of its own, and (per-tensor scales) all in one.
+        xs = np.random.default_rng(INT8_SEED + 1).standard_normal(
+            (INT8_ERROR_ROWS, MLP_SIZES[0]), dtype=np.float32
+        )
+        refs = reference(mlp_layers, xs)
+        per_row: dict[str, Callable[[np.ndarray], object]] = {
+            "layerc int8": lambda x: int8_net(x[0]),
+            "onnxruntime int8": lambda x: sess_int8.run(None, {"x": x})[0],
+            "layerc float32": lambda x: mlp_net(x[0]),
+        }
+        batched: dict[str, Callable[[np.ndarray], object]] = {
+            "onnxruntime int8": lambda x: sess_int8.run(None, {"x": x})[0],
+        }
+        if torch_q is not None:
+            per_row["torch int8"] = lambda x: torch_q(torch.from_numpy(x)).numpy()
+            batched["torch int8"] = per_row["torch int8"]
+        errors = {
+            name: relative_error(
+                np.concatenate(
+                    [np.asarray(f(xs[i : i + 1])).reshape(1, -1) for i in range(len(xs))]
+                ),
+                refs,
+            )
+            for name, f in per_row.items()
+        }
+        in_one_call = {name: relative_error(f(xs), refs) for name, f in batched.items()}
+        times = {name: median_time(f, min_time, repeats) for name, f in runs.items()}
+
+    print(
+        f"  relative error to the float64 reference of the float model over {INT8_ERROR_ROWS} "
+        "standard-normal samples, one call each (in one call of all of them):"
+    )
+    print(f"    {'':26s} {'max |y - ref| / max |ref|':>30s} {'rms(y - ref) / rms(ref)':>28s}")
+    for name, (err, rms) in errors.items():
+        one = in_one_call.get(name)
+        line = (
+            f"    {name:26s} {err:12.2e}{f' ({one[0]:.2e})' if one else '':>18s} "
+            f"{rms:10.2e}{f' ({one[1]:.2e})' if one else '':>18s}"
+        )
+        print(line.rstrip())
+    table.case(
+        "MLP 784-256-128-10 int8 (dynamic quantisation), batch 1, 1 thread",
+        times,
+        base_name="layerc int8",
+    )
+    vs_float = times["layerc float32"] / times["layerc int8"]
+    vs_ort = times["onnxruntime int8"] / times["layerc int8"]
+    ours, theirs = errors["layerc int8"][0], errors["onnxruntime int8"][0]
+    print(f"  int8 >= 2x layerc float32: {'met' if vs_float >= 2 else 'MISSED'} ({vs_float:.2f}x)")
+    print(f"  int8 >= 2x onnxruntime int8: {'met' if vs_ort >= 2 else 'MISSED'} ({vs_ort:.2f}x)")
+    print(
+        f"  int8 error <= onnxruntime int8's: {'met' if ours <= theirs else 'MISSED'} "
+        f"({ours:.2e} against {theirs:.2e})"
+    )
+
+
 # --------------------------------------------------------------------------- c: `layerc build`
 
 C_HARNESS = r"""/* The bench's timing harness for lib@PREFIX@ (layerc build):
@@ -877,6 +1076,23 @@ def cpu_name() -> str:
     features = ll.get_host_cpu_features()
     vector = [f for f in ("avx2", "fma", "avx512f") if features.get(f)]
     return f"{name}; --cpu native = LLVM {ll.get_host_cpu_name()} ({', '.join(vector) or 'SSE'})"
+
+
+def numba_vector_bits() -> int:
+    """The widest vector register in the code numba compiles for a plain loop (an elementwise
+    loop that layerc's activation kernels are made of): 512 when LLVM uses zmm registers for
+    this CPU, 256 for ymm, else 128."""
+    import numba
+
+    @numba.njit(fastmath={"reassoc", "contract"})
+    def scale(x, y):  # type: ignore[no-untyped-def]
+        for i in range(x.size):
+            y[i] = x[i] * np.float32(2.0) + np.float32(1.0)
+
+    signature = (numba.float32[::1], numba.float32[::1])
+    scale.compile(signature)
+    asm = scale.inspect_asm(signature)
+    return 512 if "zmm" in asm else 256 if "ymm" in asm else 128
 
 
 class CLibrary:
@@ -1048,6 +1264,7 @@ def run(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     bn = BNMLPBench.build(work) if want("bnmlp") else None
     res = ResMLPBench.build(work) if want("resmlp") else None
+    int8_net = int8_mlp(work) if want("int8") else None
 
     # Load every BLAS before limiting threads: threadpoolctl limits only loaded libraries.
     seed_net(np.ones(4, np.float32))
@@ -1056,6 +1273,8 @@ def run(args: argparse.Namespace) -> None:
         bn.net(np.ones((2, 784), np.float32))
     if res is not None:
         res.net(np.ones((2, RES_MLP_WIDTH), np.float32))
+    if int8_net is not None:
+        int8_net(np.ones((2, 784), np.float32))
     print(
         f"layerc {layerc.__version__} | Python {platform.python_version()} | "
         f"numpy {np.__version__} | torch {torch.__version__} | "
@@ -1071,9 +1290,13 @@ def run(args: argparse.Namespace) -> None:
     )
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"BLAS: {'; '.join(blas)}" + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else ""))
-    from layerc.runtime import gemm
+    from layerc.runtime import gemm, q8
 
-    print(f"CPU: {cpu_name()}; layerc's matrix product uses {gemm.BITS}-bit vectors")
+    sums = "AVX-512 VNNI (vpdpbusd)" if q8.VNNI else "plain loops (no AVX-512 VNNI)"
+    print(
+        f"CPU: {cpu_name()}; layerc's matrix product uses {gemm.BITS}-bit vectors, numba's "
+        f"own loops {numba_vector_bits()}-bit (LLVM's choice for this CPU), int8 sums {sums}"
+    )
 
     with threadpool_limits(1):
         torch.set_num_threads(1)
@@ -1144,6 +1367,9 @@ def run(args: argparse.Namespace) -> None:
                     )
                     mlp_one_thread = times["layerc"]
                 table.case(f"MLP 784-256-128-10, batch {batch}, 1 thread", times, extra)
+
+        if want("int8"):
+            int8_cases(int8_net, mlp_net, torch_mlp, mlp_layers, work, table, min_time, repeats)
 
         # one forward hook per layer on both (each hook counts its calls)
         if want("hooks"):

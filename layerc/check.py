@@ -96,7 +96,11 @@ LOAD_PARAMS = (
 )
 _INPUT_SHAPE = binder.shape(MAX_FEATURES, MAX_RANK)
 TEST_ENTRIES = ("input", "expect", "atol", "rtol")
-MODEL_OPTIONS = ("dtype", "allow_nonfinite", "input")
+MODEL_OPTIONS = ("dtype", "allow_nonfinite", "input", "quantize")
+QUANTIZE = ("int8", "none")  # quantize=...; "none", the default, computes in the dtype
+# The widest Linear a model with quantize=int8 may have: one input row, quantised to bytes, goes
+# on the stack (layerc/runtime/q8.py, MAX_IN).
+QUANTIZED_MAX_IN = 65536
 
 DEFAULT_TOLERANCES = {
     np.dtype(np.float32): (1e-5, 1.3e-6),  # (atol, rtol) as torch.testing.assert_close
@@ -273,7 +277,16 @@ class _Checker:
                 node.name_loc,
             )
         self.expanded[node.name] = totals
-        return ir.Model(node.name, dtype, tuple(layers), in_shape, shape, node.loc, allow_nonfinite)
+        return ir.Model(
+            node.name,
+            dtype,
+            self.quantized(layers, options, node),
+            in_shape,
+            shape,
+            node.loc,
+            allow_nonfinite,
+            quantize=options["quantize"],
+        )
 
     def graph_model(
         self,
@@ -335,13 +348,42 @@ class _Checker:
         return ir.Model(
             node.name,
             dtype,
-            tuple(layers),
+            self.quantized(layers, options, node),
             graph.inputs[0].shape,
             graph.shapes()[graph.outputs[0]],
             node.loc,
             allow_nonfinite,
             graph,
+            options["quantize"],
         )
+
+    def quantized(
+        self, layers: list[ir.Child], options: dict, node: S.ModelDef
+    ) -> tuple[ir.Child, ...]:
+        """The model's layers, its Linear layers marked quantized under quantize=int8. Its
+        nested models must be quantized too: the option means every Linear of the model."""
+        if options["quantize"] is None:
+            return tuple(layers)
+        result: list[ir.Child] = []
+        for child in layers:
+            if isinstance(child, ir.Submodel):
+                if child.model.quantize is None:
+                    raise LayercError(
+                        f"model {node.name!r} has quantize=int8 but its nested model "
+                        f"{child.model.name!r} does not: give {child.model.name!r} the option "
+                        "quantize=int8 too, so that every Linear of the model is quantized",
+                        child.loc,
+                    )
+            elif child.kind == "Linear":
+                if child.in_features > QUANTIZED_MAX_IN:
+                    raise LayercError(
+                        f"layer {child.name!r} has {child.in_features} input features; with "
+                        f"quantize=int8 a Linear may have at most {QUANTIZED_MAX_IN}",
+                        child.loc,
+                    )
+                child = dataclasses.replace(child, quantized=True)
+            result.append(child)
+        return tuple(result)
 
     def declare(
         self, layer: S.LayerDef, name: str, names: dict[str, S.LayerDef], model: S.ModelDef
@@ -468,7 +510,11 @@ class _Checker:
         return depth, count, values
 
     def options(self, node: S.ModelDef) -> dict:
-        result: dict[str, object] = {"dtype": ir.DTYPES["float32"], "allow_nonfinite": False}
+        result: dict[str, object] = {
+            "dtype": ir.DTYPES["float32"],
+            "allow_nonfinite": False,
+            "quantize": None,
+        }
         seen: set[str] = set()
         for arg in node.options:
             if arg.name is None:
@@ -487,6 +533,13 @@ class _Checker:
                 result["dtype"] = ir.DTYPES[text]
             elif arg.name == "allow_nonfinite":
                 result["allow_nonfinite"] = binder.boolean(arg.value, "allow_nonfinite", "model")
+            elif arg.name == "quantize":
+                value = arg.value
+                text = value.value if isinstance(value, (S.Name, S.String)) else None
+                if text not in QUANTIZE:
+                    hint = suggest(text, list(QUANTIZE)) if isinstance(text, str) else ""
+                    raise LayercError(f"quantize must be int8 or none{hint}", value.loc)
+                result["quantize"] = None if text == "none" else text
             elif arg.name == "input":
                 # the per-sample input shape, for models whose first layer does not fix it
                 result["input"] = _INPUT_SHAPE(arg.value, "input", "model")

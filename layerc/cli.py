@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, ir
 from .errors import LayercError, LayercWarning, UsageError, render
 
 if TYPE_CHECKING:
@@ -247,6 +247,8 @@ def _test(files: list[Path]) -> int:
                 f"max abs error {r.max_abs:.3g}, max rel error {r.max_rel:.3g} "
                 f"(atol {r.test.atol:g}, rtol {r.test.rtol:g})"
             )
+            if r.quantization is not None:
+                print(f"    {r.quantization.text()}")
             if r.passed:
                 passed += 1
             else:
@@ -686,7 +688,18 @@ def _summary(args: argparse.Namespace) -> int:
     from .tools.summary import summary
 
     program, _ = check_file(args.file)
-    print(summary(pick_model(program, args.model, str(args.file))), end="")
+    model = pick_model(program, args.model, str(args.file))
+    print(summary(model), end="")
+    if ir.quantized(model):
+        from .driver import quantization_error
+
+        error = quantization_error(args.file, program, model)
+        where = (
+            "its test inputs"
+            if any(t.model is model for t in program.tests)
+            else ("seeded standard-normal inputs")
+        )
+        print(f"{error.text()}, on {error.samples} samples of {where}")
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ from .lower import (
     describe,
 )
 from .runtime import data as weights_data
+from .runtime import quantized
 from .runtime.layers import reserved_names
 from .runtime.threads import BLOCK
 
@@ -52,7 +53,7 @@ FIXED_HEADER = (
 FASTMATH = '{"reassoc", "contract"}'
 
 # The runtime's kernel modules, imported under these names by modules whose kernels call them.
-RUNTIME_MODULES = {"_rt_gemm": "gemm", "_rt_vmath": "vmath"}
+RUNTIME_MODULES = {"_rt_gemm": "gemm", "_rt_vmath": "vmath", "_rt_q8": "q8"}
 
 # The generated module's own globals: no kernel or class may take these names.
 MODULE_GLOBALS = frozenset(
@@ -393,7 +394,11 @@ class _Renderer:
                 f'"""Linear {n_in} -> {n_out}, {k.dtype.name}: {formula} for each row x of xs{then}.'  # noqa: E501
             )
             e.line()
-            e.line(f"A = weight, shape ({n_out}, {n_in}), stored transposed (F order); the")
+            if k.matmul == lower.INT8:
+                e.line("A = weight quantised to int8 per output, each row of xs quantised as it")
+                e.line("is multiplied (layerc/runtime/q8.py, which has the layout of _q8_weight);")
+            else:
+                e.line(f"A = weight, shape ({n_out}, {n_in}), stored transposed (F order); the")
             e.line(
                 f"arrays xs (n, {n_in}) and ys (n, {n_out}) are C-contiguous and do not overlap."
             )
@@ -405,6 +410,10 @@ class _Renderer:
                     native.prepare(e, fold.layer.argdict, t, _prefixed(f"e{index}_"), str(n_out))
             if k.matmul == lower.TILES:
                 e.line(f"_rt_gemm.matmul(xs, weight, ys)  # {k.matmul}")
+                self.epilogue_loop(e, k, n_out, t)
+                return
+            if k.matmul == lower.INT8:
+                e.line(f"_rt_q8.matmul(xs, {', '.join(quantized.TENSORS)}, ys)  # {k.matmul}")
                 self.epilogue_loop(e, k, n_out, t)
                 return
             e.line("for s in range(n):")
@@ -523,7 +532,7 @@ class _Renderer:
                 )
                 if k.args:
                     e.line()
-                    for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
+                    for arg_name, (key, shape, *_) in zip(arg_names, k.args, strict=True):
                         e.line(f"{arg_name}: {key} {shape}")
                 e.line('"""')
             _emit_input_check(e, model.dtype, model.in_shape)
@@ -581,7 +590,7 @@ class _Renderer:
                 )
                 if k.args:
                     e.line()
-                    for arg_name, (key, shape) in zip(arg_names, k.args, strict=True):
+                    for arg_name, (key, shape, *_) in zip(arg_names, k.args, strict=True):
                         e.line(f"{arg_name}: {key} {shape}")
                 e.line('"""')
             for x, shape in zip(xs, k.inputs, strict=True):
@@ -738,7 +747,7 @@ class _Renderer:
             e.line(f"with the buffers between its layers in `workspace` ({scratch} values a row).")
             if fused.args:
                 e.line()
-                for name, (key, shape) in zip(args, fused.args, strict=True):
+                for name, (key, shape, *_) in zip(args, fused.args, strict=True):
                     e.line(f"{name}: {key} {shape}")
             e.line('"""')
             ports = [*zip(xs, inputs, strict=True), *zip(ys, outputs, strict=True)]
@@ -781,6 +790,8 @@ class _Renderer:
         head.line("import layerc.runtime.standalone as _rt_gemm")
         if "_rt_vmath." in code:
             head.line("import layerc.runtime.vmath as _rt_vmath")
+        if "_rt_q8." in code:
+            head.line("import layerc.runtime.q8 as _rt_q8")
         head.line()
         head.line(f"_FASTMATH = {FASTMATH}")
         for name in args:
@@ -804,18 +815,21 @@ class _Renderer:
         dtype = cls.dtype
         module = self.kernels[cls.kernel]
         assert isinstance(module, ModuleKernel)
-        e.line(f"class {cls.name}(_rt.{spec.runtime}):")
+        runtime = "QLinear" if layer.quantized else spec.runtime
+        e.line(f"class {cls.name}(_rt.{runtime}):")
         with e.indent():
             if spec.name == "Linear":
                 has_bias = layer.bias is not None
+                q8 = ", int8 weights" if layer.quantized else ""
                 e.line(
-                    f'"""Linear({layer.in_features}, {layer.out_features}, bias={has_bias}), {dtype.name}."""'
+                    f'"""Linear({layer.in_features}, {layer.out_features}, bias={has_bias}), {dtype.name}{q8}."""'
                 )
                 e.line()
                 e.line(f"in_features = {layer.in_features}")
                 e.line(f"out_features = {layer.out_features}")
                 e.line(f"has_bias = {has_bias}")
-                e.line("_weight_transposed = True  # as _rt_gemm.matmul reads it")
+                if not layer.quantized:
+                    e.line("_weight_transposed = True  # as _rt_gemm.matmul reads it")
                 e.line(f"dtype = _np.dtype({dtype.name!r})")
                 e.line(f"_kernel = staticmethod({module.name})")
                 self.kernel_params(e, layer)
@@ -860,13 +874,9 @@ class _Renderer:
 
     @staticmethod
     def kernel_params(e: Emitter, layer: ir.Layer) -> None:
-        params = []
-        for name in lower.kernel_tensors(layer):
-            value = layer.tensor(name)
-            assert value is not None
-            params.append((name, tuple(int(d) for d in value.shape)))
+        params = lower.kernel_args(layer)
         if params:
-            e.line(f"_kernel_params = {tuple(params)!r}")
+            e.line(f"_kernel_params = {params!r}")
 
     def model_class(self, e: Emitter, cls: ModelClass) -> None:
         model = cls.model
@@ -1114,7 +1124,7 @@ class Standalone:
     inputs: tuple[kinds.Shape, ...]
     outputs: tuple[kinds.Shape, ...]
     scratch: int  # values per sample of the buffers between layers
-    params: tuple[tuple[str, kinds.Shape], ...]  # (state_dict key, shape), as _p0, _p1, ...
+    params: tuple[lower.Arg, ...]  # (state_dict key, shape[, dtype]), as _p0, _p1, ...
 
 
 ENTRY = "_entry"

@@ -5,6 +5,7 @@ owns every file the compiler writes; it never prints (the CLI does)."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import importlib.util
 import itertools
 import keyword
@@ -340,6 +341,8 @@ class TestResult:
     outputs: tuple[OutputResult, ...]
     # Set when the model did not give as many outputs as the test expects (no output compared).
     problem: str | None = None
+    # A quantised model's outputs against the same model without quantisation.
+    quantization: QuantizationError | None = None
 
     @property
     def passed(self) -> bool:
@@ -448,25 +451,120 @@ def check_outputs(test: ir.TestCase, returned: object) -> TestResult:
     return TestResult(test, tuple(outputs))
 
 
+@dataclass(frozen=True)
+class QuantizationError:
+    """How far a quantised model's outputs are from the same model's without quantisation, over
+    every output: the largest absolute difference, and that over the largest float output."""
+
+    max_abs: float
+    relative: float
+    samples: int
+
+    @staticmethod
+    def of(quantized: tuple[np.ndarray, ...], floats: tuple[np.ndarray, ...]) -> QuantizationError:
+        diff = max(
+            (
+                float(np.max(np.abs(q - f), initial=0.0))
+                for q, f in zip(quantized, floats, strict=True)
+            ),
+            default=0.0,
+        )
+        scale = max((float(np.max(np.abs(f), initial=0.0)) for f in floats), default=0.0)
+        samples = len(floats[0]) if floats and floats[0].ndim else 1
+        return QuantizationError(diff, diff / scale if scale else diff, samples)
+
+    def text(self) -> str:
+        return (
+            f"int8 against the float model: max abs error {self.max_abs:.3g}, relative error "
+            f"{self.relative:.3g} (max |difference| / max |float output|)"
+        )
+
+
+def _as_outputs(returned: object) -> tuple[np.ndarray, ...]:
+    if isinstance(returned, (tuple, list)):
+        return tuple(np.asarray(r, dtype=np.float64) for r in returned)
+    return (np.asarray(returned, dtype=np.float64),)
+
+
+class _Compiled:
+    """The classes of `program`, compiled into `folder` and imported as the module `name`
+    (removed from sys.modules on `close`), by model name."""
+
+    def __init__(self, program: ir.Program, folder: Path, name: str) -> None:
+        out = folder / f"{name}.py"
+        write_output(out, generate(program, out))
+        self.module = import_module(out)
+        self.classes = {}
+        for attr in self.module.__all__:
+            cls = getattr(self.module, attr)
+            self.classes[getattr(cls, "_name", cls.__name__)] = cls
+        self.instances: dict[str, object] = {}
+
+    def net(self, model: str) -> object:
+        return self.instances.setdefault(model, self.classes[model]())
+
+    def close(self) -> None:
+        sys.modules.pop(self.module.__name__, None)
+
+
 def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
     """`layerc test`: compile into a temporary folder, import, run every test block: the model
     is called with the test's inputs in forward order, `net(*test.inputs)`, and each output is
-    compared with its expectation."""
+    compared with its expectation. A quantised model's outputs are also compared with the same
+    model's without quantisation (`TestResult.quantization`)."""
     program, _ = check_file(path)
     if not program.tests:
         return program, []
     with tempfile.TemporaryDirectory(prefix="layerc-test-") as tmp:
-        out = Path(tmp) / f"{safe_module_name(path.stem)}.py"
-        write_output(out, generate(program, out))
-        module = import_module(out)
-        classes = {}
-        for name in module.__all__:
-            cls = getattr(module, name)
-            classes[getattr(cls, "_name", cls.__name__)] = cls
+        stem = safe_module_name(path.stem)
+        compiled = _Compiled(program, Path(tmp), stem)
+        floats = None
+        if any(ir.quantized(test.model) for test in program.tests):
+            floats = _Compiled(ir.unquantized(program), Path(tmp), f"{stem}_float")
         results = []
-        instances: dict[str, object] = {}
         for test in program.tests:
-            net = instances.setdefault(test.model.name, classes[test.model.name]())
-            results.append(check_outputs(test, net(*test.inputs)))  # type: ignore[operator]
-        sys.modules.pop(module.__name__, None)
+            returned = compiled.net(test.model.name)(*test.inputs)  # type: ignore[operator]
+            result = check_outputs(test, returned)
+            if floats is not None and ir.quantized(test.model):
+                plain = floats.net(test.model.name)(*test.inputs)  # type: ignore[operator]
+                error = QuantizationError.of(_as_outputs(returned), _as_outputs(plain))
+                result = dataclasses.replace(result, quantization=error)
+            results.append(result)
+        compiled.close()
+        if floats is not None:
+            floats.close()
     return program, results
+
+
+SUMMARY_SAMPLES = 256  # seeded standard-normal samples a quantised model's summary measures
+
+
+def quantization_error(path: Path, program: ir.Program, model: ir.Model) -> QuantizationError:
+    """`layerc summary` of a quantised model: its outputs against the same model's without
+    quantisation, on the inputs of its test blocks, or without any on SUMMARY_SAMPLES seeded
+    standard-normal samples."""
+    tests = [t for t in program.tests if t.model.name == model.name]
+    if tests:
+        inputs = [tuple(t.inputs) for t in tests]
+    else:
+        rng = np.random.default_rng(0)
+        inputs = [
+            tuple(
+                rng.standard_normal((SUMMARY_SAMPLES, *shape)).astype(model.dtype)
+                for shape in model.in_shapes
+            )
+        ]
+    quantized: list[np.ndarray] = []
+    floats: list[np.ndarray] = []
+    with tempfile.TemporaryDirectory(prefix="layerc-summary-") as tmp:
+        stem = safe_module_name(path.stem)
+        compiled = _Compiled(program, Path(tmp), stem)
+        plain = _Compiled(ir.unquantized(program), Path(tmp), f"{stem}_float")
+        for xs in inputs:
+            quantized += _as_outputs(compiled.net(model.name)(*xs))  # type: ignore[operator]
+            floats += _as_outputs(plain.net(model.name)(*xs))  # type: ignore[operator]
+        compiled.close()
+        plain.close()
+    error = QuantizationError.of(tuple(quantized), tuple(floats))
+    samples = sum(len(xs[0]) if xs[0].ndim > len(model.in_shapes[0]) else 1 for xs in inputs)
+    return dataclasses.replace(error, samples=samples)

@@ -10,6 +10,7 @@ later stages rely on, and tests call it after checking.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class Layer:
     in_shape: Shape
     out_shape: Shape
     loc: Loc
+    # A Linear of a model with quantize=int8: int8 weights, inputs quantised at run time
+    # (layerc/runtime/q8.py). Its tensors keep the float values the model was written with.
+    quantized: bool = False
 
     @property
     def spec(self) -> Kind:
@@ -239,6 +243,7 @@ class Model:
     loc: Loc
     allow_nonfinite: bool = False
     graph: Graph | None = None  # a graph model's forward; None: a pipeline
+    quantize: str | None = None  # "int8": its own Linear layers are quantized (Layer.quantized)
 
     @property
     def in_shapes(self) -> tuple[Shape, ...]:
@@ -305,6 +310,32 @@ class Program:
     inputs: tuple[Path, ...] = field(default=())
     # What the checker found legal but probably unintended (a value never used), in source order.
     warnings: tuple[LayercWarning, ...] = field(default=())
+
+
+def unquantized(program: Program) -> Program:
+    """`program` with every model as written but without quantize=int8: the float models that
+    `layerc test` and `layerc summary` measure a quantised model's error against."""
+    done: dict[str, Model] = {}
+
+    def plain(model: Model) -> Model:
+        if model.name not in done:
+            layers: list[Child] = []
+            for child in model.layers:
+                if isinstance(child, Submodel):
+                    layers.append(dataclasses.replace(child, model=plain(child.model)))
+                else:
+                    layers.append(dataclasses.replace(child, quantized=False))
+            done[model.name] = dataclasses.replace(model, layers=tuple(layers), quantize=None)
+        return done[model.name]
+
+    models = tuple(plain(model) for model in program.models)
+    tests = tuple(dataclasses.replace(t, model=done[t.model.name]) for t in program.tests)
+    return dataclasses.replace(program, models=models, tests=tests)
+
+
+def quantized(model: Model) -> bool:
+    """Whether any Linear of `model`, nested models included, is quantised."""
+    return any(layer.quantized for _, layer in layers(model))
 
 
 # --------------------------------------------------------------------------- the walker

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import ir
 from .kinds import Channelwise, Elementwise, MatMul, Rowwise, Shape
+from .runtime import quantized
 
 # A Linear multiplies with `layerc.runtime.gemm.matmul`, register tiles of 6 samples by two
 # vectors of outputs read from the weight stored transposed, for every batch size (no BLAS: no
@@ -31,7 +32,13 @@ LOOPS_MAX = 256
 LOOPS, TILES = "loops", "register tiles"
 
 
+# A quantised Linear (quantize=int8) multiplies with `layerc.runtime.q8.matmul` whatever its size.
+INT8 = "int8 tiles"
+
+
 def matmul_path(layer: ir.Layer) -> str:
+    if layer.quantized:
+        return INT8
     return LOOPS if layer.in_features * layer.out_features <= LOOPS_MAX else TILES
 
 
@@ -96,7 +103,7 @@ class LinearKernel:
     @property
     def params(self) -> tuple[str, ...]:
         """Argument names after (xs, ys): the Linear's tensors, then each fold's."""
-        names = [name for name, value in self.layer.tensors if value is not None]
+        names = list(kernel_tensors(self.layer))
         for index, fold in enumerate(self.folds, 1):
             names += [f"e{index}_{name}" for name in kernel_tensors(fold.layer)]
         return tuple(names)
@@ -162,7 +169,7 @@ class ForwardKernel:
 
     name: str
     model: ir.Model
-    args: tuple[tuple[str, Shape], ...]  # (state_dict key, shape) in call order
+    args: tuple[Arg, ...]  # (state_dict key, shape[, dtype]) in call order
     steps: tuple[Step, ...]
     buffers: tuple[Buffer, ...]
     dropped: tuple[tuple[str, ir.Layer], ...]  # left out: identity at inference, or a reshape
@@ -214,7 +221,7 @@ class GraphKernel:
 
     name: str
     model: ir.Model
-    args: tuple[tuple[str, Shape], ...]  # (state_dict key, shape) in call order
+    args: tuple[Arg, ...]  # (state_dict key, shape[, dtype]) in call order
     steps: tuple[GraphStep, ...]
     buffers: tuple[Buffer, ...]
     dropped: tuple[tuple[str, ir.Layer], ...]
@@ -278,10 +285,39 @@ class Plan:
 
 
 def kernel_tensors(layer: ir.Layer) -> tuple[str, ...]:
-    """The names of the tensors a layer's kernel takes, in order."""
-    return tuple(
+    """The names of the tensors a layer's kernel takes, in order: a quantised Linear takes its
+    quantised weight (`quantized.TENSORS`, which its module derives) in place of `weight`."""
+    names = tuple(
         t.name for t in layer.spec.tensors if t.kernel and layer.tensor(t.name) is not None
     )
+    if layer.quantized:
+        return quantized.TENSORS + tuple(name for name in names if name != "weight")
+    return names
+
+
+# A kernel argument as modules list it: (name or state_dict key, shape), and a dtype's name as a
+# third item when it is not the model's (a quantised Linear's int8 weight).
+Arg = tuple[str, Shape] | tuple[str, Shape, str]
+
+
+def kernel_args(layer: ir.Layer, path: str = "") -> tuple[Arg, ...]:
+    """What a layer's kernel takes, in order, its names prefixed with `path` + "." if given."""
+    prefix = f"{path}." if path else ""
+    result: list[Arg] = []
+    for name in kernel_tensors(layer):
+        if name in quantized.TENSORS:
+            index = quantized.TENSORS.index(name)
+            shape = quantized.shapes(layer.out_features, layer.in_features)[index]
+            dtype = quantized.dtypes(np.dtype(np.float64))[index]
+            if dtype.kind == "f":  # the model's dtype
+                result.append((prefix + name, shape))
+            else:
+                result.append((prefix + name, shape, dtype.name))
+        else:
+            value = layer.tensor(name)
+            assert value is not None
+            result.append((prefix + name, tuple(int(d) for d in value.shape)))
+    return tuple(result)
 
 
 # --------------------------------------------------------------------------- lowering
@@ -345,6 +381,9 @@ class _Lowering:
         )
         # ABI 4 added graph models: a generated `forward`, `Model._inputs`, `TupleModel`.
         graphs = any(m.graph is not None for m in self.program.models)
+        # ABI 5 added quantised Linear layers: `QLinear`, `q8.matmul`, kernel arguments of
+        # another dtype than the model's.
+        int8 = any(ir.quantized(m) for m in self.program.models)
         return Plan(
             self.program.source,
             tuple(self.kernels.values()),
@@ -352,7 +391,7 @@ class _Lowering:
             tuple(models),
             tuple(weights),
             inline,
-            4 if graphs else 3 if tiles else 2 if new else 1,
+            5 if int8 else 4 if graphs else 3 if tiles else 2 if new else 1,
         )
 
     def kernel(self, key: tuple, wanted: str, make: Callable[[str], Kernel]) -> Kernel:
@@ -374,9 +413,10 @@ class _Lowering:
             n_out, n_in = layer.out_features, layer.in_features
             has_bias = layer.bias is not None
             wanted = f"_linear_{n_out}x{n_in}_{dtype_tag(dtype)}" + ("" if has_bias else "_nobias")
+            wanted += "_q8" if layer.quantized else ""
             for fold in folds:
                 wanted += "_" + fold.layer.spec.base
-            key: tuple = ("linear", n_out, n_in, dtype.name, has_bias)
+            key: tuple = ("linear", n_out, n_in, dtype.name, has_bias, layer.quantized)
             key += tuple((f.layer.kind, f.layer.args, kernel_tensors(f.layer)) for f in folds)
             return self.kernel(
                 key,
@@ -398,10 +438,14 @@ class _Lowering:
         tag = dtype_tag(dtype)
         if spec.name == "Linear":
             has_bias = layer.bias is not None
-            key: tuple = ("Linear", layer.out_features, layer.in_features, dtype.name, has_bias)
+            key: tuple = (
+                "Linear", layer.out_features, layer.in_features, dtype.name, has_bias,
+                layer.quantized,
+            )  # fmt: skip
             wanted = f"_Linear_{layer.out_features}x{layer.in_features}_{tag}" + (
                 "" if has_bias else "_nobias"
             )
+            wanted += "_q8" if layer.quantized else ""
         else:
             key = ("act", layer.kind, layer.args, accepts, kernel_tensors(layer), dtype.name)
             wanted = f"_{layer.kind}_{tag}"
@@ -426,16 +470,14 @@ class _Lowering:
     # ------------------------------------------------------------------ the fused forward
 
     def forward(self, model: ir.Model) -> Kernel:
-        args: list[tuple[str, Shape]] = []
+        args: list[Arg] = []
         ops: list[tuple[str, ir.Layer, tuple[int, ...]]] = []
         dropped: list[tuple[str, ir.Layer]] = []
         for path, layer in ir.layers(model):
             indices = []
-            for name in kernel_tensors(layer):
-                value = layer.tensor(name)
-                assert value is not None
+            for arg in kernel_args(layer, path):
                 indices.append(len(args))
-                args.append((f"{path}.{name}", value.shape))
+                args.append(arg)
             if layer.spec.dropped:
                 dropped.append((path, layer))
             else:
@@ -564,7 +606,7 @@ class _Flattened:
         self.ops: list[_FlatOp] = []
         self.shapes = inlined.shapes
         self.sizes = {v: math.prod(shape) for v, shape in inlined.shapes.items()}
-        self.args: list[tuple[str, Shape]] = []
+        self.args: list[Arg] = []
         self.dropped: list[tuple[str, ir.Layer]] = []
         arg_index: dict[str, tuple[int, ...]] = {}
         alias: dict[int, int] = {}
@@ -582,11 +624,9 @@ class _Flattened:
                     continue
                 if path not in arg_index:
                     indices = []
-                    for name in kernel_tensors(layer):
-                        value = layer.tensor(name)
-                        assert value is not None
+                    for arg in kernel_args(layer, path):
                         indices.append(len(self.args))
-                        self.args.append((f"{path}.{name}", value.shape))
+                        self.args.append(arg)
                     arg_index[path] = tuple(indices)
                 members = [(path, layer, arg_index[path])]
                 self.ops.append(_LayerOp(members, int(get(op.source)), op.out))
@@ -769,7 +809,7 @@ def _shape_text(shape: Shape) -> str:
     return "(*, " + ", ".join(map(str, shape)) + ")"
 
 
-def _step_text(step: GraphStep, args: tuple[tuple[str, Shape], ...]) -> str:
+def _step_text(step: GraphStep, args: tuple[Arg, ...]) -> str:
     if isinstance(step, Arith):
         a = [str(o) for o in step.operands]
         expr = {"neg": lambda: f"-{a[0]}", "copy": lambda: a[0]}.get(

@@ -1756,6 +1756,8 @@ def _form(path: str, layer: ir.Layer, model: ir.Model) -> _Form:
     and any other must compute value by value or along the last axes (`_any_shape`). What fits
     none is an error at the layer."""
     spec = layer.spec.onnx
+    if layer.quantized:
+        return EXPORT_OPSET, _quantized_linear
     if len(layer.in_shape) > 1:
         if spec is not None and spec.several_axes is not None:
             return spec.several_axes.opset, spec.several_axes.write
@@ -1772,6 +1774,59 @@ def _form(path: str, layer: ir.Layer, model: ir.Model) -> _Form:
     if spec is not None and spec.subgraph is not None:
         return spec.subgraph.opset, spec.subgraph.write
     raise _cannot_write(path, layer, model, "ONNX has no operator of the same meaning")
+
+
+def _quantized_linear(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -> None:
+    """A Linear of a model with quantize=int8, as layerc computes it (the language reference,
+    "Quantised models"): each row of x (along the last axis) quantised to 0..255 with its own
+    scale s and zero point z, the integers (u - z) multiplied by the int8 weight in int32
+    (MatMul of int32, exact, where ONNX's DynamicQuantizeLinear and MatMulInteger quantise a
+    whole tensor with one scale), then scaled by s * scale[o], plus the bias. A row holding nan
+    or inf gives nan, as in layerc."""
+    from onnx import TensorProto
+
+    from .runtime import quantized
+
+    at = f"/{path}"
+    weight = layer.tensor("weight")
+    assert weight is not None
+    q, scale = quantized.quantize_weight(weight.astype(g.dtype))
+    zero, one, top = (
+        g.constant(f"{at}/q8_{n}", v) for n, v in (("zero", 0), ("one", 1), ("top", 255))
+    )
+    axes = g.shape(f"{at}/q8_axes", [-1])
+
+    def node(op: str, inputs: list[str], name: str, **attrs: object) -> str:
+        return g.node(op, inputs, f"{at}/q8_{name}", f"{at}/{op}_q8_{name}", **attrs)
+
+    def reduce(op: str, name: str) -> str:
+        if g.opset >= 18:
+            return node(op, [x, axes], name, keepdims=1)
+        return node(op, [x], name, axes=[-1], keepdims=1)
+
+    lo = node("Min", [reduce("ReduceMin", "min"), zero], "lo")
+    hi = node("Max", [reduce("ReduceMax", "max"), zero], "hi")
+    step = node("Div", [node("Sub", [hi, lo], "span"), top], "step")
+    step = node("Where", [node("Equal", [step, zero], "flat"), one, step], "scale")
+    z = node("Round", [node("Div", [node("Neg", [lo], "minus_lo"), step], "z_real")], "z_round")
+    z = node("Clip", [z, zero, top], "z")
+    u = node("Mul", [x, node("Div", [one, step], "inverse")], "x_scaled")
+    u = node("Clip", [node("Add", [node("Round", [u], "x_round"), z], "x_shifted"), zero, top], "u")
+    ints = node("Cast", [node("Sub", [u, z], "centred")], "centred_int", to=TensorProto.INT32)
+    qt = g.initializer(f"{path}.weight_int8_t", np.ascontiguousarray(q.T.astype(np.int32)))
+    sums = node("MatMul", [ints, qt], "sums")
+    elem = TensorProto.FLOAT if g.dtype == np.float32 else TensorProto.DOUBLE
+    product = node("Cast", [sums], "sums_float", to=elem)
+    factor = node("Mul", [step, g.initializer(f"{path}.weight_scale", scale)], "factor")
+    y = node("Mul", [product, factor], "product")
+    # + 0 per row, or nan for a row holding nan or inf (x - x)
+    check = node("Sub", [x, x], "finite")
+    check = node("ReduceSum", [check, axes], "check", keepdims=1)
+    y = node("Add", [y, check], "checked")
+    if layer.bias is None:
+        g.node("Identity", [y], out, f"{at}/Identity_q8")
+    else:
+        g.node("Add", [y, g.tensor_input(path, layer, "bias")], out, f"{at}/Add_q8")
 
 
 def _cannot_write(path: str, layer: ir.Layer, model: ir.Model, why: str) -> LayercError:

@@ -500,7 +500,9 @@ ERRORS = [
      "dtype must be float32 or float64"),
     ("unknown-option", f"model M(dtpye=float64) {{\n  Linear(2, 3) {INIT}\n}}", 1, 9,
      "unknown model option 'dtpye'; did you mean 'dtype'? (options: dtype, allow_nonfinite, "
-     "input)"),
+     "input, quantize)"),
+    ("quantize-value", f"model M(quantize=int4) {{\n  Linear(2, 3) {INIT}\n}}", 1, 18,
+     "quantize must be int8 or none; did you mean 'int8'?"),
     ("positional-option", f"model M(float64) {{\n  Linear(2, 3) {INIT}\n}}", 1, 9,
      "model options are keywords: write dtype=float32 or dtype=float64"),
     ("option-twice", f"model M(dtype=float64, dtype=float64) {{\n  Linear(2, 3) {INIT}\n}}", 1, 24,

@@ -13,6 +13,7 @@ from .layers import (
     LeakyReLU,
     Linear,
     Model,
+    QLinear,
     ReLU,
     Sigmoid,
     Softmax,
@@ -27,10 +28,11 @@ from .threads import get_num_threads, set_num_threads
 # this runtime cannot run must be recompiled rather than misbehave. ABI 2 added the generic
 # `Layer` class, buffers and per-sample shapes of more than one axis; ABI 3 the matrix-product
 # kernel `gemm.matmul`, with Linear weights stored transposed; ABI 4 graph models (a generated
-# `forward` marked with `kernel_forward`, `Module._inputs`, `TupleModel`). It runs older
-# modules too.
-ABI = 4
-SUPPORTED_ABIS = (1, 2, 3, 4)
+# `forward` marked with `kernel_forward`, `Module._inputs`, `TupleModel`); ABI 5 quantised
+# Linear layers (`QLinear`, `q8.matmul`, kernel arguments in another dtype than the module's).
+# It runs older modules too.
+ABI = 5
+SUPPORTED_ABIS = (1, 2, 3, 4, 5)
 
 
 def check_abi(abi: int) -> None:
@@ -49,6 +51,7 @@ __all__ = [
     "Linear",
     "Model",
     "Module",
+    "QLinear",
     "ReLU",
     "RemovableHandle",
     "ShapeError",

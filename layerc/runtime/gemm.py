@@ -31,6 +31,7 @@ from numba.core import config
 from numba.extending import intrinsic
 
 from .cache import kernel_cache
+from .quantized import aligned_zeros
 
 ROWS = 6  # samples per tile: 6 x 2 vector accumulators, with room for the weights and x
 VECTORS = 2  # vectors of outputs per tile
@@ -139,37 +140,25 @@ def _make_tile(rows: int, masked: bool, vectors: int = VECTORS) -> object:
             # hide the FMA latency in tiles of one or two rows, but those are bound by reading
             # the weights: measured, no gain at batch 1; what gains there is reading each row
             # whole, in the wide single-row tiles below.)
-            before = builder.block
-            body = builder.append_basic_block("tile.loop")
-            after = builder.append_basic_block("tile.after")
-            builder.cbranch(builder.icmp_signed(">", k_, c(0)), body, after)
-            builder.position_at_end(body)
-            i = builder.phi(i64)
-            i.add_incoming(c(0), before)
-            acc = [[builder.phi(vt) for _ in range(vectors)] for _ in range(rows)]
-            wrow = builder.mul(i, ldw_)
-            wv = [
-                load(builder.gep(wp, [builder.add(wrow, c(v * width))]), v) for v in range(vectors)
-            ]
-            new = []
-            for r in range(rows):
-                xv = builder.load(builder.gep(xp, [builder.add(builder.mul(c(r), ldx_), i)]))
-                xv = builder.insert_element(undef, xv, ir.Constant(i32, 0))
-                xv = builder.shuffle_vector(xv, undef, broadcast)
-                new.append([builder.call(fma, [xv, wv[v], acc[r][v]]) for v in range(vectors)])
-            following = builder.add(i, c(1))
-            i.add_incoming(following, body)
-            for r in range(rows):
-                for v in range(vectors):
-                    acc[r][v].add_incoming(vzero, before)
-                    acc[r][v].add_incoming(new[r][v], body)
-            builder.cbranch(builder.icmp_signed("<", following, k_), body, after)
-            builder.position_at_end(after)
-            total = [[builder.phi(vt) for _ in range(vectors)] for _ in range(rows)]
-            for r in range(rows):
-                for v in range(vectors):
-                    total[r][v].add_incoming(vzero, before)
-                    total[r][v].add_incoming(new[r][v], body)
+
+            def step(i, acc):  # type: ignore[no-untyped-def]
+                wrow = builder.mul(i, ldw_)
+                wv = [
+                    load(builder.gep(wp, [builder.add(wrow, c(v * width))]), v)
+                    for v in range(vectors)
+                ]
+                new = []
+                for r in range(rows):
+                    xv = builder.load(builder.gep(xp, [builder.add(builder.mul(c(r), ldx_), i)]))
+                    xv = builder.insert_element(undef, xv, ir.Constant(i32, 0))
+                    xv = builder.shuffle_vector(xv, undef, broadcast)
+                    new += [
+                        builder.call(fma, [xv, wv[v], acc[r * vectors + v]]) for v in range(vectors)
+                    ]
+                return new
+
+            flat = counted_loop(builder, k_, 1, [vzero] * (rows * vectors), step)
+            total = [flat[r * vectors : (r + 1) * vectors] for r in range(rows)]
             for r in range(rows):
                 for v in range(vectors):
                     offset = builder.add(builder.mul(c(r), ldy_), c(v * width))
@@ -179,6 +168,36 @@ def _make_tile(rows: int, masked: bool, vectors: int = VECTORS) -> object:
         return sig, codegen
 
     return tile
+
+
+def counted_loop(builder, count, stride, initial, step):  # type: ignore[no-untyped-def]
+    """LLVM IR of `for i in range(0, count, stride)` (i and count i64 values) that carries
+    values from pass to pass: `step(i, values)` emits one pass and returns the new values; the
+    values after the loop are returned (`initial` when count <= 0). The tiles here and in
+    layerc/runtime/q8.py keep their accumulators in registers this way."""
+    i64 = ir.IntType(64)
+    before = builder.block
+    body = builder.append_basic_block("loop")
+    after = builder.append_basic_block("loop.after")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), body, after)
+    builder.position_at_end(body)
+    i = builder.phi(i64)
+    carried = [builder.phi(value.type) for value in initial]
+    new = step(i, carried)
+    end = builder.block
+    following = builder.add(i, ir.Constant(i64, stride))
+    i.add_incoming(ir.Constant(i64, 0), before)
+    i.add_incoming(following, end)
+    for phi, first, last in zip(carried, initial, new, strict=True):
+        phi.add_incoming(first, before)
+        phi.add_incoming(last, end)
+    builder.cbranch(builder.icmp_signed("<", following, count), body, after)
+    builder.position_at_end(after)
+    results = [builder.phi(value.type) for value in initial]
+    for phi, first, last in zip(results, initial, new, strict=True):
+        phi.add_incoming(first, before)
+        phi.add_incoming(last, end)
+    return results
 
 
 _t1, _t2, _t3, _t4, _t5, _t6 = (_make_tile(rows, masked=False) for rows in range(1, ROWS + 1))
@@ -250,6 +269,61 @@ def address(typingctx, array):  # type: ignore[no-untyped-def]
         return builder.ptrtoint(data, ir.IntType(64))
 
     return types.intp(array), codegen
+
+
+@intrinsic
+def stack_array(typingctx, count, zero):  # type: ignore[no-untyped-def]
+    """`count` values of `zero`'s type (a float or an integer) on the calling kernel's stack, as
+    a 1-D array, not initialised, that owns nothing: it needs no allocator, so kernels of a
+    standalone library (layerc/runtime/standalone.py) may use it, and it costs nothing per call.
+    (LLVM restores the stack after a call it inlines, so it does not grow in a caller's loop.)"""
+    if not isinstance(count, types.Integer) or not isinstance(zero, (types.Float, types.Integer)):
+        return None
+    array = types.Array(zero, 1, "C")
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        n = context.cast(builder, args[0], signature.args[0], types.intp)
+        data = builder.alloca(context.get_data_type(zero), size=n)
+        data.align = 64
+        size = context.get_constant(types.intp, context.get_abi_sizeof(data.type.pointee))
+        out = context.make_array(array)(context, builder)
+        context.populate_array(
+            out, data=data, shape=[n], strides=[size], itemsize=size, meminfo=None
+        )
+        return out._getvalue()
+
+    return array(count, zero), codegen
+
+
+@intrinsic
+def stack_save(typingctx):  # type: ignore[no-untyped-def]
+    """The stack's position, for `stack_restore`: what `stack_array` takes between the two is
+    given back, so that a function inlined into a caller's loop does not grow the stack at each
+    pass (numba inlines `inline="always"` functions before LLVM sees them, so LLVM's own care for
+    the allocations of the functions it inlines does not apply)."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        fn = _declare(
+            builder.module, "llvm.stacksave", ir.FunctionType(ir.IntType(8).as_pointer(), [])
+        )
+        return builder.ptrtoint(builder.call(fn, []), ir.IntType(64))
+
+    return types.intp(), codegen
+
+
+@intrinsic
+def stack_restore(typingctx, position):  # type: ignore[no-untyped-def]
+    """Give back the stack taken since `stack_save` returned `position`."""
+    if not isinstance(position, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i8p = ir.IntType(8).as_pointer()
+        fn = _declare(builder.module, "llvm.stackrestore", ir.FunctionType(ir.VoidType(), [i8p]))
+        builder.call(fn, [builder.inttoptr(args[0], i8p)])
+        return context.get_dummy_value()
+
+    return types.void(position), codegen
 
 
 def product_function(dtype: type) -> Any:
@@ -371,12 +445,3 @@ def transposed(weight: np.ndarray) -> np.ndarray:
     view = storage[:, :m].T
     view[...] = weight
     return view
-
-
-def aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """np.zeros(shape, dtype) whose data starts on a 64-byte boundary."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    raw = np.zeros(count * dtype.itemsize + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start : start + count * dtype.itemsize].view(dtype).reshape(shape)

@@ -25,6 +25,7 @@ __all__ = [
     "LeakyReLU",
     "Linear",
     "Model",
+    "QLinear",
     "ReLU",
     "Sigmoid",
     "Softmax",
@@ -119,6 +120,50 @@ class Linear(Layer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.has_bias}"
+
+
+class QLinear(Linear):
+    """A Linear of a model with quantize=int8: its kernel multiplies an int8 copy of the weight
+    (per-output scales, layerc/runtime/quantized.py) by each input row quantised at run time.
+    `weight` holds the values that int8 copy stands for (the dequantised weight), read-only: a
+    new weight is assigned (`layer.weight = w`) or loaded (`load_state_dict`), and is quantised
+    again then. An in-place write would not reach the int8 copy, so it raises instead."""
+
+    def _register_parameter(self, name: str, value: np.ndarray | None) -> None:
+        if name == "weight" and value is not None:
+            from . import quantized
+
+            value, derived = quantized.tensors(value)
+            value.flags.writeable = False
+            self.__dict__["_q8"] = dict(zip(quantized.TENSORS, derived, strict=True))
+        super()._register_parameter(name, value)
+
+    def _tensor(self, name: str) -> np.ndarray | None:
+        derived = self.__dict__.get("_q8")
+        if derived is not None and name in derived:
+            return derived[name]
+        return super()._tensor(name)
+
+    def _load_tensor(self, name: str, value: np.ndarray, assign: bool) -> None:
+        if name == "weight":  # quantised again, into new arrays
+            self._set_parameter(name, value)
+        else:
+            super()._load_tensor(name, value, assign)
+
+    def __getstate__(self) -> dict:
+        st = super().__getstate__()
+        st.pop("_q8", None)  # derived from the weight again when unpickled
+        return st
+
+    def __setstate__(self, st: dict) -> None:
+        super().__setstate__(st)
+        weight = self._parameters.get("weight")
+        if weight is not None:
+            self._register_parameter("weight", np.array(weight))
+            H.bump()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", quantize=int8"
 
 
 class _Activation(Layer):

@@ -244,7 +244,9 @@ class Module:
     # `_kernel`); None in modules generated before it existed and for models whose samples
     # depend on each other.
     _kernel_par: Callable[..., None] | None = None
-    _kernel_params: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # (name or state_dict key, shape), with a dtype's name as a third item when the kernel takes
+    # that argument in another dtype than the module's (a quantised Linear's int8 weight)
+    _kernel_params: tuple[tuple[Any, ...], ...] = ()
     # Whether this class's `forward` is one the kernel computes (set per class).
     _kernel_forward: bool = True
     _version: int = 1  # torch's state_dict version of a module, in state_dict()._metadata
@@ -362,7 +364,7 @@ class Module:
                 raise
             kernel(x, y, *params)
         except Exception:
-            for (key, _), value in zip(self._kernel_params, params, strict=False):
+            for (key, *_), value in zip(self._kernel_params, params, strict=False):
                 if value is None:  # deleted with `del module.weight`, as torch's forward finds
                     raise AttributeError(
                         f"'{self._get_name()}' object has no attribute '{key}'"
@@ -542,9 +544,9 @@ class Module:
             ):
                 return False
         args = []
-        for key, shape in self._kernel_params:
+        for key, shape, *dtype in self._kernel_params:
             array = self._lookup_param(key)
-            if array is None or array.shape != shape or array.dtype != self.dtype:
+            if array is None or array.shape != shape or array.dtype != (dtype or [self.dtype])[0]:
                 return False
             args.append(array)
         self.__dict__["_fast"] = (
@@ -592,7 +594,7 @@ class Module:
     def _update_params_tuple(self) -> None:
         """Cache this module's own kernel arguments (leaf modules: weight, bias, buffers)."""
         self.__dict__["_params_tuple"] = tuple(
-            self._tensor(key) for key, _ in self._kernel_params if "." not in key
+            self._tensor(key) for key, *_ in self._kernel_params if "." not in key
         )
 
     def _output_for(
@@ -851,9 +853,10 @@ class Module:
         if array.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
         array = self._stored(name, np.asarray(array, dtype=current.dtype))
-        registry[name] = array
-        self.__dict__[name] = array
-        self._update_params_tuple()
+        if registry is self._parameters:
+            self._register_parameter(name, array)
+        else:
+            self._register_buffer(name, array)
         H.bump()
 
     def __dir__(self) -> list[str]:
@@ -1028,13 +1031,18 @@ class Module:
                 )
             )
         for module, name, value in updates:
-            if assign:
-                module._set_parameter(name, value)
-            else:
-                param = module._tensor(name)
-                assert param is not None  # _check_state passes only present tensors
-                np.copyto(param, value, casting="unsafe")
+            module._load_tensor(name, value, assign)
         return _IncompatibleKeys(missing, unexpected)
+
+    def _load_tensor(self, name: str, value: np.ndarray, assign: bool) -> None:
+        """load_state_dict's change of one checked tensor: copied into the array in place, or
+        with `assign` the given array bound."""
+        if assign:
+            self._set_parameter(name, value)
+        else:
+            param = self._tensor(name)
+            assert param is not None  # _check_state passes only present tensors
+            np.copyto(param, value, casting="unsafe")
 
     def _check_state(
         self,
@@ -1190,7 +1198,7 @@ class Module:
         if self._kernel is None:
             raise TypeError(f"{self._get_name()} has no compiled kernel")
         arrays = []
-        for key, shape in self._kernel_params:
+        for key, shape, *dtype in self._kernel_params:
             array = self._lookup_param(key)
             if array is None or array.shape != shape:
                 raise TypeError(
@@ -1199,5 +1207,6 @@ class Module:
                 )
             *path, name = key.split(".")
             owner = self.get_submodule(".".join(path)) if path else self
-            arrays.append(owner._stored(name, np.array(array, dtype=self.dtype, copy=True)))
+            copy = np.array(array, dtype=(dtype or [self.dtype])[0], copy=True)
+            arrays.append(owner._stored(name, copy))
         return tuple(arrays)

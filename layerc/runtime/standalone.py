@@ -72,25 +72,8 @@ def rows_of(typingctx, matrix, rows, width):  # type: ignore[no-untyped-def]
     return array(matrix, rows, width), codegen
 
 
-@intrinsic
-def stack_vector(typingctx, count, zero):  # type: ignore[no-untyped-def]
-    """`count` values of `zero`'s type on the calling kernel's stack, as a 1-D array (not
-    initialised): numba's `np.empty` needs numba's runtime."""
-    if not isinstance(count, types.Integer) or not isinstance(zero, types.Float):
-        return None
-    array = types.Array(zero, 1, "C")
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        n = context.cast(builder, args[0], signature.args[0], types.intp)
-        data = builder.alloca(context.get_data_type(zero), size=n)
-        size = context.get_constant(types.intp, context.get_abi_sizeof(data.type.pointee))
-        out = context.make_array(array)(context, builder)
-        context.populate_array(
-            out, data=data, shape=[n], strides=[size], itemsize=size, meminfo=None
-        )
-        return out._getvalue()
-
-    return array(count, zero), codegen
+# `count` values on the calling kernel's stack (numba's `np.empty` needs numba's runtime).
+stack_vector = gemm.stack_array
 
 
 @intrinsic

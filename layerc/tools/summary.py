@@ -267,8 +267,10 @@ def summary(model: ir.Model) -> str:
     rule = "=" * len(fmt(tuple("x" * w for w in widths)))
     total = totals(model)
     weights = total.params - total.biases
+    int8 = [layer for _, layer in ir.layers(model) if layer.quantized]
+    quantize = ", quantize=int8" if int8 else ""
     lines = [
-        f"Model {model.name} ({model.dtype.name}): {io_text(model)}",
+        f"Model {model.name} ({model.dtype.name}{quantize}): {io_text(model)}",
         rule,
         fmt(headers),
         rule,
@@ -279,6 +281,15 @@ def summary(model: ir.Model) -> str:
         f"{model.dtype.itemsize} bytes each)",
         f"Buffers:          {total.buffers:,} ({fmt_bytes(total.buffer_bytes)})",
         f"FLOPs per sample: {total.flops:,}",
+    ]
+    if int8:
+        count = sum(layer.in_features * layer.out_features for layer in int8)
+        scales = sum(layer.out_features for layer in int8) * model.dtype.itemsize
+        lines.append(
+            f"Quantised:        {count:,} Linear weights as int8 ({fmt_bytes(count)}, with "
+            f"{fmt_bytes(scales)} of scales); inputs quantised per row as they are multiplied"
+        )
+    lines += [
         rule,
         "FLOPs count Linear layers: 2*in*out (a multiply and an add per weight),",
         "plus out when there is a bias (one add per output); other layers are not counted.",
