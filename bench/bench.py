@@ -879,6 +879,85 @@ def relative_error(got: object, ref: np.ndarray) -> tuple[float, float]:
     return float(np.abs(diff).max() / np.abs(ref).max()), float(rms)
 
 
+INT8_ROW_SCALE_SEED = INT8_SEED + 2  # the factors of int8_rows_of_scales()'s weight rows
+INT8_ROW_SCALE_RANGE = (0.05, 1.0)  # their log-uniform range
+
+
+def int8_rows_of_scales(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`sd` (the MLP's float state_dict) with each output's row of fc1, fc2 and fc3's weights
+    times a factor drawn log-uniform in INT8_ROW_SCALE_RANGE from a generator seeded with
+    INT8_ROW_SCALE_SEED (fc1's rows first), biases unchanged: rows of different scales, where
+    one scale per weight tensor wastes most of the int8 steps on the small rows."""
+    rng = np.random.default_rng(INT8_ROW_SCALE_SEED)
+    low, high = np.log(INT8_ROW_SCALE_RANGE[0]), np.log(INT8_ROW_SCALE_RANGE[1])
+    scaled = {key: np.array(value, dtype=np.float32, copy=True) for key, value in sd.items()}
+    for layer in ("fc1", "fc2", "fc3"):
+        w = scaled[f"{layer}.weight"]
+        factors = np.exp(rng.uniform(low, high, size=w.shape[0]))
+        scaled[f"{layer}.weight"] = (w * factors[:, None]).astype(np.float32)
+    return scaled
+
+
+def int8_rows_of_scales_errors(
+    int8_net: Any, mlp_net: Any, torch_mlp: Any, xs: np.ndarray, work: Path
+) -> dict[str, tuple[float, float]]:
+    """The relative errors (relative_error) of the int8 models of the MLP with
+    int8_rows_of_scales()'s weights to the float64 reference of its float model, each of the
+    samples `xs` in a call of its own: layerc int8 (a new instance of `int8_net`'s model with the
+    float weights loaded, quantised by load_state_dict), ONNX Runtime's quantize_dynamic of the
+    float ONNX model (files in work/rows_of_scales), layerc float32 (a new instance of
+    `mlp_net`'s model) and, when it works here, torch's dynamic int8 of a deep copy of
+    `torch_mlp` with the weights loaded (the timed torch model is left as it was)."""
+    import copy
+
+    import torch
+
+    sd = int8_rows_of_scales(mlp_net.state_dict())
+    layers = [
+        (sd["fc1.weight"], sd["fc1.bias"], True),
+        (sd["fc2.weight"], sd["fc2.bias"], True),
+        (sd["fc3.weight"], sd["fc3.bias"], False),
+    ]
+    q_net = type(int8_net)()
+    q_net.load_state_dict(sd)
+    check_int8_weights(q_net, sd)
+    f_net = type(mlp_net)()
+    f_net.load_state_dict(sd)
+    folder = work / "rows_of_scales"
+    folder.mkdir(exist_ok=True)
+    int8_onnx, _ = ort_int8_model(onnx_model(layers, MLP_SIZES[0]), folder)
+    sess_int8 = ort_session(int8_onnx, 1)
+    torch_float = copy.deepcopy(torch_mlp)
+    # torch_models()'s names: the Sequential's Linear layers are 0, 2 and 4.
+    torch_float.load_state_dict(
+        {
+            k.replace("fc1", "0").replace("fc2", "2").replace("fc3", "4"): torch.from_numpy(v)
+            for k, v in sd.items()
+        }
+    )
+    torch_q, _ = torch_int8(torch_float)
+
+    per_row: dict[str, Callable[[np.ndarray], object]] = {
+        "layerc int8": lambda x: q_net(x[0]),
+        "onnxruntime int8": lambda x: sess_int8.run(None, {"x": x})[0],
+        "layerc float32": lambda x: f_net(x[0]),
+    }
+    if torch_q is not None:
+        per_row["torch int8"] = lambda x: torch_q(torch.from_numpy(x)).numpy()
+    refs = reference(layers, xs)
+    with torch.inference_mode():
+        check_close("layerc float32, rows of different scales", f_net(xs), refs)
+        return {
+            name: relative_error(
+                np.concatenate(
+                    [np.asarray(f(xs[i : i + 1])).reshape(1, -1) for i in range(len(xs))]
+                ),
+                refs,
+            )
+            for name, f in per_row.items()
+        }
+
+
 def int8_cases(
     int8_net: Any,
     mlp_net: Any,
@@ -897,7 +976,10 @@ def int8_cases(
     samples each in a call of its own, as the timed batch-1 calls (ONNX Runtime's and torch's
     per-tensor activation scale would then span the rows, so one call of all of them is shown
     too). The goals: layerc int8 >= 2x layerc float32 and >= 2x ONNX Runtime int8, and its
-    error no larger than ONNX Runtime int8's."""
+    error no larger than ONNX Runtime int8's. The uniform inits give every weight row about the
+    same max |w|, where per-output weight scales gain nothing over one per tensor, so the errors
+    are measured again, untimed, on the same samples with int8_rows_of_scales()'s weights (rows
+    of different scales), with the same error goal."""
     import torch
 
     sd = mlp_net.state_dict()
@@ -959,6 +1041,7 @@ def int8_cases(
         }
         in_one_call = {name: relative_error(f(xs), refs) for name, f in batched.items()}
         times = {name: median_time(f, min_time, repeats) for name, f in runs.items()}
+    scaled_errors = int8_rows_of_scales_errors(int8_net, mlp_net, torch_mlp, xs, work)
 
     print(
         f"  relative error to the float64 reference of the float model over {INT8_ERROR_ROWS} "
@@ -985,6 +1068,20 @@ def int8_cases(
     print(
         f"  int8 error <= onnxruntime int8's: {'met' if ours <= theirs else 'MISSED'} "
         f"({ours:.2e} against {theirs:.2e})"
+    )
+
+    low, high = INT8_ROW_SCALE_RANGE
+    print(
+        "\n  the same MLP with rows of different scales (each weight row times a seeded "
+        f"log-uniform factor in [{low:g}, {high:g}]), where per-output scales matter:"
+    )
+    print(f"    {'':26s} {'max |y - ref| / max |ref|':>30s} {'rms(y - ref) / rms(ref)':>28s}")
+    for name, (err, rms) in scaled_errors.items():
+        print(f"    {name:26s} {err:12.2e}{'':18s} {rms:10.2e}".rstrip())
+    ours, theirs = scaled_errors["layerc int8"][0], scaled_errors["onnxruntime int8"][0]
+    print(
+        "  int8 error <= onnxruntime int8's, rows of different scales: "
+        f"{'met' if ours <= theirs else 'MISSED'} ({ours:.2e} against {theirs:.2e})"
     )
 
 

@@ -11,6 +11,7 @@ hooks, njit, threads), the language's errors, `layerc test` and `layerc summary`
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -48,14 +49,30 @@ def reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit
-def _vnni(xs, packed, ys):  # type: ignore[no-untyped-def]
-    q8.matmul(xs, packed, ys)
+def _host() -> set[str]:
+    import llvmlite.binding as ll
+
+    return {name for name, on in ll.get_host_cpu_features().items() if on}
 
 
-@numba.njit
-def _loops(xs, packed, ys):  # type: ignore[no-untyped-def]
-    q8.matmul_portable(xs, packed, ys)
+# The paths this CPU runs: VNNI's tiles, AVX2's, the plain loops (each a jitted caller).
+RUNNABLE = [
+    path
+    for path, needs in (("vnni", {"avx512vnni", "avx512bw"}), ("avx2", {"avx2"}), ("loops", set()))
+    if needs <= _host() and (path != "vnni" or q8.gemm.BITS == 512)
+]
+
+
+def _caller(function):  # type: ignore[no-untyped-def]
+    @numba.njit
+    def call(xs, packed, ys):  # type: ignore[no-untyped-def]
+        function(xs, packed, ys)
+
+    return call
+
+
+CALLERS = {path: _caller(q8.PATHS[path]) for path in RUNNABLE}
+_vnni = _caller(q8.matmul)  # the path this CPU uses
 
 
 @numba.njit
@@ -87,13 +104,16 @@ def test_product_is_the_documented_scheme(dtype: type, n: int, k: int, m: int) -
     x[-1] = np.abs(x[-1])
     w = RNG.standard_normal((m, k)).astype(dtype)
     _, (packed,) = quantized.tensors(w)
-    got, loops = np.full((n, m), 7, dtype), np.full((n, m), 7, dtype)
-    _vnni(x, packed, got)
-    _loops(x, packed, loops)
     want = reference(x, w)
     rtol = 1e-6 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
-    assert np.array_equal(got, loops)  # the VNNI tiles and the loops: the same numbers
+    outputs = {}
+    for path, call in CALLERS.items():
+        got = np.full((n, m), 7, dtype)
+        call(x, packed, got)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+        outputs[path] = got
+    first = outputs[RUNNABLE[0]]  # VNNI's tiles, AVX2's and the loops: the same numbers
+    assert all(np.array_equal(first, got) for got in outputs.values())
 
 
 def test_rows_of_zeros_nan_and_inf() -> None:
@@ -123,14 +143,10 @@ def test_stack_is_given_back_in_a_callers_loop() -> None:
     np.testing.assert_allclose(y, reference(x, w), rtol=1e-6, atol=1e-4)
 
 
-def test_vnni_is_used_where_the_cpu_has_it() -> None:
-    import llvmlite.binding as ll
-
-    host = {name for name, on in ll.get_host_cpu_features().items() if on}
-    if q8.gemm.BITS == 512:
-        assert q8.VNNI == ("avx512vnni" in host and "avx512bw" in host)
-    else:
-        assert not q8.VNNI
+def test_the_path_is_the_cpus_best() -> None:
+    assert q8.PATH == RUNNABLE[0]
+    assert q8.VNNI == (q8.PATH == "vnni")
+    assert len(RUNNABLE) >= 2  # CI's machines have AVX2 at least: two paths compared
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -477,7 +493,7 @@ def test_layerc_summary_reports_the_error(tmp_path: Path, capsys: pytest.Capture
 @pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
-@pytest.mark.parametrize("cpu", ["native", "x86-64-v4"])
+@pytest.mark.parametrize("cpu", ["native", "x86-64-v3", "generic"])
 def test_layerc_build(mlp, tmp_path: Path, cpu: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "mlp.lyr"
     path.write_text(MLP, encoding="utf-8")
@@ -503,12 +519,16 @@ def test_layerc_build(mlp, tmp_path: Path, cpu: str) -> None:  # type: ignore[no
             check=True,
         )
         y = np.frombuffer(done.stdout, np.float32).reshape(n, 10)
-        # the library computes what the Python module computes (the portable loops without
-        # VNNI, x86-64-v4: the same integers)
+        # the library computes what the Python module computes, on every path: the same
+        # integers (VNNI's tiles natively here, AVX2's for x86-64-v3, the loops for generic)
         assert np.array_equal(y, net(x))
     if shutil.which("objdump"):
         text = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True).stdout
         assert ("vpdpbusd" in text) == (cpu == "native" and q8.VNNI)
+        if cpu == "x86-64-v3":
+            assert re.search(r"vpmaddwd\s.*%ymm", text)
+        if cpu == "generic":
+            assert "%ymm" not in text and "%zmm" not in text
 
 
 def test_layerc_export_computes_the_same(tmp_path: Path) -> None:

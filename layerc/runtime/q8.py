@@ -12,10 +12,11 @@ zeros gives s = 1 and z = 0; a row holding nan or inf gives nan outputs.
 
 The product. acc[o] = sum_k u[k] q[o, k] is exact in int32 (at most 255 * 127 * 65536 < 2^31),
 and y[o] = (acc[o] - z * wsum[o]) * (s * scale[o]), where wsum[o] = sum_k q[o, k] removes the
-zero point. On a CPU with AVX-512 VNNI, `vpdpbusd` adds 4 byte products to each of 16 int32
-lanes in one instruction (tiles in LLVM IR, as layerc/runtime/gemm.py writes its float tiles);
-elsewhere plain loops compute the same integers. The result is the same on both paths: integer
-sums, then the same float operations.
+zero point. The sums are computed on one of three paths, chosen for the CPU numba compiles for
+(`PATH`): with AVX-512 VNNI, `vpdpbusd` adds 4 byte products to each of 16 int32 lanes in one
+instruction; with AVX2, `vpmaddwd` multiplies 16-bit pairs (the bytes widened) into int32 lanes;
+elsewhere plain loops. The tiles are LLVM IR, as layerc/runtime/gemm.py writes its float tiles.
+The result is the same on every path: integer sums, then the same float operations.
 
 Everything here is inlined into the kernel that calls it and allocates nothing (the quantised
 rows go on the stack), so the same code serves a standalone library (`layerc build`).
@@ -38,18 +39,22 @@ ROWS = 4  # rows per tile: 4 x 4 accumulators, with room for the weights
 CHUNK = 16384  # inputs up to which ROWS rows are quantised at once (ROWS * CHUNK bytes of stack)
 
 
-def _has_vnni() -> bool:
-    """Whether numba compiles for a CPU with AVX-512 VNNI (and 512-bit vectors)."""
+def _path() -> str:
+    """How the sums are computed on the CPU numba compiles for: "vnni" with AVX-512 VNNI (and
+    512-bit vectors), "avx2" with AVX2, else "loops"."""
     features = getattr(config, "CPU_FEATURES", None)  # NUMBA_CPU_FEATURES, when set
     if features is None:
         host = ll.get_host_cpu_features()
         has = {name for name, on in host.items() if on}
     else:
         has = {f[1:] for f in features.split(",") if f.startswith("+")}
-    return {"avx512f", "avx512bw", "avx512vnni"} <= has and gemm.BITS == 512
+    if {"avx512f", "avx512bw", "avx512vnni"} <= has and gemm.BITS == 512:
+        return "vnni"
+    return "avx2" if "avx2" in has else "loops"
 
 
-VNNI = _has_vnni()
+PATH = _path()
+VNNI = PATH == "vnni"
 
 
 # --------------------------------------------------------------------------- the VNNI tiles
@@ -135,26 +140,119 @@ def _vnni(r, x, ldx, w, ldw, groups, acc, width):  # type: ignore[no-untyped-def
         _v4(x, ldx, w, ldw, groups, acc)
 
 
+# --------------------------------------------------------------------------- the AVX2 tile
+
+
+def _make_avx2_tile(rows: int, vectors: int) -> object:
+    """An intrinsic `tile(x, ldx, w, ldw, groups, acc, lda)` that writes the int32 sums of
+    `rows` quantised rows at x by 8 * `vectors` outputs of the packed weight at w into acc
+    (rows `lda` values apart), as `_make_tile` does, with
+    AVX2's `vpmaddwd`: each 32 bytes of a group (8 outputs' 4 weights) widened to 16-bit, each
+    pair of products added into an int32 lane (exact: 2 * 255 * 127 < 2^31; AVX2's byte
+    product `vpmaddubsw` would saturate), the two pairs of each output added at the end."""
+
+    @intrinsic
+    def tile(typingctx, x, ldx, w, ldw, groups, acc, lda):  # type: ignore[no-untyped-def]
+        sig = types.void(*[types.intp] * 7)
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            xa, ldx_, wa, ldw_, groups_, acca, lda_ = args
+            i64, i32, i16, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(16), ir.IntType(8)
+            acc_t, wide_t = ir.VectorType(i32, 8), ir.VectorType(i16, 16)
+            chunk_t = ir.VectorType(i8, 32)
+            madd = gemm._declare(
+                builder.module, "llvm.x86.avx2.pmadd.wd", ir.FunctionType(acc_t, [wide_t] * 2)
+            )
+            c = lambda v: ir.Constant(i64, v)  # noqa: E731
+            lanes = lambda values: ir.Constant(ir.VectorType(i32, len(values)), values)  # noqa: E731
+            xp = builder.inttoptr(xa, i8.as_pointer())
+            wp = builder.inttoptr(wa, i8.as_pointer())
+            ap = builder.inttoptr(acca, i32.as_pointer())
+            vzero = ir.Constant(acc_t, [0] * 8)
+
+            def step(g, acc):  # type: ignore[no-untyped-def]
+                xs = []
+                for r in range(rows):
+                    offset = builder.add(builder.mul(c(r), ldx_), builder.mul(g, c(4)))
+                    at = builder.bitcast(
+                        builder.gep(xp, [offset]), ir.VectorType(i8, 4).as_pointer()
+                    )
+                    four = builder.zext(builder.load(at, align=1), ir.VectorType(i16, 4))
+                    xs.append(builder.shuffle_vector(four, four, lanes([0, 1, 2, 3] * 4)))
+                row = builder.gep(wp, [builder.mul(g, ldw_)])
+                new = list(acc)
+                for v in range(vectors):
+                    chunk = builder.bitcast(builder.gep(row, [c(32 * v)]), chunk_t.as_pointer())
+                    chunk = builder.load(chunk, align=1)
+                    for half in range(2):
+                        part = builder.shuffle_vector(
+                            chunk, chunk, lanes(list(range(16 * half, 16 * half + 16)))
+                        )
+                        part = builder.sext(part, wide_t)
+                        for r in range(rows):
+                            at = (r * vectors + v) * 2 + half
+                            new[at] = builder.add(acc[at], builder.call(madd, [part, xs[r]]))
+                return new
+
+            count = 2 * vectors * rows
+            pairs = gemm.counted_loop(builder, groups_, 1, [vzero] * count, step)
+            for r in range(rows):
+                for v in range(vectors):  # the two halves' pairs added: 8 outputs in order
+                    at = (r * vectors + v) * 2
+                    a, b = pairs[at], pairs[at + 1]
+                    even = builder.shuffle_vector(a, b, lanes(list(range(0, 16, 2))))
+                    odd = builder.shuffle_vector(a, b, lanes(list(range(1, 16, 2))))
+                    where = builder.gep(ap, [builder.add(builder.mul(c(r), lda_), c(8 * v))])
+                    where = builder.bitcast(where, acc_t.as_pointer())
+                    builder.store(builder.add(even, odd), where, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+# AVX2 has 16 vector registers: 8 accumulators, for one row by 32 outputs or two by 16.
+_a14, _a22 = _make_avx2_tile(1, 4), _make_avx2_tile(2, 2)
+
+
+@numba.njit(inline="always")
+def _avx2(r, x, ldx, w, ldw, groups, acc, width):  # type: ignore[no-untyped-def]
+    """The sums `_vnni` computes, into acc (width values a row) with the AVX2 tiles: two rows
+    by 16 outputs at a time (each weight read serves both), a last row by 32."""
+    rr = 0
+    while rr + 2 <= r:
+        for j in range(0, width, 16):
+            at = acc + 4 * (rr * width + j)
+            _a22(x + rr * ldx, ldx, w + 4 * j, ldw, groups, at, width)
+        rr += 2
+    if rr < r:
+        for j in range(0, width, 32):
+            at = acc + 4 * (rr * width + j)
+            _a14(x + rr * ldx, ldx, w + 4 * j, ldw, groups, at, width)
+
+
 @numba.njit(inline="always")
 def _portable(r, xq, kp, packed, o0, acc, width):  # type: ignore[no-untyped-def]
     """The sums `_vnni` computes, in loops of int32 arithmetic (each step cast back to int32,
-    as numba would otherwise widen the products to int64)."""
-    groups = packed.shape[0] - EXTRA_ROWS
+    as numba would otherwise widen the products to int64), on views indexed from 0 so that
+    LLVM vectorises them."""
+    groups, ldw = packed.shape
+    groups -= EXTRA_ROWS
     for rr in range(r):
-        base = rr * width
+        out = _vector_at(gemm.address(acc) + 4 * rr * width, width, np.int32(0))
         for j in range(width):
-            acc[base + j] = np.int32(0)
+            out[j] = np.int32(0)
+        x = _vector_at(gemm.address(xq) + rr * kp, kp, np.uint8(0))
         for g in range(groups):
-            x0 = np.int32(xq[rr * kp + 4 * g])
-            x1 = np.int32(xq[rr * kp + 4 * g + 1])
-            x2 = np.int32(xq[rr * kp + 4 * g + 2])
-            x3 = np.int32(xq[rr * kp + 4 * g + 3])
+            x0, x1 = np.int32(x[4 * g]), np.int32(x[4 * g + 1])
+            x2, x3 = np.int32(x[4 * g + 2]), np.int32(x[4 * g + 3])
+            w = _vector_at(gemm.address(packed) + g * ldw + 4 * o0, 4 * width, np.int8(0))
             for j in range(width):
-                at = 4 * (o0 + j)
-                total = x0 * np.int32(packed[g, at]) + x1 * np.int32(packed[g, at + 1])
-                total = np.int32(total) + np.int32(x2 * np.int32(packed[g, at + 2]))
-                total = np.int32(total) + np.int32(x3 * np.int32(packed[g, at + 3]))
-                acc[base + j] = np.int32(acc[base + j] + np.int32(total))
+                total = x0 * np.int32(w[4 * j]) + x1 * np.int32(w[4 * j + 1])
+                total = np.int32(total) + np.int32(x2 * np.int32(w[4 * j + 2]))
+                total = np.int32(total) + np.int32(x3 * np.int32(w[4 * j + 3]))
+                out[j] = np.int32(out[j] + np.int32(total))
 
 
 # --------------------------------------------------------------------------- the product
@@ -265,18 +363,22 @@ def _quantize_rows(xs, first, r, xq, kp, scales, zeros):  # type: ignore[no-unty
         scale = span / _like(255, span)
         if scale == 0:  # a row of zeros
             scale = _like(1, span)
+        bottom, top = _like(0, span), _like(255, span)  # compared as they are, not as float64
         zero = np.rint(-lo / scale)
-        zero = zero if zero < 255 else _like(255, span)
+        zero = zero if zero < top else top
         scales[rr] = scale
         zeros[rr] = np.int32(zero)
         inverse = _like(1, span) / scale  # a product per value rather than a division
+        # (a view from the row's first byte: indices from 0, which LLVM knows are not
+        # negative, so the stores are vectorised rather than made one byte at a time)
+        out = _vector_at(gemm.address(xq) + at, kp, np.uint8(0))
         for i in range(k):
             v = np.rint(row[i] * inverse) + zero
-            v = v if v > 0 else v * 0
-            v = v if v < 255 else _like(255, span)
-            xq[at + i] = np.uint8(np.int32(v))
+            v = v if v > bottom else bottom
+            v = v if v < top else top
+            out[i] = np.uint8(np.int32(v))
         for i in range(k, kp):
-            xq[at + i] = 0
+            out[i] = 0
 
 
 @intrinsic
@@ -300,7 +402,7 @@ def _vector_at(typingctx, address, count, zero):  # type: ignore[no-untyped-def]
     return array(address, count, zero), codegen
 
 
-def _make_matmul(vnni: bool) -> object:
+def _make_matmul(path: str) -> object:
     @numba.njit(inline="always")
     def matmul(xs, packed, ys):  # type: ignore[no-untyped-def]
         """ys = the quantised product of xs (n, k) by the packed weight (see the module's
@@ -311,6 +413,7 @@ def _make_matmul(vnni: bool) -> object:
             return
         rows_, ldw = packed.shape
         groups = rows_ - EXTRA_ROWS
+        size = ys.itemsize
         wsum = _vector_at(gemm.address(packed) + groups * ldw, m, np.int32(0))
         wscale = _vector_at(gemm.address(packed) + (groups + 1) * ldw, m, ys[0, 0])
         kp = 4 * groups
@@ -331,8 +434,19 @@ def _make_matmul(vnni: bool) -> object:
                         width = 16 * LANES
                     elif o0 + 8 * LANES <= m:
                         width = 8 * LANES
-                if vnni:
+                if path == "vnni":
                     _vnni(
+                        r,
+                        gemm.address(xq),
+                        kp,
+                        gemm.address(packed) + 4 * o0,
+                        ldw,
+                        groups,
+                        gemm.address(acc),
+                        width,
+                    )
+                elif path == "avx2":
+                    _avx2(
                         r,
                         gemm.address(xq),
                         kp,
@@ -345,21 +459,27 @@ def _make_matmul(vnni: bool) -> object:
                 else:
                     _portable(r, xq, kp, packed, o0, acc, width)
                 end = min(o0 + width, m)
+                count = end - o0
+                # views that start at o0, indexed from 0: with indices LLVM knows are not
+                # negative, this loop is vectorised rather than gathered
+                sums = _vector_at(gemm.address(wsum) + 4 * o0, count, np.int32(0))
+                scaled = _vector_at(gemm.address(wscale) + size * o0, count, ys[0, 0])
                 for rr in range(r):
                     scale = scales[rr]
                     zero = np.int64(zeros[rr])
-                    out = ys[first + rr]
-                    base = rr * width - o0
-                    for o in range(o0, end):
+                    out = _vector_at(gemm.address(ys[first + rr]) + size * o0, count, scale)
+                    got = _vector_at(gemm.address(acc) + 4 * rr * width, count, np.int32(0))
+                    for j in range(count):
                         # exact in int64, then a value of the model's dtype
-                        total = np.int64(acc[base + o]) - zero * np.int64(wsum[o])
-                        out[o] = _like(total, scale) * (scale * wscale[o])
+                        total = np.int64(got[j]) - zero * np.int64(sums[j])
+                        out[j] = _like(total, scale) * (scale * scaled[j])
                 o0 = end
         gemm.stack_restore(position)
 
     return matmul
 
 
-matmul = _make_matmul(VNNI)
-# The loops alone, whatever the CPU (tests compare both paths).
-matmul_portable = _make_matmul(False)
+matmul = _make_matmul(PATH)
+# Each path on its own (tests compare them; "vnni" and "avx2" only run on CPUs that have them).
+PATHS = {path: _make_matmul(path) for path in ("vnni", "avx2", "loops")}
+matmul_portable = PATHS["loops"]
