@@ -1246,6 +1246,7 @@ def c_group(
     rng: np.random.Generator,
     min_time: float,
     repeats: int,
+    int8: tuple[Any, Any, Any] | None = None,
 ) -> None:
     """The models built with `layerc build` and called from C (a harness compiled here, linked
     against the .so, timing with clock_gettime), against ONNX Runtime, layerc's module and torch
@@ -1319,8 +1320,46 @@ def c_group(
                 f"C = module to {diff:.1e}; goal: {goal}",
                 base_name="layerc C library",
             )
+        if int8 is not None:
+            c_int8_case(int8, folder, compiler, table, rng, min_time, repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def c_int8_case(
+    int8: tuple[Any, Any, Any],
+    folder: Path,
+    compiler: str,
+    table: Table,
+    rng: np.random.Generator,
+    min_time: float,
+    repeats: int,
+) -> None:
+    """The MLP with quantize=int8 built by `layerc build`, called from C at batch 1, against
+    ONNX Runtime's quantize_dynamic model and layerc's module (int8 both). Its outputs must
+    equal the module's (the same integer sums, then the same float operations)."""
+    program, net, sess = int8
+    lib = CLibrary(program, "MLP", folder / "mlp_int8", compiler)
+    print(f"  MLP int8: lib{lib.library.prefix}.so built in {lib.build_seconds:.1f} s")
+    xb = rng.standard_normal((1, 784), np.float32)
+    xin = xb[0]
+    c_out, c_time = lib.run(xb, 10, min_time, repeats)
+    diff = float(np.abs(c_out.reshape(10) - np.asarray(net(xin))).max())
+    if diff != 0:
+        raise SystemExit(
+            f"c: MLP int8: the C library's output differs from the module's by {diff:.3g}"
+        )
+    times = {
+        "layerc C library": c_time,
+        "onnxruntime int8": median_time(lambda: sess.run(None, {"x": xb}), min_time, repeats),
+        "layerc module": median_time(lambda: net(xin), min_time, repeats),
+    }
+    table.case(
+        "C call: MLP 784-256-128-10 int8, batch 1, 1 thread",
+        times,
+        "C = module exactly",
+        base_name="layerc C library",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -1389,7 +1428,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"BLAS: {'; '.join(blas)}" + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else ""))
     from layerc.runtime import gemm, q8
 
-    sums = "AVX-512 VNNI (vpdpbusd)" if q8.VNNI else "plain loops (no AVX-512 VNNI)"
+    sums = {"vnni": "AVX-512 VNNI (vpdpbusd)", "avx2": "AVX2 (vpmaddwd)", "loops": "plain loops"}[
+        q8.PATH
+    ]
     print(
         f"CPU: {cpu_name()}; layerc's matrix product uses {gemm.BITS}-bit vectors, numba's "
         f"own loops {numba_vector_bits()}-bit (LLVM's choice for this CPU), int8 sums {sums}"
@@ -1511,7 +1552,14 @@ def run(args: argparse.Namespace) -> None:
                 "MLP": (mlp_net, torch_mlp, ort_session(onnx_model(mlp_layers, 784), 1),
                         mlp_layers),
             }  # fmt: skip
-            c_group(program, nets, table, rng, min_time, repeats)
+            int8_c = None
+            if int8_net is not None:  # the int8 MLP too, against ONNX Runtime's int8 model
+                int8_src = work / "benchint8.lyr"
+                int8_program, _ = driver.check_file(int8_src)
+                (work / "c_int8").mkdir()
+                ort_int8, _ = ort_int8_model(onnx_model(mlp_layers, 784), work / "c_int8")
+                int8_c = (int8_program, int8_net, ort_session(ort_int8, 1))
+            c_group(program, nets, table, rng, min_time, repeats, int8_c)
 
     # two threads: layerc's fused forward splits the batch into blocks across numba's threads
     if want("threads"):

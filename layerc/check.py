@@ -24,6 +24,7 @@ from . import syntax as S
 from . import weights as W
 from .errors import LayercError, LayercWarning, Loc, suggest
 from .kinds import KINDS, MAX_FEATURES, MAX_RANK, Kind, Shape, ShapeError, fmt_shape
+from .runtime import quantized
 from .runtime.layers import reserved_names
 
 __all__ = ["check", "MAX_FEATURES"]
@@ -99,8 +100,8 @@ TEST_ENTRIES = ("input", "expect", "atol", "rtol")
 MODEL_OPTIONS = ("dtype", "allow_nonfinite", "input", "quantize")
 QUANTIZE = ("int8", "none")  # quantize=...; "none", the default, computes in the dtype
 # The widest Linear a model with quantize=int8 may have: one input row, quantised to bytes, goes
-# on the stack (layerc/runtime/q8.py, MAX_IN).
-QUANTIZED_MAX_IN = 65536
+# on the stack, and its sums must be exact in int32.
+QUANTIZED_MAX_IN = quantized.MAX_IN
 
 DEFAULT_TOLERANCES = {
     np.dtype(np.float32): (1e-5, 1.3e-6),  # (atol, rtol) as torch.testing.assert_close
@@ -280,7 +281,7 @@ class _Checker:
         return ir.Model(
             node.name,
             dtype,
-            self.quantized(layers, options, node),
+            self.mark_quantized(layers, options, node),
             in_shape,
             shape,
             node.loc,
@@ -348,7 +349,7 @@ class _Checker:
         return ir.Model(
             node.name,
             dtype,
-            self.quantized(layers, options, node),
+            self.mark_quantized(layers, options, node),
             graph.inputs[0].shape,
             graph.shapes()[graph.outputs[0]],
             node.loc,
@@ -357,7 +358,7 @@ class _Checker:
             options["quantize"],
         )
 
-    def quantized(
+    def mark_quantized(
         self, layers: list[ir.Child], options: dict, node: S.ModelDef
     ) -> tuple[ir.Child, ...]:
         """The model's layers, its Linear layers marked quantized under quantize=int8. Its

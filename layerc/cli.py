@@ -693,13 +693,10 @@ def _summary(args: argparse.Namespace) -> int:
     if ir.quantized(model):
         from .driver import quantization_error
 
-        error = quantization_error(args.file, program, model)
-        where = (
-            "its test inputs"
-            if any(t.model is model for t in program.tests)
-            else ("seeded standard-normal inputs")
-        )
-        print(f"{error.text()}, on {error.samples} samples of {where}")
+        error, samples = quantization_error(args.file, program, model)
+        tested = any(t.model is model for t in program.tests)
+        where = "its test inputs" if tested else "seeded standard-normal inputs"
+        print(f"{error.text()}, on {samples} samples of {where}")
     return EXIT_OK
 
 

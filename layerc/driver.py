@@ -458,7 +458,6 @@ class QuantizationError:
 
     max_abs: float
     relative: float
-    samples: int
 
     @staticmethod
     def of(quantized: tuple[np.ndarray, ...], floats: tuple[np.ndarray, ...]) -> QuantizationError:
@@ -470,8 +469,7 @@ class QuantizationError:
             default=0.0,
         )
         scale = max((float(np.max(np.abs(f), initial=0.0)) for f in floats), default=0.0)
-        samples = len(floats[0]) if floats and floats[0].ndim else 1
-        return QuantizationError(diff, diff / scale if scale else diff, samples)
+        return QuantizationError(diff, diff / scale if scale else diff)
 
     def text(self) -> str:
         return (
@@ -539,10 +537,12 @@ def run_tests(path: Path) -> tuple[ir.Program, list[TestResult]]:
 SUMMARY_SAMPLES = 256  # seeded standard-normal samples a quantised model's summary measures
 
 
-def quantization_error(path: Path, program: ir.Program, model: ir.Model) -> QuantizationError:
+def quantization_error(
+    path: Path, program: ir.Program, model: ir.Model
+) -> tuple[QuantizationError, int]:
     """`layerc summary` of a quantised model: its outputs against the same model's without
     quantisation, on the inputs of its test blocks, or without any on SUMMARY_SAMPLES seeded
-    standard-normal samples."""
+    standard-normal samples; and how many samples."""
     tests = [t for t in program.tests if t.model.name == model.name]
     if tests:
         inputs = [tuple(t.inputs) for t in tests]
@@ -565,6 +565,5 @@ def quantization_error(path: Path, program: ir.Program, model: ir.Model) -> Quan
             floats += _as_outputs(plain.net(model.name)(*xs))  # type: ignore[operator]
         compiled.close()
         plain.close()
-    error = QuantizationError.of(tuple(quantized), tuple(floats))
     samples = sum(len(xs[0]) if xs[0].ndim > len(model.in_shapes[0]) else 1 for xs in inputs)
-    return dataclasses.replace(error, samples=samples)
+    return QuantizationError.of(tuple(quantized), tuple(floats)), samples

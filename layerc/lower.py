@@ -308,11 +308,7 @@ def kernel_args(layer: ir.Layer, path: str = "") -> tuple[Arg, ...]:
         if name in quantized.TENSORS:
             index = quantized.TENSORS.index(name)
             shape = quantized.shapes(layer.out_features, layer.in_features)[index]
-            dtype = quantized.dtypes(np.dtype(np.float64))[index]
-            if dtype.kind == "f":  # the model's dtype
-                result.append((prefix + name, shape))
-            else:
-                result.append((prefix + name, shape, dtype.name))
+            result.append((prefix + name, shape, quantized.DTYPE.name))
         else:
             value = layer.tensor(name)
             assert value is not None

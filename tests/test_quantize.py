@@ -553,3 +553,14 @@ def test_layerc_export_computes_the_same(tmp_path: Path) -> None:
         for a, b in zip(got, want, strict=True):
             assert np.array_equal(np.isnan(a), np.isnan(b))
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_deleted_weight_raises(mlp) -> None:  # type: ignore[no-untyped-def]
+    # as torch's forward: a Linear without its weight cannot run (its int8 copy is not used)
+    net = mlp.Mlp()
+    del net.fc2.weight
+    x = RNG.standard_normal((2, 784)).astype(np.float32)
+    with pytest.raises(AttributeError, match="weight"):
+        net(x)
+    with pytest.raises(AttributeError, match="weight"):
+        net.fc2(RNG.standard_normal((2, 256)).astype(np.float32))

@@ -37,13 +37,18 @@ ROWS = 6  # samples per tile: 6 x 2 vector accumulators, with room for the weigh
 VECTORS = 2  # vectors of outputs per tile
 
 
+def cpu_features() -> set[str]:
+    """The features of the CPU numba compiles for: NUMBA_CPU_FEATURES when set (`layerc build
+    --cpu` sets it), else this machine's."""
+    features = getattr(config, "CPU_FEATURES", None)
+    if features is None:
+        return {name for name, on in ll.get_host_cpu_features().items() if on}
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
 def _vector_bits() -> int:
     """512 where numba compiles for a CPU with AVX-512F, else 256 (AVX2 or narrower)."""
-    features = getattr(config, "CPU_FEATURES", None)  # NUMBA_CPU_FEATURES, when set
-    if features is None:
-        host = ll.get_host_cpu_features()
-        return 512 if host.get("avx512f", False) else 256
-    return 512 if "+avx512f" in features else 256
+    return 512 if "avx512f" in cpu_features() else 256
 
 
 BITS = _vector_bits()

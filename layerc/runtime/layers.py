@@ -141,7 +141,9 @@ class QLinear(Linear):
     def _tensor(self, name: str) -> np.ndarray | None:
         derived = self.__dict__.get("_q8")
         if derived is not None and name in derived:
-            return derived[name]
+            # what the kernel takes in place of the weight, while there is one (`del
+            # layer.weight` makes a call raise, as torch's does)
+            return derived[name] if "weight" in self._parameters else None
         return super()._tensor(name)
 
     def _load_tensor(self, name: str, value: np.ndarray, assign: bool) -> None:

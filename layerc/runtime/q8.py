@@ -24,12 +24,10 @@ rows go on the stack), so the same code serves a standalone library (`layerc bui
 
 from __future__ import annotations
 
-import llvmlite.binding as ll
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import config
 from numba.extending import intrinsic
 
 from . import gemm
@@ -42,12 +40,7 @@ CHUNK = 16384  # inputs up to which ROWS rows are quantised at once (ROWS * CHUN
 def _path() -> str:
     """How the sums are computed on the CPU numba compiles for: "vnni" with AVX-512 VNNI (and
     512-bit vectors), "avx2" with AVX2, else "loops"."""
-    features = getattr(config, "CPU_FEATURES", None)  # NUMBA_CPU_FEATURES, when set
-    if features is None:
-        host = ll.get_host_cpu_features()
-        has = {name for name, on in host.items() if on}
-    else:
-        has = {f[1:] for f in features.split(",") if f.startswith("+")}
+    has = gemm.cpu_features()
     if {"avx512f", "avx512bw", "avx512vnni"} <= has and gemm.BITS == 512:
         return "vnni"
     return "avx2" if "avx2" in has else "loops"
@@ -146,10 +139,10 @@ def _vnni(r, x, ldx, w, ldw, groups, acc, width):  # type: ignore[no-untyped-def
 def _make_avx2_tile(rows: int, vectors: int) -> object:
     """An intrinsic `tile(x, ldx, w, ldw, groups, acc, lda)` that writes the int32 sums of
     `rows` quantised rows at x by 8 * `vectors` outputs of the packed weight at w into acc
-    (rows `lda` values apart), as `_make_tile` does, with
-    AVX2's `vpmaddwd`: each 32 bytes of a group (8 outputs' 4 weights) widened to 16-bit, each
-    pair of products added into an int32 lane (exact: 2 * 255 * 127 < 2^31; AVX2's byte
-    product `vpmaddubsw` would saturate), the two pairs of each output added at the end."""
+    (rows `lda` values apart), as `_make_tile` does, with AVX2's `vpmaddwd`: each 32 bytes of
+    a group (8 outputs' 4 weights) widened to 16-bit, each pair of products added into an int32
+    lane (exact: 2 * 255 * 127 < 2^31; AVX2's byte product `vpmaddubsw` would saturate), the
+    two pairs of each output added at the end."""
 
     @intrinsic
     def tile(typingctx, x, ldx, w, ldw, groups, acc, lda):  # type: ignore[no-untyped-def]

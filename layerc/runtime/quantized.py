@@ -18,6 +18,7 @@ MAX_IN = 65536  # inputs of a quantised Linear at most: one row's bytes on the s
 # one int8 array (see `pack`), so that a call passes as many arrays as a float Linear's (each
 # array costs numba's dispatcher about 50 ns a call).
 TENSORS = ("_q8_weight",)
+DTYPE = np.dtype(np.int8)  # theirs, whatever the model's
 EXTRA_ROWS = 3  # after the packed weight: each output's sum of q, then its scale (up to 2 rows)
 
 
@@ -25,11 +26,6 @@ def shapes(out_features: int, in_features: int) -> tuple[tuple[int, ...], ...]:
     """The shapes of TENSORS for a Linear(in_features, out_features)."""
     width = -(-out_features // BLOCK) * BLOCK
     return ((-(-in_features // 4) + EXTRA_ROWS, 4 * width),)
-
-
-def dtypes(dtype: np.dtype) -> tuple[np.dtype, ...]:
-    """The dtypes of TENSORS in a model of `dtype`."""
-    return (np.dtype(np.int8),)
 
 
 def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
