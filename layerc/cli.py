@@ -696,7 +696,7 @@ def _summary(args: argparse.Namespace) -> int:
         error, samples = quantization_error(args.file, program, model)
         tested = any(t.model is model for t in program.tests)
         where = "its test inputs" if tested else "seeded standard-normal inputs"
-        print(f"{error.text()}, on {samples} samples of {where}")
+        print(f"{error.text()}, on {samples} sample{'' if samples == 1 else 's'} of {where}")
     return EXIT_OK
 
 

@@ -88,6 +88,9 @@ import json, sys
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 import layerc
+import layerc.runtime.cache
+if len(sys.argv) > 2:  # as if the runtime's sources were other than the installed ones
+    layerc.runtime.cache._RUNTIME_DIGEST = sys.argv[2]
 
 module = layerc.load(sys.argv[1])
 net = module.Seed()
@@ -112,9 +115,9 @@ def test_a_second_process_loads_the_kernels_from_numbas_cache(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["LAYERC_CACHE_DIR"] = str(tmp_path / "cache")
 
-    def child() -> dict[str, dict[str, int]]:
+    def child(*digest: str) -> dict[str, dict[str, int]]:
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(source)],
+            [sys.executable, "-c", CHILD, str(source), *digest],
             capture_output=True,
             text=True,
             timeout=300,
@@ -130,3 +133,10 @@ def test_a_second_process_loads_the_kernels_from_numbas_cache(tmp_path: Path) ->
     # every kernel a call needs comes from the cache (a layer's kernel compiled into the fused
     # one is loaded with it, so the counts need not match the first process's)
     assert sum(k["from_cache"] for k in second.values()) >= 2
+    # A kernel inlines runtime code that numba's cache does not see: a process whose runtime
+    # sources differ (an upgraded layerc) compiles the kernels again rather than load them.
+    upgraded = child("another runtime")
+    assert sum(k["compiled"] for k in upgraded.values()) >= 2
+    assert sum(k["from_cache"] for k in upgraded.values()) == 0
+    again = child("another runtime")
+    assert sum(k["compiled"] for k in again.values()) == 0
