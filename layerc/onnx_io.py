@@ -1810,7 +1810,7 @@ def _quantized_linear(g: _Graph, path: str, layer: ir.Layer, x: str, out: str) -
     step = node("Where", [node("Equal", [step, zero], "flat"), one, step], "scale")
     z = node("Round", [node("Div", [node("Neg", [lo], "minus_lo"), step], "z_real")], "z_round")
     z = node("Clip", [z, zero, top], "z")
-    u = node("Mul", [x, node("Div", [one, step], "inverse")], "x_scaled")
+    u = node("Div", [x, step], "x_scaled")
     u = node("Clip", [node("Add", [node("Round", [u], "x_round"), z], "x_shifted"), zero, top], "u")
     ints = node("Cast", [node("Sub", [u, z], "centred")], "centred_int", to=TensorProto.INT32)
     qt = g.initializer(f"{path}.weight_int8_t", np.ascontiguousarray(q.T.astype(np.int32)))

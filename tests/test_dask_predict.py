@@ -48,6 +48,20 @@ model Images(input=[1, 4, 4]) {
 }
 """
 
+# A quantised model (language section 11): its instance pickles its float weights, and each
+# worker quantises them again.
+QUANTIZED = """\
+model Small(quantize=int8) {
+    fc1 = Linear(8, 16) {
+        init = uniform(seed=1)
+    }
+    act = ReLU()
+    fc2 = Linear(16, 3) {
+        init = uniform(seed=2)
+    }
+}
+"""
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -58,8 +72,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
         if path.suffix in (".lyr", ".npy", ".npz", ".safetensors"):
             shutil.copy(path, folder / path.name)
     (folder / "images.lyr").write_text(IMAGES, encoding="utf-8")
+    (folder / "small.lyr").write_text(QUANTIZED, encoding="utf-8")
     found = {}
-    for stem in ("mlp", "residual", "images"):
+    for stem in ("mlp", "residual", "images", "small"):
         program, written = driver.compile_file(folder / f"{stem}.lyr")
         found[stem] = (program, driver.import_module(written[-1]))
     return found
@@ -193,6 +208,14 @@ def test_mlp_rows_in_chunks_f_ordered_float64(models, client) -> None:
     signatures = client.run(_mlp_signatures)
     assert all(found in ([], [1]) for found in signatures.values()), signatures
     assert [1] in signatures.values()
+
+
+def test_quantized_model(models, client) -> None:
+    _, module = models["small"]
+    net = module.Small()
+    x = np.random.default_rng(3).standard_normal((57, 8)).astype(np.float32)
+    got = client.compute(predict(net, da.from_array(x, chunks=20), client=client)).result()
+    assert np.array_equal(got, net(x))  # the workers' int8 weights are this process's
 
 
 def test_the_model_reaches_each_worker_once(models, client, cache: Path) -> None:

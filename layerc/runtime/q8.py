@@ -7,7 +7,7 @@ weights for 4 inputs.
 
 Inputs. Each row x of the input is quantised as ONNX Runtime's DynamicQuantizeLinear does, to
 uint8 with a zero point: lo = min(0, min x), hi = max(0, max x), s = (hi - lo) / 255,
-z = round(-lo / s), u = clamp(round(x * (1 / s)) + z, 0, 255) (rounding half to even). A row of
+z = round(-lo / s), u = clamp(round(x / s) + z, 0, 255) (rounding half to even). A row of
 zeros gives s = 1 and z = 0; a row holding nan or inf gives nan outputs.
 
 The product. acc[o] = sum_k u[k] q[o, k] is exact in int32 (at most 255 * 127 * 65536 < 2^31),
@@ -361,12 +361,13 @@ def _quantize_rows(xs, first, r, xq, kp, scales, zeros):  # type: ignore[no-unty
         zero = zero if zero < top else top
         scales[rr] = scale
         zeros[rr] = np.int32(zero)
-        inverse = _like(1, span) / scale  # a product per value rather than a division
         # (a view from the row's first byte: indices from 0, which LLVM knows are not
         # negative, so the stores are vectorised rather than made one byte at a time)
         out = _vector_at(gemm.address(xq) + at, kp, np.uint8(0))
         for i in range(k):
-            v = np.rint(row[i] * inverse) + zero
+            # x / s, as ONNX's DynamicQuantizeLinear: x * (1 / s) rounds some values that
+            # are a hair off a half to the other side (ONNX's own test case -2.5 does)
+            v = np.rint(row[i] / scale) + zero
             v = v if v > bottom else bottom
             v = v if v < top else top
             out[i] = np.uint8(np.int32(v))
