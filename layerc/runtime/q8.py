@@ -397,6 +397,11 @@ def _vector_at(typingctx, address, count, zero):  # type: ignore[no-untyped-def]
 
 
 def _make_matmul(path: str) -> object:
+    # the tiles of `path` (numba drops the branch `loops` leaves out before it compiles
+    # anything, so a CPU without VNNI never compiles VNNI's tiles)
+    loops = path == "loops"
+    tiles = _avx2 if path == "avx2" else _vnni
+
     @numba.njit(inline="always")
     def matmul(xs, packed, ys):  # type: ignore[no-untyped-def]
         """ys = the quantised product of xs (n, k) by the packed weight (see the module's
@@ -428,30 +433,11 @@ def _make_matmul(path: str) -> object:
                         width = 16 * LANES
                     elif o0 + 8 * LANES <= m:
                         width = 8 * LANES
-                if path == "vnni":
-                    _vnni(
-                        r,
-                        gemm.address(xq),
-                        kp,
-                        gemm.address(packed) + 4 * o0,
-                        ldw,
-                        groups,
-                        gemm.address(acc),
-                        width,
-                    )
-                elif path == "avx2":
-                    _avx2(
-                        r,
-                        gemm.address(xq),
-                        kp,
-                        gemm.address(packed) + 4 * o0,
-                        ldw,
-                        groups,
-                        gemm.address(acc),
-                        width,
-                    )
-                else:
+                if loops:
                     _portable(r, xq, kp, packed, o0, acc, width)
+                else:
+                    weights = gemm.address(packed) + 4 * o0
+                    tiles(r, gemm.address(xq), kp, weights, ldw, groups, gemm.address(acc), width)
                 end = min(o0 + width, m)
                 count = end - o0
                 # views that start at o0, indexed from 0: with indices LLVM knows are not
