@@ -493,7 +493,7 @@ def test_layerc_summary_reports_the_error(tmp_path: Path, capsys: pytest.Capture
 @pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
-@pytest.mark.parametrize("cpu", ["native", "x86-64-v3", "generic"])
+@pytest.mark.parametrize("cpu", ["native", "x86-64-v4", "x86-64-v3", "generic"])
 def test_layerc_build(mlp, tmp_path: Path, cpu: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "mlp.lyr"
     path.write_text(MLP, encoding="utf-8")
@@ -525,7 +525,7 @@ def test_layerc_build(mlp, tmp_path: Path, cpu: str) -> None:  # type: ignore[no
     if shutil.which("objdump"):
         text = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True).stdout
         assert ("vpdpbusd" in text) == (cpu == "native" and q8.VNNI)
-        if cpu == "x86-64-v3":
+        if cpu in ("x86-64-v3", "x86-64-v4"):  # AVX2's tiles (v4: AVX-512 without VNNI)
             assert re.search(r"vpmaddwd\s.*%ymm", text)
         if cpu == "generic":
             assert "%ymm" not in text and "%zmm" not in text
