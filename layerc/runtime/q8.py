@@ -47,7 +47,6 @@ def _path() -> str:
 
 
 PATH = _path()
-VNNI = PATH == "vnni"
 
 
 # --------------------------------------------------------------------------- the VNNI tiles
@@ -462,4 +461,3 @@ def _make_matmul(path: str) -> object:
 matmul = _make_matmul(PATH)
 # Each path on its own (tests compare them; "vnni" and "avx2" only run on CPUs that have them).
 PATHS = {path: _make_matmul(path) for path in ("vnni", "avx2", "loops")}
-matmul_portable = PATHS["loops"]
