@@ -64,6 +64,17 @@ _STRUCTURAL_OPS = (
     *("Constant", "Transpose", "Sub", "Mul", "Neg", "Concat"),
 )
 SUPPORTED_OPS = (*_STRUCTURAL_OPS, *sorted(op for op in KINDS_BY_OP if op not in _STRUCTURAL_OPS))
+# The operators of a quantised graph (ONNX Runtime's quantize_dynamic, QDQ models): not
+# imported, but named as such, since a model's quantize=int8 is the way to the same computation.
+QUANTIZED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearMatMul",
+    }
+)
 
 
 def _where(node) -> str:  # type: ignore[no-untyped-def]
@@ -397,9 +408,16 @@ class _Reader:
                 f"only these ONNX operators: {', '.join(SUPPORTED_OPS)}"
             )
         if node.op_type not in SUPPORTED_OPS:
+            hint = ""
+            if node.op_type in QUANTIZED_OPS:
+                hint = (
+                    ": this graph is quantised (as ONNX Runtime's quantize_dynamic writes it); "
+                    "import the float model it was made from and add quantize=int8 to its model "
+                    "line (int8 weights with a scale per output, inputs quantised row by row)"
+                )
             raise self.error(
                 f"unsupported ONNX operator {node.op_type!r} in {where}; layerc imports only "
-                f"{', '.join(SUPPORTED_OPS)}"
+                f"{', '.join(SUPPORTED_OPS)}{hint}"
             )
         attrs = self.attributes(node, where)
         outputs = len([name for name in node.output if name])

@@ -616,3 +616,30 @@ def test_rows_are_quantised_as_onnx_dynamicquantizelinear(
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     y, s, z = session.run(None, {"x": x})
     assert np.array_equal(xq[:k], y[0]) and scales[0] == s and zeros[0] == z
+
+
+def test_importing_onnx_runtimes_quantised_graph_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A user brings ONNX Runtime's quantize_dynamic output: the error names the way to the same
+    # kind of model (import the float one, add quantize=int8), located at the node.
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import quantize_dynamic
+
+    w = numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "float",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    (tmp_path / "float.onnx").write_bytes(model.SerializeToString())
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "int8.onnx")
+    out = tmp_path / "imported.lyr"
+    assert cli.main(["import", str(tmp_path / "int8.onnx"), "-o", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "unsupported ONNX operator 'DynamicQuantizeLinear'" in err
+    assert "add quantize=int8 to its model line" in err
+    assert not out.exists()
