@@ -128,6 +128,16 @@ def torch_models(seed_net, mlp_net):  # type: ignore[no-untyped-def]
     return seed.eval(), mlp.eval()
 
 
+def mlp_layers_of(sd: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None, bool]]:
+    """The MLP 784-256-128-10's layers from its state_dict, as `reference`, `onnx_model` and
+    `numpy_forward` take them: (weight, bias, followed by ReLU)."""
+    return [
+        (sd["fc1.weight"], sd["fc1.bias"], True),
+        (sd["fc2.weight"], sd["fc2.bias"], True),
+        (sd["fc3.weight"], sd["fc3.bias"], False),
+    ]
+
+
 def onnx_model(layers: list[tuple[np.ndarray, np.ndarray | None, bool]], in_features: int) -> bytes:
     """An ONNX graph of Gemm (+ Relu) nodes with a dynamic batch dimension."""
     from onnx import TensorProto, helper, numpy_helper
@@ -913,11 +923,7 @@ def int8_rows_of_scales_errors(
     import torch
 
     sd = int8_rows_of_scales(mlp_net.state_dict())
-    layers = [
-        (sd["fc1.weight"], sd["fc1.bias"], True),
-        (sd["fc2.weight"], sd["fc2.bias"], True),
-        (sd["fc3.weight"], sd["fc3.bias"], False),
-    ]
+    layers = mlp_layers_of(sd)
     q_net = type(int8_net)()
     q_net.load_state_dict(sd)
     check_int8_weights(q_net, sd)
@@ -1388,11 +1394,7 @@ def run(args: argparse.Namespace) -> None:
     seed_net, mlp_net = module.Seed(), module.MLP()
     torch_seed, torch_mlp = torch_models(seed_net, mlp_net)
     sd = mlp_net.state_dict()
-    mlp_layers = [
-        (sd["fc1.weight"], sd["fc1.bias"], True),
-        (sd["fc2.weight"], sd["fc2.bias"], True),
-        (sd["fc3.weight"], sd["fc3.bias"], False),
-    ]
+    mlp_layers = mlp_layers_of(sd)
     seed_layers = [(seed_net.fc.weight, None, False)]
     np_forward = numpy_forward(mlp_layers)
     mlp_one_thread: float | None = None
@@ -1802,11 +1804,7 @@ def check_dask_outputs(work: Path, outs: list[str], files: list[str]) -> None:
             if (work / out / name).read_bytes() != (work / outs[0] / name).read_bytes():
                 raise SystemExit(f"{out}/{name} differs from the one process's output")
     sd = layerc.load(work / "models.lyr").MLP().state_dict()
-    layers = [
-        (sd["fc1.weight"], sd["fc1.bias"], True),
-        (sd["fc2.weight"], sd["fc2.bias"], True),
-        (sd["fc3.weight"], sd["fc3.bias"], False),
-    ]
+    layers = mlp_layers_of(sd)
     x = np.load(work / files[0], mmap_mode="r")[:5000]
     check_close("layerc run", np.load(work / outs[0] / names[0])[:5000], reference(layers, x))
 
