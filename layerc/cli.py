@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
+import io
 import math
 import os
 import sys
@@ -105,24 +107,28 @@ def entry() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `layerc` command line `argv` (sys.argv's by default): its exit code."""
+    try:
+        code = _main(argv)
+        # Written out here, so that a reader gone away is met below rather than at exit.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (`layerc summary ... | head`): stop quietly, as other
+        # filters do, pointing stdout at /dev/null so that Python's last flush is quiet too.
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        if args.command == "compile":
-            return _compile(args.file, args.output, args.warm)
-        if args.command == "check":
-            return _check(args.file)
-        if args.command == "test":
-            return _test(args.files)
-        if args.command in ("import", "export"):
-            return _interop(args)
-        if args.command == "build":
-            return _build(args)
-        if args.command in _TOOLS:
-            return _tool(args)
+        return _command(args)
     except LayercError as exc:
         _report(exc)
         return EXIT_ERROR
@@ -139,6 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         detail = str(exc).strip().splitlines()
         print(f"{where}: out of memory{': ' + detail[0] if detail else ''}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the command `args` name; its exit code."""
+    if args.command == "compile":
+        return _compile(args.file, args.output, args.warm)
+    if args.command == "check":
+        return _check(args.file)
+    if args.command == "test":
+        return _test(args.files)
+    if args.command in ("import", "export"):
+        return _interop(args)
+    if args.command == "build":
+        return _build(args)
+    if args.command in _TOOLS:
+        return _tool(args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
@@ -504,9 +526,6 @@ def _tool(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import io
-    import os
-
     from .driver import check_file, inputs_of
     from .tools import pick_model
     from .tools import run as r
@@ -551,14 +570,6 @@ def _run(args: argparse.Namespace) -> int:
         rows = r.run(net, sources, writer, progress, ports)
     except r.DataError as exc:
         print(render(exc, None, colour_enabled(sys.stderr)), file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:
-        # The reader of stdout went away (`| head`): stop quietly, as other filters do, and
-        # point stdout at /dev/null so that Python's final flush does not complain either.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-            pass
         return EXIT_ERROR
     if not to_stdout:
         written = ", ".join(str(path) for path, _ in places)

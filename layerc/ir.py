@@ -338,6 +338,13 @@ def quantized(model: Model) -> bool:
     return any(layer.quantized for _, layer in layers(model))
 
 
+def heading(model: Model) -> str:
+    """How `layerc summary` and `layerc graph` title `model`: its name, dtype and, when any of
+    its Linear layers are quantised, `quantize=int8`: `MLP (float32, quantize=int8)`."""
+    quantize = ", quantize=int8" if quantized(model) else ""
+    return f"{model.name} ({model.dtype.name}{quantize})"
+
+
 # --------------------------------------------------------------------------- the walker
 
 

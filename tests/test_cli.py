@@ -129,6 +129,42 @@ def test_usage_errors_exit_2(work: Path, command: list[str], message: str) -> No
     no_traceback(result)
 
 
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (["--help"], 0),  # argparse ignores a failed write of its help
+        (["check", "seed.lyr"], 1),
+        (["test", "seed.lyr"], 1),
+        (["summary", "seed.lyr"], 1),
+        (["graph", "seed.lyr"], 1),
+        (["run", "seed.lyr", "-i", "x.csv"], 1),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else str(value),
+)
+def test_a_reader_gone_away_ends_the_command_quietly(
+    work: Path, command: list[str], code: int
+) -> None:
+    """`layerc summary seed.lyr | head -1`: the reader closes the pipe, and the command ends
+    with exit code 1 and nothing on stderr (no traceback, no "Exception ignored" from Python's
+    last flush), as other filters do. The pipe is closed before the command starts, so every
+    write meets it, however much the command prints."""
+    (work / "x.csv").write_text("1,2,3,4\n", encoding="utf-8")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "layerc", *command],
+            cwd=work,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (code, "")
+
+
 # --------------------------------------------------------------------------- check
 
 

@@ -489,6 +489,17 @@ def test_layerc_summary_reports_the_error(tmp_path: Path, capsys: pytest.Capture
     assert "int8" not in capsys.readouterr().out
 
 
+def test_layerc_graph_titles_the_model_as_summary_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "mlp.lyr"
+    path.write_text(MLP, encoding="utf-8")
+    assert cli.main(["graph", str(path), "--model", "Mlp"]) == 0
+    assert 'graph [label="Mlp (float32, quantize=int8)"' in capsys.readouterr().out
+    assert cli.main(["graph", str(path), "--model", "Plain"]) == 0
+    assert 'graph [label="Plain (float32)"' in capsys.readouterr().out
+
+
 @pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )

@@ -146,7 +146,7 @@ OP_FILL = "#fdf2d0"
 def to_dot(model: ir.Model) -> str:
     """The DOT text of `model`'s diagram, ending with a newline."""
     g = _Graph(calls(model))
-    title = f"{model.name} ({model.dtype.name})"
+    title = ir.heading(model)
     head = [
         f"digraph {quote(model.name)} {{",
         f"    graph [label={quote(title)}, labelloc=t, fontname=Helvetica, rankdir=TB];",

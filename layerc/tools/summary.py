@@ -268,9 +268,8 @@ def summary(model: ir.Model) -> str:
     total = totals(model)
     weights = total.params - total.biases
     int8 = [layer for _, layer in ir.layers(model) if layer.quantized]
-    quantize = ", quantize=int8" if int8 else ""
     lines = [
-        f"Model {model.name} ({model.dtype.name}{quantize}): {io_text(model)}",
+        f"Model {ir.heading(model)}: {io_text(model)}",
         rule,
         fmt(headers),
         rule,
