@@ -9,6 +9,7 @@ wrong index, a missed tail or a stale accumulator cannot hide behind a tolerance
 from __future__ import annotations
 
 import math
+import re
 
 import numba
 import numpy as np
@@ -105,6 +106,39 @@ def test_transposed_storage_is_aligned_and_padded() -> None:
         assert t.strides[1] // 4 >= m and t.strides[1] % 64 == 0
         assert t.strides[1] // 64 % 2 == 1  # an odd number of cache lines: never 2^k bytes
         np.testing.assert_array_equal(t, w)
+
+
+def _loops(asm: str) -> list[tuple[int, int]]:
+    """For each loop of `asm` (x86 assembly as LLVM prints it: a label, then a jump back to
+    it), the multiply-adds and broadcasts from its label to that jump."""
+    lines = [line.strip() for line in asm.splitlines()]
+    labels: dict[str, int] = {}
+    loops = []
+    for i, line in enumerate(lines):
+        label = re.match(r"^(\.LBB\S+):", line)
+        if label:
+            labels[label.group(1)] = i
+        jump = re.match(r"^j\w+\s+(\.LBB\S+)$", line)
+        if jump and jump.group(1) in labels:
+            body = lines[labels[jump.group(1)] : i]
+            loops.append((sum("vfmadd" in b for b in body), sum("vbroadcasts" in b for b in body)))
+    return loops
+
+
+@pytest.mark.skipif("avx2" not in gemm.cpu_features(), reason="the tiles' vectors need AVX2")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_tiles_stream_the_weights_without_unrolling(dtype: type) -> None:
+    """A single sample's tiles (16, 8 and 4 vectors of outputs) multiply-add each row of W^T
+    once per pass, one input a pass: LLVM's unrolling (2 or 4 inputs a pass) made them a
+    third slower on Zen 5, and `counted_loop(unroll=False)` forbids it. In the compiled
+    product, each is a loop of one broadcast and 16, 8 or 4 multiply-adds, never a multiple;
+    the tiles of several rows keep LLVM's unrolling."""
+    product = numba.cfunc(gemm.PRODUCT_TYPE)(gemm.product_function(dtype))
+    loops = _loops(product._library.get_asm_str())
+    assert {(16, 1), (8, 1), (4, 1)} <= set(loops)
+    for width in (16, 8, 4):
+        assert not [(f, b) for f, b in loops if b > 1 and f == width * b]
+    assert any(b > 1 and f == gemm.VECTORS * b for f, b in loops)  # several rows, unrolled
 
 
 def test_erf_f32_against_the_c_library_on_a_dense_grid() -> None:

@@ -97,7 +97,9 @@ def _make_tile(rows: int, vectors: int) -> object:
                     ]
                 return new
 
-            totals = gemm.counted_loop(builder, groups_, 1, [vzero] * (rows * vectors), step)
+            totals = gemm.counted_loop(
+                builder, groups_, 1, [vzero] * (rows * vectors), step, unroll=rows > 1
+            )
             for index, total in enumerate(totals):
                 builder.store(total, builder.gep(ap, [c(index)]), align=4)
             return context.get_dummy_value()
@@ -187,7 +189,7 @@ def _make_avx2_tile(rows: int, vectors: int) -> object:
                 return new
 
             count = 2 * vectors * rows
-            pairs = gemm.counted_loop(builder, groups_, 1, [vzero] * count, step)
+            pairs = gemm.counted_loop(builder, groups_, 1, [vzero] * count, step, unroll=rows > 1)
             for r in range(rows):
                 for v in range(vectors):  # the two halves' pairs added: 8 outputs in order
                     at = (r * vectors + v) * 2
