@@ -659,6 +659,162 @@ def test_two_models_in_one_program(libs: Libraries, tmp_path: Path, static: bool
     check_outputs(libs, "heads", x_heads, outs_heads)
 
 
+# --------------------------------------------------------------------------- large weights
+
+WIDE = """\
+model Wide {
+    fc1 = Linear(784, 256) { init = uniform(seed=1) }
+    ReLU()
+    fc2 = Linear(256, 128) { init = uniform(seed=2) }
+    ReLU()
+    fc3 = Linear(128, 10) { init = uniform(seed=3) }
+}
+"""
+
+# Run with `python -I` (no NumPy, no numba): load the library, find the buffer its constructor
+# filled (the address of the local symbol `<prefix>__layerc_weights`: the library's base in
+# /proc/self/maps plus the offset nm gives), and print its mapping as /proc/self/smaps shows
+# it, with the kernel's count of huge pages that could not be had, before and after the load.
+HUGE_SCRIPT = r"""
+import ctypes, json, sys
+
+job = json.load(sys.stdin)
+
+def fallbacks():
+    for line in open("/proc/vmstat"):
+        if line.startswith("thp_fault_fallback "):
+            return int(line.split()[1])
+    return 0
+
+before = fallbacks()
+lib = ctypes.CDLL(job["so"])
+after = fallbacks()
+base = min(
+    int(line.split("-")[0], 16)
+    for line in open("/proc/self/maps")
+    if line.rstrip().endswith(job["so"])
+)
+address = base + job["offset"]
+mapping, fields = None, {}
+for line in open("/proc/self/smaps"):
+    head = line.split()
+    if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+        start, end = (int(v, 16) for v in head[0].split("-"))
+        mapping = head if start <= address < end else None
+        if mapping:
+            fields = {"start": start, "end": end, "perms": head[1]}
+    elif mapping and head[0] == "AnonHugePages:":
+        fields["huge_kb"] = int(head[1])
+fields["address"] = address
+fields["fallbacks"] = after - before
+scalar = ctypes.c_float
+forward = getattr(lib, job["prefix"] + "_forward")
+forward.argtypes = [ctypes.POINTER(scalar)] * 2 + [ctypes.c_int64]
+x = (scalar * len(job["x"]))(*job["x"])
+y = (scalar * job["outs"])()
+assert forward(x, y, len(job["x"]) // job["ins"]) == 0
+fields["y"] = list(y)
+assert "numpy" not in sys.modules and "numba" not in sys.modules
+print(json.dumps(fields))
+"""
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lib, object]:
+    """The MLP 784-256-128-10 (0.94 MB of float32 weights, over build.HOT_MIN) as a library,
+    and an instance of its Python module's model."""
+    folder = tmp_path_factory.mktemp("wide")
+    path = folder / "wide.lyr"
+    path.write_text(WIDE, encoding="utf-8")
+    program, _ = driver.check_file(path)
+    model = tools.pick_model(program, "Wide", str(path))
+    library = build.build(program, model, folder / "lib")
+    lib = Lib(folder / "lib", library.prefix, np.float32, (784,), (10,))
+    return lib, layerc.load(path).Wide()
+
+
+def wide_reference(net: object, x: np.ndarray) -> np.ndarray:
+    sd = {k: np.asarray(v, np.float64) for k, v in net.state_dict().items()}  # type: ignore[attr-defined]
+    h = np.asarray(x, np.float64)
+    for name, relu in (("fc1", True), ("fc2", True), ("fc3", False)):
+        h = h @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
+        h = np.maximum(h, 0.0) if relu else h
+    return h
+
+
+def transparent_huge_pages() -> str:
+    """The system's setting for transparent huge pages (always, madvise, never), "" if none."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    chosen = re.search(r"\[(\w+)\]", text)
+    return chosen.group(1) if chosen else ""
+
+
+@pytest.mark.skipif(NM is None, reason=NM_MISSING)
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/smaps is Linux's")
+def test_large_weights_are_read_from_a_read_only_buffer_of_huge_pages(
+    wide: tuple[Lib, object], libs: Libraries
+) -> None:
+    """A model whose weights reach build.HOT_MIN keeps them, once loaded, in a buffer aligned
+    to a huge page and a whole number of them long, read-only, and backed by huge pages where
+    the system gives them (its setting is not `never`, and the kernel reports no huge page it
+    could not give at the load); the library computes the model from there. A small model's
+    library has no such buffer."""
+    lib, net = wide
+    symbols = dict(
+        (name, kind) for kind, name in nm("--defined-only", str(lib.so)) if "layerc_weights" in name
+    )
+    assert symbols == {
+        f"{lib.prefix}__layerc_weights": "b",  # zeroed, filled as the library loads
+        f"{lib.prefix}__layerc_weights_data": "r",  # the weights themselves
+    }
+    offset = next(
+        int(line.split()[0], 16)
+        for line in subprocess.run(
+            [NM, "--defined-only", str(lib.so)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if line.endswith(f" {lib.prefix}__layerc_weights")
+    )
+    x = np.random.default_rng(5).standard_normal((3, 784)).astype(np.float32)
+    job = {"so": str(lib.so), "prefix": lib.prefix, "offset": offset, "ins": 784,
+           "outs": 30, "x": x.ravel().tolist()}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", HUGE_SCRIPT],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["address"] % build.HUGE_PAGE == 0
+    assert found["start"] <= found["address"] and found["end"] - found["address"] >= build.HUGE_PAGE
+    assert found["perms"].startswith("r-"), found  # read-only once filled
+    if transparent_huge_pages() in ("always", "madvise") and found["fallbacks"] == 0:
+        assert found["huge_kb"] >= build.HUGE_PAGE // 1024, found
+    y = np.array(found["y"], np.float32).reshape(3, 10)
+    np.testing.assert_allclose(y, np.asarray(net(x)), rtol=1e-5, atol=1e-6)  # type: ignore[operator]
+    np.testing.assert_allclose(y, wide_reference(net, x), rtol=1e-5, atol=1e-6)
+    small = libs["seed"]
+    assert not [name for _, name in nm(str(small.so)) if "layerc_weights" in name]
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["shared", "static"])
+def test_large_weights_in_a_c_program(
+    wide: tuple[Lib, object], tmp_path: Path, static: bool
+) -> None:
+    """A C program linked against the large model's shared or static library (whose
+    constructor must then run at the program's start) computes the model."""
+    lib, net = wide
+    exe = compile_program(run_program([lib]), tmp_path, "wide", [lib], static)
+    x = np.random.default_rng(6).standard_normal((65, 784)).astype(np.float32)
+    ((y,),) = run(exe, tmp_path, 65, [(lib, [x])])
+    np.testing.assert_allclose(y, np.asarray(net(x)), rtol=1e-5, atol=1e-6)  # type: ignore[operator]
+    np.testing.assert_allclose(y, wide_reference(net, x), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- threads
 
 
