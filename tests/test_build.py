@@ -577,15 +577,22 @@ def test_ctypes_without_numpy_or_numba(libs: Libraries, key: str) -> None:
         "expect": [e.ravel().tolist() for e in expect],
         **tolerance(lib.dtype),
     }
+    assert isolated_python(CTYPES_SCRIPT, job).startswith("ok ")
+
+
+def isolated_python(script: str, job: dict[str, object]) -> str:
+    """What `script` prints, run by `python -I` (isolated from the environment and from the
+    tests' folder; the scripts check that NumPy and numba were never imported) with `job` as
+    JSON on its stdin; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-I", "-c", CTYPES_SCRIPT],
+        [sys.executable, "-I", "-c", script],
         input=json.dumps(job),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok ")
+    return done.stdout
 
 
 # --------------------------------------------------------------------------- symbols
@@ -780,15 +787,7 @@ def test_large_weights_are_read_from_a_read_only_buffer_of_huge_pages(
     x = np.random.default_rng(5).standard_normal((3, 784)).astype(np.float32)
     job = {"so": str(lib.so), "prefix": lib.prefix, "offset": offset, "ins": 784,
            "outs": 30, "x": x.ravel().tolist()}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", HUGE_SCRIPT],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout)
+    found = json.loads(isolated_python(HUGE_SCRIPT, job))
     assert found["address"] % build.HUGE_PAGE == 0
     assert found["start"] <= found["address"] and found["end"] - found["address"] >= build.HUGE_PAGE
     assert found["perms"].startswith("r-"), found  # read-only once filled
