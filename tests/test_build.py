@@ -814,6 +814,46 @@ def test_large_weights_in_a_c_program(
     np.testing.assert_allclose(y, wide_reference(net, x), rtol=1e-5, atol=1e-6)
 
 
+EARLY_PROGRAM = """\
+#include <stdio.h>
+#include "{prefix}.h"
+
+static float x[{ins}], y[{outs}];
+static int code = -1;
+
+/* A constructor of the program's own, which runs before main, as C++ statics do. */
+__attribute__((constructor)) static void early(void)
+{{
+    for (int i = 0; i < {ins}; i++) x[i] = (float)((i % 7) - 3) / 4.0f;
+    code = {prefix}_forward(x, y, 1);
+}}
+
+int main(void)
+{{
+    if (code != 0) return 3;
+    for (int i = 0; i < {outs}; i++) printf("%.9g\\n", y[i]);
+    return 0;
+}}
+"""
+
+
+def test_large_weights_are_ready_for_a_static_programs_own_constructors(
+    wide: tuple[Lib, object], tmp_path: Path
+) -> None:
+    """A program linked with the static archive that calls the model from a constructor of its
+    own (as a C++ static's initialiser would, before main) gets the model's outputs: the
+    library's constructor, which fills the weights' buffer, runs first (its priority is 101)."""
+    lib, net = wide
+    source = EARLY_PROGRAM.format(prefix=lib.prefix, ins=784, outs=10)
+    exe = compile_program(source, tmp_path, "early", [lib], static=True)
+    done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    y = np.array(done.stdout.split(), np.float32)
+    x = (np.arange(784) % 7 - 3).astype(np.float32) / 4
+    np.testing.assert_allclose(y, np.asarray(net(x)), rtol=1e-5, atol=1e-6)  # type: ignore[operator]
+    np.testing.assert_allclose(y, wide_reference(net, x), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- threads
 
 
