@@ -439,9 +439,11 @@ def _hot_source(prefix: str, hot: dict[str, int] | None) -> list[str]:
 
 # --------------------------------------------------------------------------- the kernels' process
 
-# A constant array numba made of an array the kernels read (the model's weights and biases).
+# A reference to a constant array numba made of an array the kernels read (the model's weights
+# and biases), and the array's definition: its name, its size in bytes and its value.
+_CONSTANT_NAME = r'@"?(\.const\.array\.data(?:\.\d+)?)"?'
 _CONSTANT_ARRAY = re.compile(
-    r'^@"?(\.const\.array\.data(?:\.\d+)?)"? = (?:internal|private) (?:unnamed_addr )?'
+    rf"^{_CONSTANT_NAME} = (?:internal|private) (?:unnamed_addr )?"
     r"constant \[(\d+) x i8\] (.*), align \d+$",
     re.M,
 )
@@ -469,21 +471,24 @@ def hot_weights(text: str, prefix: str) -> tuple[str, dict[str, int]]:
     if sum(int(m.group(2)) for m in arrays) < HOT_MIN:
         return text, {}
     data, weights = weights_symbols(prefix)
-    fields: list[str] = []
+    types: list[str] = []
+    values: list[str] = []
     offsets: dict[str, int] = {}
     at = 0
     for m in arrays:
         name, size, value = m.group(1), int(m.group(2)), m.group(3)
         if at % 64:
-            fields.append(f"[{64 - at % 64} x i8] zeroinitializer")
+            types.append(f"[{64 - at % 64} x i8]")
+            values.append(f"{types[-1]} zeroinitializer")
             at += 64 - at % 64
         offsets[name] = at
-        fields.append(f"[{size} x i8] {value}")
+        types.append(f"[{size} x i8]")
+        values.append(f"{types[-1]} {value}")
         at += size
     size = -(-at // HUGE_PAGE) * HUGE_PAGE
     text = _CONSTANT_ARRAY.sub("", text)
     text = re.sub(
-        r'@"?(\.const\.array\.data(?:\.\d+)?)"?(?![\w.])',
+        rf"{_CONSTANT_NAME}(?![\w.])",
         lambda m: (
             f"getelementptr inbounds (i8, ptr @{weights}, i64 {offsets[m.group(1)]})"
             if m.group(1) in offsets
@@ -491,9 +496,9 @@ def hot_weights(text: str, prefix: str) -> tuple[str, dict[str, int]]:
         ),
         text,
     )
-    types = ", ".join(field.split("] ")[0] + "]" for field in fields)
     text += (
-        f"\n@{data} = hidden constant <{{ {types} }}> <{{ {', '.join(fields)} }}>, align 64\n"
+        f"\n@{data} = hidden constant <{{ {', '.join(types)} }}> <{{ {', '.join(values)} }}>, "
+        "align 64\n"
         f"@{weights} = hidden global [{size} x i8] zeroinitializer, align {HUGE_PAGE}\n"
     )
     return text, {"bytes": at, "size": size}

@@ -770,20 +770,18 @@ def test_large_weights_are_read_from_a_read_only_buffer_of_huge_pages(
     could not give at the load); the library computes the model from there. A small model's
     library has no such buffer."""
     lib, net = wide
-    symbols = dict(
-        (name, kind) for kind, name in nm("--defined-only", str(lib.so)) if "layerc_weights" in name
-    )
-    assert symbols == {
+    listed = subprocess.run(
+        [NM, "--defined-only", str(lib.so)], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    symbols = {
+        name: (kind, int(address, 16))
+        for address, kind, name in (line.split() for line in listed if "layerc_weights" in line)
+    }
+    assert {name: kind for name, (kind, _) in symbols.items()} == {
         f"{lib.prefix}__layerc_weights": "b",  # zeroed, filled as the library loads
         f"{lib.prefix}__layerc_weights_data": "r",  # the weights themselves
     }
-    offset = next(
-        int(line.split()[0], 16)
-        for line in subprocess.run(
-            [NM, "--defined-only", str(lib.so)], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        if line.endswith(f" {lib.prefix}__layerc_weights")
-    )
+    offset = symbols[f"{lib.prefix}__layerc_weights"][1]
     x = np.random.default_rng(5).standard_normal((3, 784)).astype(np.float32)
     job = {"so": str(lib.so), "prefix": lib.prefix, "offset": offset, "ins": 784,
            "outs": 30, "x": x.ravel().tolist()}  # fmt: skip
