@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -29,6 +30,22 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason=DOT_MISSING)
 
 # The lesson sample's source, for tests that want the canonical program as text.
 LESSON = (Path(__file__).resolve().parents[1] / "samples" / "seed.lyr").read_text(encoding="utf-8")
+
+
+def asm_loops(asm: str) -> list[list[str]]:
+    """The body of each loop of `asm` (x86 assembly as LLVM prints it: a label, then a jump
+    back to it), its instructions from the label to that jump, stripped."""
+    lines = [line.strip() for line in asm.splitlines()]
+    labels: dict[str, int] = {}
+    loops = []
+    for i, line in enumerate(lines):
+        label = re.match(r"^(\.LBB\S+):", line)
+        if label:
+            labels[label.group(1)] = i
+        jump = re.match(r"^j\w+\s+(\.LBB\S+)$", line)
+        if jump and jump.group(1) in labels:
+            loops.append(lines[labels[jump.group(1)] : i])
+    return loops
 
 
 def compile_text(text: str, folder: Path, name: str | None = None):

@@ -6,13 +6,13 @@ test times anything."""
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import asm_loops
 
 from layerc.runtime import gemm
 
@@ -50,17 +50,7 @@ def test_the_fma_loop_is_multiply_adds_on_the_widest_vectors_in_registers() -> N
     run(1, np.float32(0.5))
     asm = run.inspect_asm(run.signatures[0])
     register = "zmm" if gemm.BITS == 512 else "ymm"
-    lines = [line.strip() for line in asm.splitlines()]
-    labels: dict[str, int] = {}
-    bodies = []
-    for i, line in enumerate(lines):
-        label = re.match(r"^(\.LBB\S+):", line)
-        if label:
-            labels[label.group(1)] = i
-        jump = re.match(r"^j\w+\s+(\.LBB\S+)$", line)
-        if jump and jump.group(1) in labels:
-            bodies.append(lines[labels[jump.group(1)] : i])
-    fmas = [[b for b in body if b.startswith("vfmadd")] for body in bodies]
+    fmas = [[b for b in body if b.startswith("vfmadd")] for body in asm_loops(asm)]
     loops = [f for f in fmas if f]
     assert loops, asm
     for loop in loops:

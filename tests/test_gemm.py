@@ -9,11 +9,11 @@ wrong index, a missed tail or a stale accumulator cannot hide behind a tolerance
 from __future__ import annotations
 
 import math
-import re
 
 import numba
 import numpy as np
 import pytest
+from conftest import asm_loops
 
 from layerc.runtime import gemm, vmath
 
@@ -109,20 +109,11 @@ def test_transposed_storage_is_aligned_and_padded() -> None:
 
 
 def _loops(asm: str) -> list[tuple[int, int]]:
-    """For each loop of `asm` (x86 assembly as LLVM prints it: a label, then a jump back to
-    it), the multiply-adds and broadcasts from its label to that jump."""
-    lines = [line.strip() for line in asm.splitlines()]
-    labels: dict[str, int] = {}
-    loops = []
-    for i, line in enumerate(lines):
-        label = re.match(r"^(\.LBB\S+):", line)
-        if label:
-            labels[label.group(1)] = i
-        jump = re.match(r"^j\w+\s+(\.LBB\S+)$", line)
-        if jump and jump.group(1) in labels:
-            body = lines[labels[jump.group(1)] : i]
-            loops.append((sum("vfmadd" in b for b in body), sum("vbroadcasts" in b for b in body)))
-    return loops
+    """For each loop of `asm`, its multiply-adds and broadcasts."""
+    return [
+        (sum("vfmadd" in b for b in body), sum("vbroadcasts" in b for b in body))
+        for body in asm_loops(asm)
+    ]
 
 
 @pytest.mark.skipif("avx2" not in gemm.cpu_features(), reason="the tiles' vectors need AVX2")
