@@ -118,6 +118,8 @@ def test_the_page_covers_the_module_api() -> None:
         "del net.fc",
         "except RuntimeError",
         "def forward(",
+        ".to(",
+        ".cpu()",
         "layerc.set_num_threads(2)",
         "get_num_threads()",
     ]

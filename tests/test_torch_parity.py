@@ -1,6 +1,7 @@
 """Generated modules against torch.nn where torch.nn.Module's own rules decide: which `forward`
-runs, `train()`'s argument, indexing and slicing as torch.nn.Sequential, `add_module`, `del`,
-`state_dict()._metadata`, bfloat16 tensors, and errors for inputs of the wrong width.
+runs, `train()`'s argument, `to()` and `cpu()`, indexing and slicing as torch.nn.Sequential,
+`add_module`, `del`, `state_dict()._metadata`, bfloat16 tensors, and errors for inputs of the
+wrong width.
 
 Every test does the same thing to a generated model and to the torch.nn model of the same
 structure and weights (PyTorch 2.13 is the reference) and compares outputs, exception types and
@@ -242,6 +243,104 @@ def test_train_errors_for_invalid_mode(gen, mode):
         theirs.train()
         same_error(partial(ours.train, mode), partial(theirs.train, mode))
         assert [m.training for m in ours.modules()] == [m.training for m in theirs.modules()]
+
+
+# The calls of torch.nn.Module.to that keep a float32 module on the CPU in float32: torch returns
+# the module itself, with its parameters unchanged, and so does layerc.
+SAME_PLACE = [
+    ("cpu",),
+    ("cpu:0",),
+    (torch.device("cpu"),),
+    (torch.float32,),
+    ("cpu", torch.float32),
+    (torch.device("cpu"), torch.float32, True),
+    (torch.zeros(2),),
+    (None,),
+]
+
+
+@pytest.mark.parametrize("args", SAME_PLACE, ids=repr)
+def test_to_the_cpu_and_the_models_dtype_returns_the_module_itself(gen, args):
+    net = gen.Net()
+    reference = torch_twin(net)
+    before = {key: np.array(value) for key, value in net.state_dict().items()}
+    for ours, theirs in [(net, reference), (net.enc, reference.enc), (net.fc2, reference.fc2)]:
+        assert theirs.to(*args) is theirs
+        assert ours.to(*args) is ours
+        assert ours.to(*args, non_blocking=True, memory_format=torch.preserve_format) is ours
+    for keywords in ({"device": "cpu"}, {"dtype": torch.float32}, {"device": None}):
+        assert reference.to(**keywords) is reference and net.to(**keywords) is net
+    assert reference.cpu() is reference and net.cpu() is net
+    assert reference.float() is reference and net.float() is net
+    for key, value in net.state_dict().items():
+        assert np.array_equal(value, before[key]) and value.dtype == np.float32
+    agree(net, reference, X)
+
+
+def test_to_takes_numpys_dtypes_and_arrays_too(gen):
+    net = gen.Net()
+    for args in [(np.float32,), (np.dtype("float32"),), ("cpu", np.float32), (X,)]:
+        assert net.to(*args) is net
+    wide = gen.Wide()
+    assert wide.to(np.float64) is wide and wide.to(torch.float64) is wide
+    assert wide.double() is wide and wide.inp.double() is wide.inp
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.uint8])
+def test_to_a_dtype_that_is_not_floating_point_fails_as_torch(gen, dtype):
+    net = gen.Net()
+    same_error(lambda: net.to(dtype), lambda: torch_twin(net).to(dtype))
+    same_error(lambda: net.to("cpu", dtype), lambda: torch_twin(net).to("cpu", dtype))
+
+
+def test_to_another_floating_dtype_says_how_to_compile_for_it(gen):
+    """torch converts the parameters; a layerc module's kernels are compiled for one dtype, so
+    asking for another is a TypeError that names the model's option, and changes nothing."""
+    net, wide = gen.Net(), gen.Wide()
+    for call in (lambda: net.to(torch.float64), net.double, lambda: net.to(dtype=np.float64)):
+        with pytest.raises(
+            TypeError,
+            match=r"Net computes in float32, .* cannot be converted "
+            r"to float64: compile its model for it \(model Net\(dtype=float64\)",
+        ):
+            call()
+    with pytest.raises(TypeError, match=r"Linear computes in float32, .*\(model NAME\(dtype="):
+        net.fc2.double()
+    with pytest.raises(TypeError, match=r"Wide computes in float64, .*\(model Wide\(dtype=float32"):
+        wide.float()
+    for call in (
+        net.half,
+        net.bfloat16,
+        lambda: net.to(torch.float16),
+        lambda: net.to(torch.complex64),
+    ):
+        with pytest.raises(TypeError, match="layerc compiles models for float32 or float64"):
+            call()
+    assert net.fc2.weight.dtype == np.float32 and wide.inp.weight.dtype == np.float64
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", 0, "meta", torch.device("meta")])
+def test_to_another_device_is_refused(gen, device):
+    net = gen.Net()
+    where = f"cuda:{device}" if isinstance(device, int) else str(device)
+    with pytest.raises(RuntimeError, match=f"Net runs on the CPU .* to the device '{where}'"):
+        net.to(device)
+    with pytest.raises(RuntimeError, match="runs on the CPU"):
+        net.to(device, torch.float32)
+
+
+def test_to_with_arguments_torch_refuses_is_a_type_error(gen):
+    net = gen.Net()
+    reference = torch_twin(net)
+    for args, keywords in [
+        (("cpu", "float32"), {}),
+        ((), {"colour": 1}),
+        (("cpu", torch.float32, "no"), {}),
+    ]:
+        with pytest.raises(TypeError):
+            reference.to(*args, **keywords)
+        with pytest.raises(TypeError, match=r"^to\(\) "):
+            net.to(*args, **keywords)
 
 
 def test_train_and_eval_reach_every_child_through_its_train(gen):

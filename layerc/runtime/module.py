@@ -110,6 +110,53 @@ def _is_torch_tensor(value: Any) -> bool:
     return hasattr(value, "detach") and hasattr(value, "numpy") and hasattr(value, "dtype")
 
 
+def _to_target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The (device, dtype) that torch.nn.Module.to's arguments ask for, either None: `to(device=
+    None, dtype=None, non_blocking=False)`, `to(dtype, non_blocking=False)` or `to(tensor,
+    non_blocking=False)`, each with the keywords `copy` and `memory_format` (which change
+    nothing here). A dtype is torch's or NumPy's; a device a string, a torch.device or an int
+    (a CUDA device, for torch)."""
+    for key in kwargs:
+        if key not in ("device", "dtype", "non_blocking", "copy", "memory_format"):
+            raise TypeError(f"to() got an unexpected keyword argument '{key}'")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    rest = list(args)
+    if rest and _is_dtype(rest[0]):
+        dtype = rest.pop(0)
+    elif rest and not _is_device(rest[0]) and hasattr(rest[0], "device"):  # a tensor or array
+        device, dtype = rest[0].device, rest.pop(0).dtype
+    elif rest:
+        device = rest.pop(0)
+        if rest and (rest[0] is None or _is_dtype(rest[0])):
+            dtype = rest.pop(0)
+    if rest and isinstance(rest[0], bool):  # non_blocking: nothing here runs asynchronously
+        rest.pop(0)
+    if rest or not _is_device(device) or not (dtype is None or _is_dtype(dtype)):
+        got = ", ".join(
+            [*map(_typename, args), *(f"{k}={_typename(v)}" for k, v in kwargs.items())]
+        )
+        raise TypeError(
+            f"to() received an invalid combination of arguments - got ({got}), but expected "
+            "(device, dtype, non_blocking), (dtype, non_blocking) or (tensor, non_blocking)"
+        )
+    return device, dtype
+
+
+def _is_dtype(value: Any) -> bool:
+    """A torch dtype, a NumPy dtype or a NumPy scalar type."""
+    if type(value).__name__ == "dtype" and type(value).__module__ == "torch":
+        return True
+    return isinstance(value, np.dtype) or (
+        isinstance(value, type) and issubclass(value, np.generic)
+    )
+
+
+def _is_device(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return value is None or isinstance(value, (str, int)) or type(value).__name__ == "device"
+
+
 def _layout(module: Module) -> tuple[tuple[str, type], ...]:
     """The names and classes of a module's children, in order: what its kernel was made for."""
     return tuple((name, type(child)) for name, child in module._modules.items())
@@ -1105,6 +1152,72 @@ class Module:
         return self.train(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> Module:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Module:
+        """torch.nn.Module.to, for a module that runs on the CPU in the dtype its kernels were
+        compiled for: `net.to("cpu")`, `net.to(torch.float32)` (or NumPy's dtype),
+        `net.to(device, dtype, non_blocking=True)` and `net.to(tensor)` return the module itself,
+        unchanged, when they ask for the CPU and that dtype. Another device is a RuntimeError;
+        a dtype that is not floating point is torch's TypeError, and another floating dtype a
+        TypeError that says how to compile the model for it."""
+        device, dtype = _to_target(args, kwargs)
+        if device is not None:
+            where = f"cuda:{device}" if isinstance(device, int) else str(device)
+            if where.partition(":")[0] != "cpu":
+                raise RuntimeError(
+                    f"{self._get_name()} runs on the CPU (layerc compiles native code for it): "
+                    f"it cannot move to the device {where!r}"
+                )
+        if dtype is not None:
+            if type(dtype).__module__ == "torch":
+                if not (dtype.is_floating_point or dtype.is_complex):
+                    raise TypeError(
+                        "nn.Module.to only accepts floating point or complex dtypes, but got "
+                        f"desired dtype={dtype}"
+                    )
+                name = str(dtype).removeprefix("torch.")
+            else:
+                name = np.dtype(dtype).name
+            self._keep_dtype(name)
+        return self
+
+    def cpu(self) -> Module:
+        """The module itself: its kernels run on the CPU (torch.nn.Module.cpu)."""
+        return self
+
+    def float(self) -> Module:
+        """The module itself when it computes in float32, else a TypeError: its kernels are
+        compiled for one dtype (torch.nn.Module.float converts the parameters)."""
+        return self._keep_dtype("float32")
+
+    def double(self) -> Module:
+        """The module itself when it computes in float64, else a TypeError (see `float`)."""
+        return self._keep_dtype("float64")
+
+    def half(self) -> Module:
+        """A TypeError: layerc computes in float32 or float64 (see `float`)."""
+        return self._keep_dtype("float16")
+
+    def bfloat16(self) -> Module:
+        """A TypeError: layerc computes in float32 or float64 (see `float`)."""
+        return self._keep_dtype("bfloat16")
+
+    def _keep_dtype(self, name: str) -> Module:
+        """This module, when it and every module below it compute in the dtype `name`."""
+        have = sorted({np.dtype(module.dtype).name for module in self.modules()})
+        if have != [name]:
+            which = " and ".join(have)
+            model = self._get_name() if self._modules else "NAME"
+            how = (
+                f"compile its model for it (model {model}(dtype={name}) {{ ... }})"
+                if name in ("float32", "float64")
+                else "layerc compiles models for float32 or float64"
+            )
+            raise TypeError(
+                f"{self._get_name()} computes in {which}, the dtype its kernels were compiled "
+                f"for, and cannot be converted to {name}: {how}"
+            )
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
