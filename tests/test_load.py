@@ -140,3 +140,26 @@ def test_a_second_process_loads_the_kernels_from_numbas_cache(tmp_path: Path) ->
     assert sum(k["from_cache"] for k in upgraded.values()) == 0
     again = child("another runtime")
     assert sum(k["compiled"] for k in again.values()) == 0
+
+
+def test_a_kernel_numba_cannot_cache_gets_numbas_warning(tmp_path: Path) -> None:
+    """numba warns, and runs the kernel, when it cannot cache one (a ctypes pointer in it):
+    layerc's cache locator, which stamps generated kernels with the runtime's digest, answers
+    what numba's warning reads of it (it raised AttributeError: no `_py_file`)."""
+    from numba.core.errors import NumbaWarning
+
+    from layerc import driver
+
+    source = tmp_path / "uncachable.py"
+    source.write_text(
+        "import numba as _numba\n"
+        "import layerc.runtime as _rt\n"
+        "_CACHE = _rt.kernel_cache(__file__)\n"
+        "@_numba.njit(cache=_CACHE)\n"
+        "def threads_now():\n"
+        "    return _numba.get_num_threads()\n",
+        encoding="utf-8",
+    )
+    module = driver.import_module(source)
+    with pytest.warns(NumbaWarning, match="Cannot cache compiled function"):
+        assert module.threads_now() >= 1

@@ -64,6 +64,11 @@ def _stamping(impl: Any) -> Any:
         def get_disambiguator(self) -> str:
             return str(self._inner.get_disambiguator())
 
+        def __getattr__(self, name: str) -> Any:
+            # What numba reads of a locator besides its methods (`_py_file`, for the warning
+            # that a kernel cannot be cached) is the inner locator's.
+            return getattr(self._inner, name)
+
         @classmethod
         def from_function(cls, py_func: Any, py_file: str) -> Any:
             runtime = sys.modules.get("layerc.runtime")
