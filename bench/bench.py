@@ -1880,11 +1880,11 @@ DASK_FILES = 40
 
 def dask_group(quick: bool) -> None:
     """`layerc run` of the MLP 784-256-128-10 over 2 million rows in 40 files, end to end (each
-    command a new process, Python's start-up included, outputs written), in five ways: one
-    process (a folder run without --dask); `--dask local:1` and `--dask local:2`, which start
-    and stop their workers; `--dask ADDRESS` on two worker processes already running (started
-    here, once, as `local:2` starts them); and the files split by hand between two plain
-    `layerc run` processes run at once. The median of a few rounds, interleaved, each from an
+    command a new process, Python's start-up included, outputs written), in six ways: one
+    process (a folder run without --dask), on one thread and with `--threads 2`; `--dask
+    local:1` and `--dask local:2`, which start and stop their workers; `--dask ADDRESS` on two
+    worker processes already running (started here, once, as `local:2` starts them); and the
+    files split by hand between two plain `layerc run` processes run at once. The median of a few rounds, interleaved, each from an
     empty output folder; every way's outputs must equal the one process's, byte for byte, and
     a file is checked against NumPy in float64. Prints the speed-ups over one process and how
     far Dask is from the hand split; the goals (two workers >= 1.7x one process, and within 15%
@@ -1938,6 +1938,9 @@ def dask_group(quick: bool) -> None:
         with local_cluster(2) as cluster:  # as `--dask local:2` starts its own
             ways: dict[str, Callable[[str], list[list[str]]]] = {
                 "1 process (no --dask)": lambda out: [command("-i", "data/", "-o", out)],
+                "1 process, --threads 2": lambda out: [
+                    command("-i", "data/", "-o", out, "--threads", "2")
+                ],
                 "--dask local:1 (starts its worker)": lambda out: [
                     command("-i", "data/", "-o", out, "--dask", "local:1")
                 ],

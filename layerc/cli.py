@@ -453,6 +453,12 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
         "pip install 'layerc[dask]'",
     )
     p.add_argument(
+        "--threads",
+        metavar="N",
+        help="compute on up to N threads of this process (layerc.set_num_threads; default 1): "
+        "a batch of 512 samples or more is split among them, with the same results",
+    )
+    p.add_argument(
         "--input-format",
         choices=_DATA_FORMATS,
         help="the input's format when its extension does not say",
@@ -531,6 +537,7 @@ def _run(args: argparse.Namespace) -> int:
     from .tools import run as r
     from .tools.term import Progress, colour_enabled, is_terminal
 
+    _use_threads(args)
     if r.is_folder_run(args.input, args.output, args.dask):
         return _run_folder(args)
     if len(args.input) == 1 and "=" not in args.input[0] and len(args.output or []) <= 1:
@@ -575,6 +582,23 @@ def _run(args: argparse.Namespace) -> int:
         written = ", ".join(str(path) for path, _ in places)
         print(f"wrote {written} ({rows:,} row{'' if rows == 1 else 's'})")
     return EXIT_OK
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    """`--threads N`: let this process's kernels use N threads (before any model is made)."""
+    if args.threads is None:
+        return
+    text = args.threads
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--threads {text!r}: give a number of threads, 1 or more")
+    if args.dask is not None:
+        raise UsageError(
+            "--threads is for runs in this process; with --dask each worker computes on one "
+            "thread (start one worker a core: --dask local:N)"
+        )
+    from .runtime.threads import set_num_threads
+
+    set_num_threads(int(text))
 
 
 def _run_folder(args: argparse.Namespace) -> int:

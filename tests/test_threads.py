@@ -26,7 +26,8 @@ from layerc.runtime import threads
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 BLOCK = threads.BLOCK
-BATCHES = [0, 1, BLOCK - 1, 2 * BLOCK, 2 * BLOCK + 1, 1000, 4096]
+# 1337 and 100_003 rows make blocks of two sizes (167 and 168; 255 and 256)
+BATCHES = [0, 1, BLOCK - 1, 2 * BLOCK, 2 * BLOCK + 1, 1000, 1337, 4096, 100_003]
 
 needs_two = pytest.mark.skipif(
     numba.config.NUMBA_NUM_THREADS < 2, reason="numba has fewer than two threads here"
@@ -183,6 +184,25 @@ def test_many_kinds_two_threads_equal_one(kinds_module, tag: str, batch: int) ->
     one, two = _both(net, x.astype(net.dtype))
     assert one[0].shape == (batch, 10)
     _assert_identical(one, two)
+
+
+@needs_two
+@pytest.mark.parametrize("batch", [1, 9, 20, 2 * BLOCK, 1337])
+def test_the_parallel_variant_called_directly_equals_the_kernel(mlp_module, batch: int) -> None:
+    """The parallel variant splits any batch into a multiple of 8 blocks, empty ones too when
+    there are fewer rows than blocks (a call of its own; `net(x)` gives it 512 rows at least),
+    and computes what the one-thread kernel computes, bit for bit."""
+    net = mlp_module.Mlp()
+    x = np.random.default_rng(batch).standard_normal((batch, 8), dtype=np.float32)
+    expected = net(x)
+    params = [net.get_parameter(key) for key, *_ in type(net)._kernel_params]
+    layerc.set_num_threads(2)
+    try:
+        y = np.full_like(expected, np.nan)
+        type(net)._kernel_par(x, y, *params)
+    finally:
+        layerc.set_num_threads(1)
+    _assert_identical([expected], [y])
 
 
 @needs_two

@@ -17,16 +17,20 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
 from conftest import needs_dot
 
+import layerc
 from layerc import driver
 from layerc.cli import main
 from layerc.errors import LayercError, Loc, render
+from layerc.runtime import threads
 from layerc.tools import run as run_tool
 from layerc.tools.summary import summary
 
@@ -312,6 +316,54 @@ def test_run_usage_errors(folder: Path, capsys: pytest.CaptureFixture[str]) -> N
         code, out, err = run_cli(capsys, "run", "net.lyr", *extra)
         assert code == 2 and out == ""
         assert err.startswith("layerc run: error: ") and message in err, err
+
+
+@pytest.fixture
+def one_thread_after() -> Iterator[None]:
+    """The process back on one thread after a test that gives `layerc run` more."""
+    yield
+    layerc.set_num_threads(1)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba has one thread here")
+def test_run_threads_split_the_batches_and_give_the_same_outputs(
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread_after: None,
+) -> None:
+    """`--threads 2` runs each chunk (1337 rows, one chunk) on the fused forward's parallel
+    variant, whose outputs are the one-thread outputs bit for bit; `--threads 1` never does."""
+    x = np.random.default_rng(3).normal(size=(1337, 4))
+    np.save(folder / "many.npy", x)
+    parallel_calls = []
+    use_threads = threads.use_threads
+    monkeypatch.setattr(threads, "use_threads", lambda: parallel_calls.append(1) or use_threads())
+    outputs = {}
+    for n in ("1", "2"):
+        code, out, err = run_cli(
+            capsys, "run", "net.lyr", "-i", "many.npy", "-o", f"y{n}.npy", "--threads", n
+        )
+        assert code == 0 and err == "", err
+        outputs[n] = np.load(folder / f"y{n}.npy")
+        assert len(parallel_calls) == (0 if n == "1" else 1)
+    close(outputs["2"], reference(x))
+    assert np.array_equal(outputs["1"], outputs["2"])
+    assert layerc.get_num_threads() == 2
+
+
+def test_run_threads_usage_errors(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_input(folder / "x.csv", "csv", SAMPLES)
+    cases = [
+        (["--threads", "0"], "--threads '0': give a number of threads, 1 or more"),
+        (["--threads", "two"], "--threads 'two': give a number of threads, 1 or more"),
+        (["--threads", "2", "--dask", "local:2", "-o", "out/"], "with --dask each worker"),
+    ]
+    for extra, message in cases:
+        code, out, err = run_cli(capsys, "run", "net.lyr", "-i", "x.csv", *extra)
+        assert code == 2 and out == ""
+        assert err.startswith("layerc run: error: ") and message in err, err
+    assert layerc.get_num_threads() == 1
 
 
 def test_run_picks_the_model(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

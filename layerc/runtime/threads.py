@@ -3,8 +3,9 @@
 By default (one thread) layerc's kernels run on the calling thread: every Linear multiplies with
 layerc's own kernel (`layerc.runtime.gemm`), not with BLAS, so no call of a generated module
 starts threads. `set_num_threads(n)` with n > 1 lets a model's fused forward split a batch of at
-least 2 * BLOCK rows into blocks of BLOCK rows, which numba's threads compute in parallel (each
-block runs every layer on its own rows, so the outputs are the one-thread outputs bit for bit).
+least 2 * BLOCK rows into blocks of at most BLOCK rows, a multiple of 8 of them (so that 2, 4 or
+8 threads get equal shares), which numba's threads compute in parallel (each block runs every
+layer on its own rows, so the outputs are the one-thread outputs bit for bit).
 It also limits the BLAS libraries NumPy (and anything else loaded) uses, so that code around a
 model, a NumPy reference for instance, keeps to the same budget."""
 
@@ -14,8 +15,8 @@ from typing import Any
 
 from .hooks import bump
 
-# Rows per block of a fused forward's parallel variant; a batch of fewer than 2 * BLOCK rows
-# runs on the calling thread.
+# The most rows in a block of a fused forward's parallel variant; a batch of fewer than
+# 2 * BLOCK rows runs on the calling thread.
 BLOCK = 256
 
 _limiter: Any = None
