@@ -67,6 +67,8 @@ def _stamping(impl: Any) -> Any:
         def __getattr__(self, name: str) -> Any:
             # What numba reads of a locator besides its methods (`_py_file`, for the warning
             # that a kernel cannot be cached) is the inner locator's.
+            if name == "_inner":  # not set yet (a copy being made): no recursion
+                raise AttributeError(name)
             return getattr(self._inner, name)
 
         @classmethod
